@@ -1,0 +1,187 @@
+//! OpenAI-shaped errors: `{"error":{"message","type","param","code"}}` with the matching status.
+
+use serde::Serialize;
+
+/// An error the gateway answers itself, in the shape OpenAI's SDKs understand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// What happened, for a person.
+    pub message: String,
+    /// OpenAI's error `type` (`invalid_request_error`, `server_error`, …).
+    pub kind: &'static str,
+    /// The request parameter at fault, if any.
+    pub param: Option<String>,
+    /// A stable machine-readable code, if any.
+    pub code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    /// A 400 for a request the gateway cannot accept.
+    pub fn invalid_request(
+        message: impl Into<String>,
+        param: Option<&str>,
+        code: Option<&'static str>,
+    ) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_owned),
+            code,
+        }
+    }
+
+    /// A 404 for a path the gateway does not serve.
+    pub fn unknown_path(method: &str, path: &str) -> Self {
+        ApiError {
+            status: 404,
+            message: format!("Invalid URL ({method} {path})"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("unknown_url"),
+        }
+    }
+
+    /// A 405 for a known path asked with the wrong method.
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Self {
+        ApiError {
+            status: 405,
+            message: format!("Method {method} is not allowed for {path}; use {allow}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("method_not_allowed"),
+        }
+    }
+
+    /// A 413 for a body over `limits.max_body_bytes`.
+    pub fn body_too_large(limit: u64) -> Self {
+        ApiError {
+            status: 413,
+            message: format!("Request body is larger than this gateway accepts ({limit} bytes)"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_too_large"),
+        }
+    }
+
+    /// A 502: the upstream refused, reset or answered nonsense.
+    pub fn upstream_unreachable(upstream: &str, detail: &str) -> Self {
+        ApiError {
+            status: 502,
+            message: format!("Upstream `{upstream}` could not be reached: {detail}"),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_unreachable"),
+        }
+    }
+
+    /// A 504: the upstream did not answer within the configured time.
+    pub fn upstream_timeout(upstream: &str, what: &str) -> Self {
+        ApiError {
+            status: 504,
+            message: format!("Upstream `{upstream}` timed out ({what})"),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_timeout"),
+        }
+    }
+
+    /// A 502 for an upstream failure after the answer had started.
+    pub fn upstream_broken(upstream: &str, detail: &str) -> Self {
+        ApiError {
+            status: 502,
+            message: format!("Upstream `{upstream}` failed during the response: {detail}"),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_error"),
+        }
+    }
+
+    /// A 404 for a model the gateway does not list.
+    pub fn model_not_found(model: &str) -> Self {
+        ApiError {
+            status: 404,
+            message: format!("The model `{model}` does not exist"),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        }
+    }
+
+    /// A 500 for a fault of the gateway itself.
+    pub fn internal(detail: &str) -> Self {
+        ApiError {
+            status: 500,
+            message: format!("Internal gateway error: {detail}"),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let envelope = Envelope {
+            error: Body {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        // Serializing plain strings into a Vec cannot fail.
+        serde_json::to_vec(&envelope).unwrap_or_default()
+    }
+
+    /// The body as one SSE event, for an error in the middle of a stream.
+    pub fn to_sse_event(&self) -> Vec<u8> {
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&self.to_json());
+        out.extend_from_slice(b"\n\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let e = ApiError::invalid_request("bad", Some("messages"), Some("empty_array"));
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"message": "bad", "type": "invalid_request_error",
+                "param": "messages", "code": "empty_array"}})
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&ApiError::internal("x").to_json()).unwrap();
+        assert!(v["error"]["param"].is_null() && v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn sse_event_is_one_data_line() {
+        let e = ApiError::upstream_broken("cloud", "reset");
+        let event = e.to_sse_event();
+        assert!(event.starts_with(b"data: {\"error\":"));
+        assert!(event.ends_with(b"}\n\n"));
+        assert_eq!(event.iter().filter(|b| **b == b'\n').count(), 2);
+    }
+}

@@ -1,0 +1,615 @@
+//! The configuration: YAML schema, `${ENV}` interpolation and validation.
+//!
+//! A file is read in two steps. serde turns the YAML into a raw tree whose every value remembers
+//! its line and column; [`Config::from_yaml`] then interpolates, checks and resolves that tree into
+//! the typed [`Config`] the gateway runs, collecting every problem (with its position) instead of
+//! stopping at the first, so `switchyard check` can list them all at once.
+
+mod interpolate;
+mod raw;
+mod units;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+pub use interpolate::interpolate;
+pub use units::{parse_duration, parse_size};
+
+use crate::route::Route;
+use raw::{RawConfig, RawTimeouts, Text};
+
+/// The default configuration, compiled into the binary so that it runs with no file at all.
+pub const DEFAULT_YAML: &str = include_str!("../../conf/switchyard.yaml");
+
+/// A problem in a configuration file, with the position it points at (line 0: no position).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line, or 0 when the problem is not tied to one place.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        }
+    }
+}
+
+/// A secret such as an API key: never printed by `Debug`, so it cannot slip into a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for the one place that needs it: the upstream request header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The wire protocol an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// Any OpenAI-compatible server (OpenAI, Ollama's `/v1`, vLLM, llama.cpp): forwarded as is.
+    OpenAi,
+}
+
+/// Where an upstream lives: scheme, host, port and an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `https` when true.
+    pub tls: bool,
+    /// Host name or IP literal (without brackets), also the TLS server name.
+    pub host: String,
+    /// TCP port (80 / 443 when the URL names none).
+    pub port: u16,
+    /// Path prepended to every request path, without a trailing slash (often empty).
+    pub path_prefix: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http(s)://host[:port][/prefix]`; a bare `host:port` (as `OLLAMA_HOST` allows) means http.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let with_scheme = if text.contains("://") {
+            text.to_owned()
+        } else {
+            format!("http://{text}")
+        };
+        let uri: http::Uri = with_scheme
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            other => {
+                return Err(format!(
+                    "URL scheme must be http or https, not {}",
+                    other.unwrap_or("none")
+                ))
+            }
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("put credentials in api_key, not in the URL".into());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(format!("`{text}` has no host"));
+        }
+        if uri.query().is_some() {
+            return Err("an upstream URL cannot carry a query string".into());
+        }
+        Ok(UpstreamUrl {
+            tls,
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            host,
+            path_prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The value of the `Host` header for this upstream.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// Time limits for one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP (and TLS) connection set-up.
+    pub connect: Duration,
+    /// From the request sent to the response header received.
+    pub first_byte: Duration,
+    /// Longest silence between two body chunks.
+    pub idle: Duration,
+    /// The whole exchange, stream included.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// One upstream server as configured.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name used in YAML, headers and `/health`.
+    pub name: String,
+    /// Its wire protocol.
+    pub kind: UpstreamKind,
+    /// Which side of the gateway it is.
+    pub route: Route,
+    /// Where it is.
+    pub url: UpstreamUrl,
+    /// Its default model, used when a model entry names none.
+    pub model: Option<String>,
+    /// The key sent as `Authorization: Bearer …`; `None` sends no authorization at all.
+    pub api_key: Option<Secret>,
+    /// False when `require_api_key` is set and the key is empty.
+    pub enabled: bool,
+    /// Index of the upstream that takes this one's traffic while it is disabled.
+    pub fallback: Option<usize>,
+    /// Its time limits.
+    pub timeouts: Timeouts,
+}
+
+/// Where a client-visible model name goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into [`Config::upstreams`]; always an enabled upstream.
+    pub upstream: usize,
+    /// The model name to send; `None` keeps the client's.
+    pub model: Option<String>,
+}
+
+/// One row of the model table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelEntry {
+    /// The name clients ask for.
+    pub name: String,
+    /// Where it goes.
+    pub target: Target,
+}
+
+/// The validated configuration the gateway runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address.
+    pub listen: SocketAddr,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// Largest chat request body accepted.
+    pub max_body_bytes: u64,
+    /// Every upstream, in file order.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The model table, in file order.
+    pub models: Vec<ModelEntry>,
+    /// Where model names outside the table go.
+    pub default_route: Target,
+    /// The upstream that receives every other `/v1/` path unchanged.
+    pub passthrough: usize,
+    /// Things worth telling the operator that do not stop the gateway.
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Reads the file at `path`, or the embedded default when `path` is `None`, with the process
+    /// environment for `${VAR}`.
+    pub fn load(path: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
+        let text = match path {
+            None => DEFAULT_YAML.to_owned(),
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                vec![ConfigError {
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read {}: {e}", path.display()),
+                }]
+            })?,
+        };
+        Config::from_yaml(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `env` answers `${VAR}` look-ups.
+    pub fn from_yaml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            vec![ConfigError {
+                line,
+                column,
+                message: first_line(&e.to_string()),
+            }]
+        })?;
+        let mut check = Checker {
+            env: &env,
+            errors: Vec::new(),
+        };
+        let config = check.config(raw);
+        match config {
+            Some(config) if check.errors.is_empty() => Ok(config),
+            _ => Err(check.errors),
+        }
+    }
+
+    /// The upstream at `index`.
+    pub fn upstream(&self, index: usize) -> &UpstreamConfig {
+        &self.upstreams[index]
+    }
+}
+
+/// serde-saphyr's messages can carry a rendered source snippet; the position is reported apart.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}
+
+/// Walks the raw tree, collecting errors with their positions.
+struct Checker<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: Option<&Text>, message: impl Into<String>) {
+        let (line, column) = at
+            .map(|t| (t.referenced.line(), t.referenced.column()))
+            .unwrap_or((0, 0));
+        self.errors.push(ConfigError {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// The interpolated value of a text field, or `None` after recording why not.
+    fn text(&mut self, field: &str, value: &Text) -> Option<String> {
+        match interpolate(&value.value.0, self.env) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                self.error(Some(value), format!("{field}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Interpolates, then converts with `parse`, reporting failures at the value's position.
+    fn parsed<T>(
+        &mut self,
+        field: &str,
+        value: Option<&Text>,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
+        let Some(value) = value else { return default };
+        let Some(text) = self.text(field, value) else {
+            return default;
+        };
+        match parse(&text) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error(Some(value), format!("{field}: {e}"));
+                default
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let listen = self.parsed(
+            "server.listen",
+            raw.server.listen.as_ref(),
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            parse_listen,
+        );
+        let drain_timeout = self.parsed(
+            "server.drain_timeout",
+            raw.server.drain_timeout.as_ref(),
+            Duration::from_secs(30),
+            parse_duration,
+        );
+        let threads = self.parsed("server.threads", raw.server.threads.as_ref(), 0, |t| {
+            t.parse::<usize>()
+                .map_err(|_| format!("`{t}` is not a whole number"))
+        });
+        let max_body_bytes = self.parsed(
+            "limits.max_body_bytes",
+            raw.limits.max_body_bytes.as_ref(),
+            8 << 20,
+            |t| match parse_size(t)? {
+                0 => Err("must be more than 0".into()),
+                n => Ok(n),
+            },
+        );
+
+        let mut upstreams = Vec::with_capacity(raw.upstreams.0.len());
+        let names: Vec<String> = raw.upstreams.0.iter().map(|(n, _)| n.clone()).collect();
+        if names.is_empty() {
+            self.error(None, "upstreams: at least one upstream is required");
+        }
+        let mut fallbacks = Vec::new();
+        for (name, up) in &raw.upstreams.0 {
+            let field = |f: &str| format!("upstreams.{name}.{f}");
+            let kind = match up.kind.as_ref().map(|k| (k, k.value.0.as_str())) {
+                None | Some((_, "openai")) => UpstreamKind::OpenAi,
+                Some((at, other)) => {
+                    self.error(
+                        Some(at),
+                        format!("{}: unknown kind `{other}` (known: openai)", field("kind")),
+                    );
+                    UpstreamKind::OpenAi
+                }
+            };
+            let route = self.parsed(&field("route"), Some(&up.route), Route::Cloud, |t| {
+                Route::parse_upstream_side(t)
+            });
+            let url = self.parsed(
+                &field("url"),
+                Some(&up.url),
+                None,
+                |t| UpstreamUrl::parse(t).map(Some),
+            );
+            let model = up
+                .model
+                .as_ref()
+                .and_then(|m| self.text(&field("model"), m))
+                .filter(|m| !m.is_empty());
+            let api_key = up
+                .api_key
+                .as_ref()
+                .and_then(|k| self.text(&field("api_key"), k))
+                .filter(|k| !k.is_empty());
+            if let Some(key) = &api_key {
+                if key.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    self.error(
+                        up.api_key.as_ref(),
+                        format!("{}: contains spaces or control characters", field("api_key")),
+                    );
+                }
+            }
+            let require_key = up.require_api_key.as_ref().map(|b| b.value).unwrap_or(false);
+            let enabled = !(require_key && api_key.is_none());
+            if let Some(fallback) = &up.fallback {
+                if let Some(target) = self.text(&field("fallback"), fallback) {
+                    match names.iter().position(|n| *n == target) {
+                        Some(i) if names[i] != *name => fallbacks.push((upstreams.len(), i)),
+                        Some(_) => self.error(
+                            Some(fallback),
+                            format!("{}: an upstream cannot fall back to itself", field("fallback")),
+                        ),
+                        None => self.error(
+                            Some(fallback),
+                            format!("{}: no upstream named `{target}`", field("fallback")),
+                        ),
+                    }
+                }
+            }
+            let timeouts = self.timeouts(name, up.timeouts.as_ref());
+            // An invalid URL was reported above; the placeholder keeps checking the rest.
+            let url = url.unwrap_or_else(|| UpstreamUrl {
+                tls: false,
+                host: String::new(),
+                port: 0,
+                path_prefix: String::new(),
+            });
+            upstreams.push(UpstreamConfig {
+                name: name.clone(),
+                kind,
+                route,
+                url,
+                model,
+                api_key: api_key.map(Secret),
+                enabled,
+                fallback: None,
+                timeouts,
+            });
+        }
+        for (from, to) in fallbacks {
+            upstreams[from].fallback = Some(to);
+        }
+
+        let mut warnings = Vec::new();
+        for up in upstreams.iter().filter(|u| !u.enabled) {
+            let goes_to = up
+                .fallback
+                .map(|i| format!("its traffic goes to `{}`", upstreams[i].name))
+                .unwrap_or_else(|| "requests for it are refused".into());
+            warnings.push(format!(
+                "upstream `{}` is disabled: it requires an API key and none is set; {goes_to}",
+                up.name
+            ));
+        }
+
+        let mut models = Vec::with_capacity(raw.models.len());
+        for (i, m) in raw.models.iter().enumerate() {
+            let Some(name) = self.text(&format!("models[{i}].name"), &m.name) else {
+                continue;
+            };
+            if name.is_empty() {
+                self.error(Some(&m.name), format!("models[{i}].name: must not be empty"));
+                continue;
+            }
+            if models.iter().any(|e: &ModelEntry| e.name == name) {
+                self.error(
+                    Some(&m.name),
+                    format!("models[{i}].name: `{name}` is listed twice"),
+                );
+                continue;
+            }
+            let model = m
+                .model
+                .as_ref()
+                .and_then(|t| self.text(&format!("models[{i}].model"), t))
+                .filter(|t| !t.is_empty());
+            let field = format!("models[{i}].upstream");
+            if let Some(target) = self.target(&field, &m.upstream, model, true, &upstreams, &names)
+            {
+                models.push(ModelEntry { name, target });
+            }
+        }
+
+        let default_route = match &raw.default_route {
+            Some(d) => {
+                let model = d
+                    .model
+                    .as_ref()
+                    .and_then(|t| self.text("default_route.model", t))
+                    .filter(|t| !t.is_empty());
+                self.target(
+                    "default_route.upstream",
+                    &d.upstream,
+                    model,
+                    false,
+                    &upstreams,
+                    &names,
+                )
+            }
+            None => {
+                self.error(None, "default_route: missing (say which upstream takes unlisted models)");
+                None
+            }
+        };
+        let passthrough = match &raw.passthrough {
+            Some(p) => self
+                .target("passthrough.upstream", &p.upstream, None, false, &upstreams, &names)
+                .map(|t| t.upstream),
+            None => default_route.as_ref().map(|t| t.upstream),
+        };
+
+        Some(Config {
+            listen,
+            threads,
+            drain_timeout,
+            max_body_bytes,
+            upstreams,
+            models,
+            default_route: default_route?,
+            passthrough: passthrough?,
+            warnings,
+        })
+    }
+
+    fn timeouts(&mut self, name: &str, raw: Option<&RawTimeouts>) -> Timeouts {
+        let d = Timeouts::default();
+        let Some(raw) = raw else { return d };
+        let mut one = |f: &str, v: Option<&Text>, default: Duration| {
+            self.parsed(&format!("upstreams.{name}.timeouts.{f}"), v, default, |t| {
+                match parse_duration(t)? {
+                    d if d.is_zero() => Err("must be more than 0".into()),
+                    d => Ok(d),
+                }
+            })
+        };
+        Timeouts {
+            connect: one("connect", raw.connect.as_ref(), d.connect),
+            first_byte: one("first_byte", raw.first_byte.as_ref(), d.first_byte),
+            idle: one("idle", raw.idle.as_ref(), d.idle),
+            total: one("total", raw.total.as_ref(), d.total),
+        }
+    }
+
+    /// Resolves an upstream reference, following fallbacks past disabled upstreams.
+    ///
+    /// `inherit` gives a target without a model the upstream's own model; otherwise such a target
+    /// keeps the client's model name (the default route's pass-through behaviour).
+    fn target(
+        &mut self,
+        field: &str,
+        upstream: &Text,
+        model: Option<String>,
+        inherit: bool,
+        upstreams: &[UpstreamConfig],
+        names: &[String],
+    ) -> Option<Target> {
+        let name = self.text(field, upstream)?;
+        let Some(mut index) = names.iter().position(|n| *n == name) else {
+            self.error(Some(upstream), format!("{field}: no upstream named `{name}`"));
+            return None;
+        };
+        let mut model = model;
+        let mut hops = 0;
+        while !upstreams[index].enabled {
+            match upstreams[index].fallback {
+                Some(next) if hops < upstreams.len() => {
+                    index = next;
+                    // A model name meant for the disabled upstream means nothing to its fallback.
+                    model = upstreams[index].model.clone();
+                    hops += 1;
+                }
+                _ => {
+                    self.error(
+                        Some(upstream),
+                        format!("{field}: upstream `{name}` is disabled and has no enabled fallback"),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Target {
+            upstream: index,
+            model: model.or_else(|| {
+                if inherit {
+                    upstreams[index].model.clone()
+                } else {
+                    None
+                }
+            }),
+        })
+    }
+}
+
+/// Parses a listening address; `localhost:8080` is resolved once here.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("`{text}` is not an address like 127.0.0.1:8080"))
+}
+
+#[cfg(test)]
+mod tests;

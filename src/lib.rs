@@ -1,0 +1,17 @@
+//! Switchyard: an OpenAI-compatible gateway that sends each chat request to a local or a cloud
+//! model.
+//!
+//! The crate is organised the way a request flows through it:
+//! [`config`] (what the operator wrote) → [`api`] (the request, parsed once) → [`route`] (which
+//! upstream and model) → [`upstream`] (the exchange with that server) → [`proxy`] (the pingora glue
+//! that ties them to sockets). Everything except `proxy` and the exchange in `upstream::client` is
+//! plain synchronous code that unit tests drive without a socket.
+
+pub mod api;
+pub mod config;
+pub mod proxy;
+pub mod route;
+pub mod upstream;
+
+/// The version reported by `/health` and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,210 @@
+"""Fixtures for the end-to-end tests: the mock upstream, the gateway process, an OpenAI client.
+
+The gateway binary is ``$SWITCHYARD_BIN`` (a relative path is taken from the repository root) or
+``target/debug/switchyard``. A missing binary fails the tests that need it, with a message saying
+how to build it: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import openai
+import pytest
+
+# Let the test modules `import mock_openai` / `from conftest import ...` whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mock_openai import MockOpenAI  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BINARY = "target/debug/switchyard"
+
+CLIENT_KEY = "sk-client-key"
+UPSTREAM_KEY = "sk-upstream-secret"
+LOCAL_MODEL = "llama-local"
+CLOUD_MODEL = "gpt-4o"
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0  # SIGTERM drains for at most drain_timeout (2s), then the gateway exits
+
+
+def gateway_config(port: int, upstream_url: str) -> str:
+    """The YAML config the gateway under test runs with: both upstreams are the mock."""
+    return f"""\
+server:
+  listen: "127.0.0.1:{port}"
+  drain_timeout: 2s
+limits:
+  max_body_bytes: 8MiB
+upstreams:
+  local:
+    kind: openai
+    route: local
+    url: "{upstream_url}"
+    model: "{LOCAL_MODEL}"
+  cloud:
+    kind: openai
+    route: cloud
+    url: "{upstream_url}"
+    model: "{CLOUD_MODEL}"
+    api_key: "{UPSTREAM_KEY}"
+    require_api_key: true
+    fallback: local
+models:
+  - name: auto
+    upstream: local
+  - name: gpt-4o
+    upstream: cloud
+    model: gpt-4o
+default_route:
+  upstream: cloud
+passthrough:
+  upstream: cloud
+"""
+
+
+def gateway_binary() -> Path:
+    configured = os.environ.get("SWITCHYARD_BIN", DEFAULT_BINARY)
+    path = Path(configured)
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"switchyard binary not found or not executable: {path}\n"
+            "Build it with `cargo build` at the repository root, or point SWITCHYARD_BIN at one.",
+            pytrace=False,
+        )
+    return path
+
+
+def find_free_port() -> int:
+    # The port is free when this returns; the gateway binds it a moment later. Another process
+    # taking it in between makes the gateway exit early, which the start-up check reports.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A running switchyard process."""
+
+    def __init__(self, binary: Path, config_path: Path, port: int, stderr_path: Path) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.config_path = config_path
+        self.stderr_path = stderr_path
+        env = dict(os.environ)
+        env.setdefault("RUST_LOG", "info")
+        # stderr goes to a file, not a pipe: nobody reads a pipe while the tests run, and a full
+        # pipe would block the gateway.
+        self._stderr_file = open(stderr_path, "wb")
+        self.process = subprocess.Popen(
+            [str(binary), "--config", str(config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr_file,
+            stderr=self._stderr_file,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_until_listening(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code is not None:
+                pytest.fail(
+                    f"switchyard exited with code {code} before listening on port {self.port}.\n"
+                    f"--- config ---\n{self.config_path.read_text()}\n--- output ---\n{self.stderr()}",
+                    pytrace=False,
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail(
+            f"switchyard did not listen on port {self.port} within {timeout:.0f}s.\n"
+            f"--- output ---\n{self.stderr()}",
+            pytrace=False,
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._stderr_file.close()
+
+
+@pytest.fixture(scope="module")
+def mock_upstream() -> Iterator[MockOpenAI]:
+    with MockOpenAI() as mock:
+        yield mock
+
+
+@pytest.fixture(scope="module")
+def free_port() -> int:
+    """The port this module's gateway listens on."""
+    return find_free_port()
+
+
+@pytest.fixture(scope="module")
+def gateway_config_text(free_port: int, mock_upstream: MockOpenAI) -> str:
+    """The gateway's config; a test module may override this fixture to run another one."""
+    return gateway_config(free_port, mock_upstream.url)
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, free_port: int, gateway_config_text: str
+) -> Iterator[Gateway]:
+    binary = gateway_binary()
+    workdir = tmp_path_factory.mktemp("switchyard")
+    config_path = workdir / "switchyard.yaml"
+    config_path.write_text(gateway_config_text)
+    gw = Gateway(binary, config_path, free_port, workdir / "switchyard.log")
+    try:
+        gw.wait_until_listening()
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
+    c = openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1",
+        api_key=CLIENT_KEY,
+        max_retries=0,
+        timeout=20.0,
+        # Ignore proxy settings of the environment: the gateway is on loopback.
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+    )
+    yield c
+    c.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Attach the end of the gateway's log to a failed test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    gw = getattr(item, "funcargs", {}).get("gateway")
+    if report.failed and isinstance(gw, Gateway):
+        tail = "\n".join(gw.stderr().splitlines()[-60:])
+        report.sections.append(("switchyard log (last 60 lines)", tail))
