@@ -171,7 +171,8 @@ Our office is closed on Friday for a public holiday, so if the delivery comes to
 be nobody here to sign for it. Could you tell me where the shipment is right now, whether it will \
 still arrive today, and what happens if the driver cannot deliver it on Friday? If it has to be \
 redelivered next week, I would prefer Monday morning before eleven, because we have a team meeting \
-in the afternoon. Thank you very much for your help."
+in the afternoon. The order number is on the invoice that you sent me by email on Monday. \
+Thank you very much for your help."
 
 request_body() { # MODEL_AND_FLAGS
   printf '{%s,"messages":[{"role":"system","content":"%s"},{"role":"user","content":"%s"}],"temperature":0.2,"max_tokens":256}' \
@@ -435,11 +436,14 @@ run() {
   esac
 
   log "  $scenario c=$conc $target: warm-up $WARMUP, run $DURATION"
-  "${wrk_cmd[@]}" -d "$WARMUP" "$url" -- "$(body_file "$scenario")" >/dev/null
+  "${wrk_cmd[@]}" -d "$WARMUP" "$url" -- "$(body_file "$scenario")" >"$out" ||
+    { cat "$out" >&2; die "wrk failed against $url"; }
 
-  ((${#pids[@]})) && before=$(cpu_ticks "${pids[@]}")
-  "${wrk_cmd[@]}" -d "$DURATION" "$url" -- "$(body_file "$scenario")" >"$out"
-  ((${#pids[@]})) && after=$(cpu_ticks "${pids[@]}")
+  # CPU time is counted in clock ticks (usually 10 ms); over a whole run that is precise enough.
+  if ((${#pids[@]})); then before=$(cpu_ticks "${pids[@]}"); fi
+  "${wrk_cmd[@]}" -d "$DURATION" "$url" -- "$(body_file "$scenario")" >"$out" ||
+    { cat "$out" >&2; die "wrk failed against $url"; }
+  if ((${#pids[@]})); then after=$(cpu_ticks "${pids[@]}"); fi
 
   local requests non2xx connect rd wr timeout
   read -r requests non2xx connect rd wr timeout < <(

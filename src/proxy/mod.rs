@@ -1,1 +1,300 @@
-//! Proxy.
+//! The pingora glue: one `ProxyHttp` implementation that dispatches each request.
+//!
+//! - `POST /v1/chat/completions`: read, parse, decide and exchange in [`chat`], answered from
+//!   `request_filter` (pingora's own forwarding is not used for these; see `upstream::client`).
+//! - `GET /v1/models`, `GET /health`: answered by the gateway itself ([`local`]).
+//! - any other `/v1/` path: pingora's ordinary proxy path to the pass-through upstream, with the
+//!   client's credentials replaced.
+//! - anything else: 404.
+
+mod chat;
+mod local;
+mod request_id;
+mod response;
+mod server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::api::ApiError;
+use crate::config::Config;
+use crate::upstream::{prepare_headers, Upstream};
+pub use response::Explain;
+pub use server::run;
+
+/// The gateway: configuration, upstreams and the shared upstream connection pool.
+pub struct Gateway {
+    config: Arc<Config>,
+    upstreams: Vec<Upstream>,
+    connector: Connector,
+    started: Instant,
+    started_unix: u64,
+    in_flight: Arc<AtomicUsize>,
+    ids: request_id::Generator,
+}
+
+impl Gateway {
+    /// Builds the gateway for a validated configuration.
+    pub fn new(config: Config) -> std::result::Result<Gateway, String> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Gateway {
+            config: Arc::new(config),
+            upstreams,
+            connector: Connector::new(None),
+            started: Instant::now(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            ids: request_id::Generator::new(),
+        })
+    }
+
+    /// The number of requests being served now; the drain on SIGTERM waits for it to reach 0.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.in_flight)
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    /// Set for pass-through requests: the upstream pingora forwards to.
+    passthrough: Option<usize>,
+    _in_flight: Option<InFlight>,
+}
+
+/// Counts a request as in flight until it is dropped with its context.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The gateway's answer to a request it serves itself.
+enum Handled {
+    /// A response was written.
+    Done,
+    /// Hand the request to pingora's proxy path, to this upstream.
+    Passthrough(usize),
+}
+
+impl Gateway {
+    async fn dispatch(&self, session: &mut Session, ctx: &Ctx) -> Result<Handled> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        let is_get = method == http::Method::GET;
+        match path.as_str() {
+            "/v1/chat/completions" => {
+                if method != http::Method::POST {
+                    return self.reject(session, ctx, ApiError::method_not_allowed(method.as_str(), &path, "POST"), Some("POST")).await;
+                }
+                chat::handle(self, session, ctx).await?;
+            }
+            "/v1/models" | "/health" if !is_get => {
+                return self.reject(session, ctx, ApiError::method_not_allowed(method.as_str(), &path, "GET"), Some("GET")).await;
+            }
+            "/v1/models" => local::models(self, session, ctx).await?,
+            "/health" => local::health(self, session, ctx).await?,
+            p if p.starts_with("/v1/models/") && is_get => {
+                local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
+            }
+            p if p.starts_with("/v1/") => return Ok(Handled::Passthrough(self.config.passthrough)),
+            _ => {
+                return self.reject(session, ctx, ApiError::unknown_path(method.as_str(), &path), None).await;
+            }
+        }
+        Ok(Handled::Done)
+    }
+
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        error: ApiError,
+        allow: Option<&str>,
+    ) -> Result<Handled> {
+        let explain = Explain {
+            request_id: &ctx.request_id,
+            route: "gateway",
+            upstream: "none",
+        };
+        let mut extra = Vec::new();
+        if let Some(allow) = allow {
+            extra.push(("allow", allow));
+        }
+        write_error(session, &error, &explain, &extra).await?;
+        Ok(Handled::Done)
+    }
+}
+
+/// Writes a complete JSON response.
+async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Vec<u8>,
+    explain: &Explain<'_>,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    let mut header = response::json_header(status, body.len(), explain);
+    for (name, value) in extra {
+        header.insert_header(*name, *value)?;
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Writes an OpenAI-shaped error response.
+async fn write_error(
+    session: &mut Session,
+    error: &ApiError,
+    explain: &Explain<'_>,
+    extra: &[(&'static str, &str)],
+) -> Result<()> {
+    write_json(session, error.status, error.to_json(), explain, extra).await
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: String::new(),
+            passthrough: None,
+            _in_flight: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ctx._in_flight = Some(InFlight(Arc::clone(&self.in_flight)));
+        ctx.request_id = self.ids.for_request(session.req_header());
+        match self.dispatch(session, ctx).await? {
+            Handled::Done => Ok(true),
+            Handled::Passthrough(upstream) => {
+                ctx.passthrough = Some(upstream);
+                // The upstream never sees `Expect` (it is hop-by-hop here), so answer it now.
+                if expects_continue(session.req_header()) {
+                    session.write_continue_response().await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
+        match self.upstreams[index].peer().await {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(e) => Error::e_explain(ErrorType::ConnectError, e.message),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
+        let path = upstream_request
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        prepare_headers(upstream_request, &self.upstreams[index], &path)
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.message))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
+        let upstream = &self.upstreams[index];
+        let explain = Explain {
+            request_id: &ctx.request_id,
+            route: upstream.config.route.as_str(),
+            upstream: upstream.name(),
+        };
+        // pingora frames the pass-through body itself: keep its transfer-encoding choice.
+        let framing = upstream_response.headers.get(http::header::TRANSFER_ENCODING).cloned();
+        response::rewrite_upstream_header(upstream_response, &explain);
+        upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+        if let Some(te) = framing {
+            upstream_response.insert_header(http::header::TRANSFER_ENCODING, te)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let upstream = ctx
+            .passthrough
+            .map(|i| self.upstreams[i].name())
+            .unwrap_or("none");
+        let error = match e.etype() {
+            ErrorType::HTTPStatus(code) => ApiError {
+                status: *code,
+                message: e.to_string(),
+                kind: "invalid_request_error",
+                param: None,
+                code: None,
+            },
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if ctx.passthrough.is_some() =>
+            {
+                ApiError::upstream_timeout(upstream, "pass-through")
+            }
+            _ if ctx.passthrough.is_some() => {
+                ApiError::upstream_unreachable(upstream, &e.etype().as_str().to_lowercase())
+            }
+            _ => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                }
+            }
+        };
+        if session.response_written().is_none() {
+            let explain = Explain {
+                request_id: &ctx.request_id,
+                route: "gateway",
+                upstream,
+            };
+            if let Err(write) = write_error(session, &error, &explain, &[]).await {
+                log::debug!("could not send the error response: {write}");
+            }
+        }
+        FailToProxy {
+            error_code: error.status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+}

@@ -1,1 +1,232 @@
-//! Upstreams.
+//! Upstream servers: where they are, how requests to them are addressed, and the exchange.
+//!
+//! [`Upstream`] holds what is fixed per upstream (its peer template, `Host` and `Authorization`
+//! values); [`prepare_headers`] turns a client's request header into the one the upstream sees,
+//! for the gateway's own exchange and for pass-through paths alike; [`client`] runs the exchange.
+
+pub mod client;
+mod resolve;
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::api::ApiError;
+use crate::config::UpstreamConfig;
+use resolve::Resolver;
+
+/// How long an idle upstream connection stays in the pool.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Client headers that never reach an upstream: hop-by-hop headers, the client's credentials
+/// (the gateway key is not the upstream's), and the gateway's own control headers.
+const DROPPED: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "openai-organization",
+    "openai-project",
+];
+
+/// A configured upstream, ready to address requests to.
+#[derive(Debug)]
+pub struct Upstream {
+    /// What the operator configured.
+    pub config: UpstreamConfig,
+    resolver: Arc<Resolver>,
+    host: HeaderValue,
+    authorization: Option<HeaderValue>,
+}
+
+impl Upstream {
+    /// Prepares the fixed parts of every request to this upstream.
+    pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
+        let host = HeaderValue::from_str(&config.url.host_header())
+            .map_err(|_| format!("upstream `{}`: host is not a valid header", config.name))?;
+        let authorization = match &config.api_key {
+            None => None,
+            Some(key) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| format!("upstream `{}`: api_key is not a valid header", config.name))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+        };
+        Ok(Upstream {
+            resolver: Arc::new(Resolver::new(&config.url.host, config.url.port)),
+            config,
+            host,
+            authorization,
+        })
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// A peer to connect to: the address is resolved off the request path (never blocking a
+    /// worker thread), and the connect timeout is the configured one.
+    pub async fn peer(&self) -> Result<HttpPeer, ApiError> {
+        let timeouts = &self.config.timeouts;
+        let addr = self
+            .resolver
+            .resolve(timeouts.connect)
+            .await
+            .map_err(|e| ApiError::upstream_unreachable(self.name(), &e))?;
+        let url = &self.config.url;
+        let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.total_connection_timeout = Some(timeouts.connect);
+        peer.options.idle_timeout = Some(POOL_IDLE);
+        Ok(peer)
+    }
+
+    /// Whether a TCP connection to the upstream can be opened within `timeout`.
+    pub async fn reachable(&self, timeout: std::time::Duration) -> bool {
+        let Ok(addr) = self.resolver.resolve(timeout).await else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The path to request upstream for a client path (the URL's prefix, then the client's path).
+    pub fn path(&self, client_path_and_query: &str) -> String {
+        let mut path = self.config.url.path_prefix.clone();
+        path.push_str(client_path_and_query);
+        path
+    }
+}
+
+/// Rewrites a copy of the client's request header into the upstream's: the upstream's path,
+/// `Host` and credentials; none of the client's credentials or hop-by-hop headers.
+pub fn prepare_headers(
+    req: &mut RequestHeader,
+    upstream: &Upstream,
+    path_and_query: &str,
+) -> Result<(), ApiError> {
+    let uri = upstream
+        .path(path_and_query)
+        .parse::<http::Uri>()
+        .map_err(|_| ApiError::invalid_request("The request path is not valid", None, None))?;
+    req.set_uri(uri);
+    // Connection-specific headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        req.remove_header(&name);
+    }
+    let gateway_headers: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-switchyard-"))
+        .cloned()
+        .collect();
+    for name in &gateway_headers {
+        req.remove_header(name);
+    }
+    for name in DROPPED {
+        req.remove_header(*name);
+    }
+    req.insert_header(http::header::HOST, upstream.host.clone())
+        .map_err(|_| ApiError::internal("cannot set Host"))?;
+    if let Some(auth) = &upstream.authorization {
+        req.insert_header(http::header::AUTHORIZATION, auth.clone())
+            .map_err(|_| ApiError::internal("cannot set Authorization"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstreams() -> Vec<Upstream> {
+        let yaml = r#"
+upstreams:
+  local: {route: local, url: "http://127.0.0.1:11434"}
+  cloud: {route: cloud, url: "https://api.example.test/openai/", api_key: "sk-upstream"}
+default_route: {upstream: cloud}
+"#;
+        Config::from_yaml(yaml, |_| None)
+            .unwrap()
+            .upstreams
+            .into_iter()
+            .map(|c| Upstream::new(c).unwrap())
+            .collect()
+    }
+
+    fn client_request() -> RequestHeader {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        for (k, v) in [
+            ("host", "gateway.local:8080"),
+            ("authorization", "Bearer sk-client-gateway-key"),
+            ("x-api-key", "sk-client-other"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("x-switchyard-route", "cloud"),
+            ("openai-organization", "org-client"),
+            ("user-agent", "OpenAI/Python 1.0"),
+            ("x-stainless-lang", "python"),
+            ("content-type", "application/json"),
+        ] {
+            req.append_header(k, v).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn cloud_gets_its_own_key_and_host_and_prefix() {
+        let ups = upstreams();
+        let mut req = client_request();
+        prepare_headers(&mut req, &ups[1], "/v1/chat/completions").unwrap();
+        assert_eq!(req.uri.path(), "/openai/v1/chat/completions");
+        assert_eq!(req.headers["host"], "api.example.test");
+        assert_eq!(req.headers["authorization"], "Bearer sk-upstream");
+        for gone in ["x-api-key", "connection", "x-hop", "x-switchyard-route", "openai-organization"] {
+            assert!(req.headers.get(gone).is_none(), "{gone} must not be forwarded");
+        }
+        assert_eq!(req.headers["user-agent"], "OpenAI/Python 1.0");
+        assert_eq!(req.headers["x-stainless-lang"], "python");
+    }
+
+    #[test]
+    fn local_gets_no_credentials_at_all() {
+        let ups = upstreams();
+        let mut req = client_request();
+        prepare_headers(&mut req, &ups[0], "/v1/embeddings?x=1").unwrap();
+        assert_eq!(req.uri.to_string(), "/v1/embeddings?x=1");
+        assert_eq!(req.headers["host"], "127.0.0.1:11434");
+        assert!(req.headers.get("authorization").is_none());
+        let all = format!("{:?}", req.headers);
+        assert!(!all.contains("sk-client"), "{all}");
+    }
+
+    #[test]
+    fn the_key_is_not_in_debug_output() {
+        let ups = upstreams();
+        assert!(!format!("{:?}", ups[1]).contains("sk-upstream"));
+    }
+}

@@ -74,6 +74,9 @@ class RecordedRequest:
     headers: list[tuple[str, str]]
     body: bytes
     json: Any = None
+    # What the mock answered: status and body (for a stream, the SSE text without the chunk framing).
+    response_status: Optional[int] = None
+    response_body: bytes = b""
 
     def header_values(self, name: str) -> list[str]:
         name = name.lower()
@@ -193,6 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         with self.recorder.lock:
             self.recorder.requests.append(request)
+        self._recorded = request
 
         path = self.path.split("?", 1)[0]
         if self.command == "POST" and path == "/v1/chat/completions":
@@ -241,6 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, payload: Any) -> None:
         data = json.dumps(payload).encode()
+        self._recorded.response_status, self._recorded.response_body = status, data
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -256,6 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(status, {"error": error})
 
     def _send_sse(self, events: Iterable[str], delay: float) -> None:
+        self._recorded.response_status = 200
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -268,6 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
             # One SSE event per HTTP chunk, flushed at once.
             data = f"data: {event}\n\n".encode()
+            self._recorded.response_body += data
             self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")

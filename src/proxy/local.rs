@@ -1,0 +1,117 @@
+//! Endpoints the gateway answers itself: the model list and the health report.
+
+use std::time::Duration;
+
+use pingora::proxy::Session;
+use pingora::Result;
+use serde::Serialize;
+
+use super::response::Explain;
+use super::{write_error, write_json, Ctx, Gateway};
+use crate::api::ApiError;
+
+/// How long `/health` waits for each upstream's TCP handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+struct ModelObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<ModelObject<'a>>,
+}
+
+fn explain(ctx: &Ctx) -> Explain<'_> {
+    Explain {
+        request_id: &ctx.request_id,
+        route: "gateway",
+        upstream: "none",
+    }
+}
+
+fn model_object<'a>(gw: &Gateway, id: &'a str) -> ModelObject<'a> {
+    ModelObject {
+        id,
+        object: "model",
+        created: gw.started_unix,
+        owned_by: "switchyard",
+    }
+}
+
+/// `GET /v1/models`: the client-visible model names, as OpenAI lists models.
+pub(super) async fn models(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let list = ModelList {
+        object: "list",
+        data: gw
+            .config
+            .models
+            .iter()
+            .map(|m| model_object(gw, &m.name))
+            .collect(),
+    };
+    let body = serde_json::to_vec(&list).unwrap_or_default();
+    write_json(session, 200, body, &explain(ctx), &[]).await
+}
+
+/// `GET /v1/models/{id}`: one model, or 404 as OpenAI answers for an unknown one.
+pub(super) async fn model(gw: &Gateway, session: &mut Session, ctx: &Ctx, id: &str) -> Result<()> {
+    match gw.config.models.iter().find(|m| m.name == id) {
+        Some(m) => {
+            let body = serde_json::to_vec(&model_object(gw, &m.name)).unwrap_or_default();
+            write_json(session, 200, body, &explain(ctx), &[]).await
+        }
+        None => write_error(session, &ApiError::model_not_found(id), &explain(ctx), &[]).await,
+    }
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: u64,
+    upstreams: Vec<UpstreamHealth<'a>>,
+}
+
+#[derive(Serialize)]
+struct UpstreamHealth<'a> {
+    name: &'a str,
+    route: &'static str,
+    enabled: bool,
+    reachable: bool,
+}
+
+/// `GET /health`: the gateway's version and uptime, and whether each enabled upstream accepts a
+/// TCP connection now. `status` is `ok` when all of them do, else `degraded` (still 200: the
+/// gateway itself is serving, and falls back where it can).
+pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let probes = gw.upstreams.iter().map(|u| async move {
+        u.config.enabled && u.reachable(PROBE_TIMEOUT).await
+    });
+    let reachable = futures::future::join_all(probes).await;
+    let upstreams: Vec<UpstreamHealth> = gw
+        .upstreams
+        .iter()
+        .zip(reachable)
+        .map(|(u, reachable)| UpstreamHealth {
+            name: u.name(),
+            route: u.config.route.as_str(),
+            enabled: u.config.enabled,
+            reachable,
+        })
+        .collect();
+    let all_up = upstreams.iter().filter(|u| u.enabled).all(|u| u.reachable);
+    let report = Health {
+        status: if all_up { "ok" } else { "degraded" },
+        version: crate::VERSION,
+        uptime_seconds: gw.started.elapsed().as_secs(),
+        upstreams,
+    };
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    write_json(session, 200, body, &explain(ctx), &[]).await
+}

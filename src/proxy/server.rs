@@ -1,0 +1,74 @@
+//! Starting the pingora server, and draining it on SIGTERM.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{ExecutionPhase, Server};
+
+use super::Gateway;
+use crate::config::Config;
+
+/// Runs the gateway until SIGTERM (drain, then exit 0) or SIGINT (exit at once). Returns only
+/// when it cannot start.
+pub fn run(config: Config) -> Result<(), String> {
+    // pingora binds in a service thread and panics there if the port is taken, while the process
+    // lives on; find out here and say so.
+    std::net::TcpListener::bind(config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+
+    let drain = config.drain_timeout;
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listen = config.listen.to_string();
+    let conf = ServerConf {
+        threads,
+        // pingora waits this long after SIGTERM before stopping its runtimes; the watcher below
+        // exits earlier as soon as nothing is in flight.
+        grace_period_seconds: Some(drain.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(config)?;
+    let in_flight = gateway.in_flight();
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut service = ProxyServiceBuilder::new(&server.configuration, gateway)
+        .name("switchyard")
+        .server_options(options)
+        .build();
+    service.add_tcp(&listen);
+    server.add_service(service);
+
+    let mut phases = server.watch_execution_phase();
+    std::thread::spawn(move || loop {
+        match phases.blocking_recv() {
+            Ok(ExecutionPhase::GracefulTerminate) => {
+                let until = Instant::now() + drain;
+                while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let left = in_flight.load(Ordering::Acquire);
+                if left > 0 {
+                    log::warn!("drain timeout: {left} requests still in flight; exiting");
+                } else {
+                    log::info!("drained; exiting");
+                }
+                std::process::exit(0);
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    });
+
+    log::info!("switchyard {} listening on {listen}", crate::VERSION);
+    server.run_forever()
+}

@@ -1,0 +1,240 @@
+//! The gateway's own HTTP exchange with an upstream, on pingora's pooled client connections.
+//!
+//! pingora's proxy loop cannot forward a request body that was read before the upstream was
+//! chosen once it exceeds its 64 KiB retry buffer, and chat bodies carrying documents are often
+//! larger. So for chat requests the gateway sends the body itself: one `Connector` shared by all
+//! requests (connections are pooled and reused), explicit timeouts on every step, and a body
+//! reader that hands over everything already received in one piece.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use super::{Upstream, POOL_IDLE};
+use crate::api::ApiError;
+
+/// How many times a request is sent again when a pooled connection turns out to be closed.
+const STALE_RETRIES: usize = 2;
+
+/// Why an exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeError {
+    /// No connection could be made, or it was refused or reset before any answer.
+    Unreachable(String),
+    /// A time limit passed; names which one.
+    Timeout(&'static str),
+    /// The connection failed after the answer had started.
+    Broken(String),
+}
+
+impl ExchangeError {
+    /// The error the client sees.
+    pub fn to_api(&self, upstream: &str) -> ApiError {
+        match self {
+            ExchangeError::Unreachable(detail) => ApiError::upstream_unreachable(upstream, detail),
+            ExchangeError::Timeout(what) => ApiError::upstream_timeout(upstream, what),
+            ExchangeError::Broken(detail) => ApiError::upstream_broken(upstream, detail),
+        }
+    }
+}
+
+fn classify(e: &Error, started: bool) -> ExchangeError {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+            ExchangeError::Timeout("connect")
+        }
+        ErrorType::ReadTimedout => ExchangeError::Timeout("idle"),
+        ErrorType::WriteTimedout => ExchangeError::Timeout("sending the request"),
+        other if started => ExchangeError::Broken(describe(other)),
+        other => ExchangeError::Unreachable(describe(other)),
+    }
+}
+
+fn describe(etype: &ErrorType) -> String {
+    match etype {
+        ErrorType::ConnectRefused => "connection refused".into(),
+        ErrorType::ConnectNoRoute => "no route to host".into(),
+        ErrorType::ConnectionClosed => "connection closed".into(),
+        ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert => "TLS handshake failed".into(),
+        other => other.as_str().to_lowercase().replace('_', " "),
+    }
+}
+
+/// An exchange whose response header has arrived; the body is read with [`Exchange::next`].
+pub struct Exchange {
+    session: HttpSession,
+    peer: HttpPeer,
+    idle: Duration,
+    deadline: Instant,
+    /// An error met while gathering buffered chunks, reported on the next read.
+    pending: Option<ExchangeError>,
+    ended: bool,
+}
+
+impl Exchange {
+    /// Sends `header` and `body` to `upstream` and waits for the response header.
+    ///
+    /// A pooled connection that the upstream had already closed is replaced by a new one and the
+    /// request sent again: nothing reached the upstream's application in that case.
+    pub async fn start(
+        connector: &Connector,
+        upstream: &Upstream,
+        header: RequestHeader,
+        body: Bytes,
+    ) -> Result<Exchange, ExchangeError> {
+        let timeouts = upstream.config.timeouts;
+        let started = Instant::now();
+        let deadline = started + timeouts.total;
+        let first_byte_by = (started + timeouts.first_byte).min(deadline);
+        let peer = upstream
+            .peer()
+            .await
+            .map_err(|e| ExchangeError::Unreachable(e.message))?;
+        let mut attempt = 0;
+        loop {
+            let (mut session, reused) = connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| classify(&e, false))?;
+            // The connector leaves read and write timeouts unset: without these, a stalled
+            // upstream would hold the request forever.
+            session.set_write_timeout(Some(timeouts.idle));
+            session.set_read_timeout(None);
+            match send(&mut session, header.clone(), body.clone(), first_byte_by).await {
+                Ok(()) => {
+                    return Ok(Exchange {
+                        session,
+                        peer,
+                        idle: timeouts.idle,
+                        deadline,
+                        pending: None,
+                        ended: false,
+                    })
+                }
+                Err(SendError::Io(e)) if reused && attempt < STALE_RETRIES => {
+                    log::debug!("pooled connection to {} was stale ({e}); retrying", upstream.name());
+                    attempt += 1;
+                }
+                Err(SendError::Io(e)) => return Err(classify(&e, false)),
+                Err(SendError::FirstByteTimeout) => {
+                    return Err(ExchangeError::Timeout(if first_byte_by == deadline {
+                        "total"
+                    } else {
+                        "first byte"
+                    }))
+                }
+            }
+        }
+    }
+
+    /// The upstream's response header.
+    pub fn header(&self) -> &ResponseHeader {
+        // `start` returns only after the header was read.
+        self.session
+            .response_header()
+            .expect("response header is read in start")
+    }
+
+    /// The next piece of the body (everything that has arrived by now), or `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ExchangeError> {
+        if let Some(e) = self.pending.take() {
+            return Err(e);
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        let first = self.read_one().await?;
+        let Some(first) = first else {
+            self.ended = true;
+            return Ok(None);
+        };
+        // pingora returns one chunk per read: take whatever else is already buffered so that a
+        // burst of small SSE events goes downstream in one write.
+        let mut more: Option<BytesMut> = None;
+        loop {
+            match self.session.read_response_body().now_or_never() {
+                Some(Ok(Some(chunk))) => more
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&chunk),
+                Some(Ok(None)) => {
+                    self.ended = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.pending = Some(classify(&e, true));
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(Some(more.map_or(first, BytesMut::freeze)))
+    }
+
+    async fn read_one(&mut self) -> Result<Option<Bytes>, ExchangeError> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Err(ExchangeError::Timeout("total"));
+        }
+        let left = self.deadline - now;
+        let (limit, which) = if left < self.idle {
+            (left, "total")
+        } else {
+            (self.idle, "idle")
+        };
+        match tokio::time::timeout(limit, self.session.read_response_body()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(classify(&e, true)),
+            Err(_) => Err(ExchangeError::Timeout(which)),
+        }
+    }
+
+    /// Returns the connection to the pool when the response was read to its end, else closes it.
+    pub async fn finish(mut self, connector: &Connector) {
+        if self.ended && self.pending.is_none() && self.session.response_done() {
+            connector
+                .release_http_session(self.session, &self.peer, Some(POOL_IDLE))
+                .await;
+        } else {
+            self.session.shutdown().await;
+        }
+    }
+}
+
+enum SendError {
+    Io(Box<Error>),
+    FirstByteTimeout,
+}
+
+async fn send(
+    session: &mut HttpSession,
+    header: RequestHeader,
+    body: Bytes,
+    first_byte_by: Instant,
+) -> Result<(), SendError> {
+    let exchange = async {
+        session.write_request_header(Box::new(header)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body, true).await?;
+        }
+        session.finish_request_body().await?;
+        // Informational answers (100 Continue) come before the real header.
+        loop {
+            session.read_response_header().await?;
+            match session.response_header() {
+                Some(h) if h.status.is_informational() => continue,
+                _ => return Ok(()),
+            }
+        }
+    };
+    let left = first_byte_by.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, exchange).await {
+        Ok(result) => result.map_err(SendError::Io),
+        Err(_) => Err(SendError::FirstByteTimeout),
+    }
+}
