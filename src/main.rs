@@ -34,7 +34,9 @@ fn main() -> ExitCode {
             let source = cli
                 .config
                 .as_ref()
-                .map_or("embedded configuration".to_owned(), |p| p.display().to_string());
+                .map_or("embedded configuration".to_owned(), |p| {
+                    p.display().to_string()
+                });
             for e in &errors {
                 eprintln!("{source}: {e}");
             }

@@ -16,7 +16,14 @@ use serde_json::value::RawValue;
 use super::ApiError;
 
 /// The message roles OpenAI accepts.
-const ROLES: [&str; 6] = ["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// One message, reduced to what classification and accounting read.
 #[derive(Debug, Clone, PartialEq)]
@@ -366,18 +373,62 @@ mod tests {
             ("", None, None),
             ("[1,2]", None, Some("invalid_type")),
             ("{\"model\":", None, Some("invalid_json")),
-            ("{\"model\":\"m\",\"messages\":[]", None, Some("invalid_json")),
-            (r#"{"messages":[{"role":"user","content":"x"}]}"#, Some("model"), Some("missing_required_parameter")),
-            (r#"{"model":3,"messages":[{"role":"user","content":"x"}]}"#, Some("model"), Some("invalid_type")),
-            (r#"{"model":"","messages":[{"role":"user","content":"x"}]}"#, Some("model"), Some("invalid_value")),
-            (r#"{"model":"m"}"#, Some("messages"), Some("missing_required_parameter")),
-            (r#"{"model":"m","messages":[]}"#, Some("messages"), Some("empty_array")),
+            (
+                "{\"model\":\"m\",\"messages\":[]",
+                None,
+                Some("invalid_json"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+                Some("missing_required_parameter"),
+            ),
+            (
+                r#"{"model":3,"messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+                Some("invalid_type"),
+            ),
+            (
+                r#"{"model":"","messages":[{"role":"user","content":"x"}]}"#,
+                Some("model"),
+                Some("invalid_value"),
+            ),
+            (
+                r#"{"model":"m"}"#,
+                Some("messages"),
+                Some("missing_required_parameter"),
+            ),
+            (
+                r#"{"model":"m","messages":[]}"#,
+                Some("messages"),
+                Some("empty_array"),
+            ),
             (r#"{"model":"m","messages":{}}"#, None, Some("invalid_type")),
-            (r#"{"model":"m","messages":[{"content":"x"}]}"#, Some("messages.[0].role"), Some("missing_required_parameter")),
-            (r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#, Some("messages.[0].role"), Some("invalid_value")),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, None, Some("invalid_type")),
-            (r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#, None, Some("invalid_type")),
-            (r#"{"model":"a","model":"b","messages":[{"role":"user","content":"x"}]}"#, None, Some("invalid_type")),
+            (
+                r#"{"model":"m","messages":[{"content":"x"}]}"#,
+                Some("messages.[0].role"),
+                Some("missing_required_parameter"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
+                Some("messages.[0].role"),
+                Some("invalid_value"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                None,
+                Some("invalid_type"),
+            ),
+            (
+                r#"{"model":"m","stream":"yes","messages":[{"role":"user","content":"x"}]}"#,
+                None,
+                Some("invalid_type"),
+            ),
+            (
+                r#"{"model":"a","model":"b","messages":[{"role":"user","content":"x"}]}"#,
+                None,
+                Some("invalid_type"),
+            ),
         ];
         for (body, param, code) in cases {
             let err = parse(body).expect_err(body);

@@ -32,11 +32,7 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             Some(split) => (&expr[..split], Some(&expr[split + 2..])),
             None => (expr, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{expr}}}` is not a valid variable reference"));
         }
         match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
@@ -68,7 +64,10 @@ mod tests {
 
     #[test]
     fn substitutes_set_variables_and_defaults() {
-        assert_eq!(interpolate("http://${HOST}:80", env).unwrap(), "http://example.test:80");
+        assert_eq!(
+            interpolate("http://${HOST}:80", env).unwrap(),
+            "http://example.test:80"
+        );
         assert_eq!(interpolate("${MISSING:-x}", env).unwrap(), "x");
         assert_eq!(interpolate("${EMPTY:-fallback}", env).unwrap(), "fallback");
         assert_eq!(interpolate("${EMPTY}", env).unwrap(), "");

@@ -39,7 +39,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}", self.message)
         } else {
-            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+            write!(
+                f,
+                "line {}, column {}: {}",
+                self.line, self.column, self.message
+            )
         }
     }
 }
@@ -385,12 +389,9 @@ impl Checker<'_> {
             let route = self.parsed(&field("route"), Some(&up.route), Route::Cloud, |t| {
                 Route::parse_upstream_side(t)
             });
-            let url = self.parsed(
-                &field("url"),
-                Some(&up.url),
-                None,
-                |t| UpstreamUrl::parse(t).map(Some),
-            );
+            let url = self.parsed(&field("url"), Some(&up.url), None, |t| {
+                UpstreamUrl::parse(t).map(Some)
+            });
             let model = up
                 .model
                 .as_ref()
@@ -405,11 +406,18 @@ impl Checker<'_> {
                 if key.bytes().any(|b| b.is_ascii_control() || b == b' ') {
                     self.error(
                         up.api_key.as_ref(),
-                        format!("{}: contains spaces or control characters", field("api_key")),
+                        format!(
+                            "{}: contains spaces or control characters",
+                            field("api_key")
+                        ),
                     );
                 }
             }
-            let require_key = up.require_api_key.as_ref().map(|b| b.value).unwrap_or(false);
+            let require_key = up
+                .require_api_key
+                .as_ref()
+                .map(|b| b.value)
+                .unwrap_or(false);
             let enabled = !(require_key && api_key.is_none());
             if let Some(fallback) = &up.fallback {
                 if let Some(target) = self.text(&field("fallback"), fallback) {
@@ -417,7 +425,10 @@ impl Checker<'_> {
                         Some(i) if names[i] != *name => fallbacks.push((upstreams.len(), i)),
                         Some(_) => self.error(
                             Some(fallback),
-                            format!("{}: an upstream cannot fall back to itself", field("fallback")),
+                            format!(
+                                "{}: an upstream cannot fall back to itself",
+                                field("fallback")
+                            ),
                         ),
                         None => self.error(
                             Some(fallback),
@@ -468,7 +479,10 @@ impl Checker<'_> {
                 continue;
             };
             if name.is_empty() {
-                self.error(Some(&m.name), format!("models[{i}].name: must not be empty"));
+                self.error(
+                    Some(&m.name),
+                    format!("models[{i}].name: must not be empty"),
+                );
                 continue;
             }
             if models.iter().any(|e: &ModelEntry| e.name == name) {
@@ -507,13 +521,23 @@ impl Checker<'_> {
                 )
             }
             None => {
-                self.error(None, "default_route: missing (say which upstream takes unlisted models)");
+                self.error(
+                    None,
+                    "default_route: missing (say which upstream takes unlisted models)",
+                );
                 None
             }
         };
         let passthrough = match &raw.passthrough {
             Some(p) => self
-                .target("passthrough.upstream", &p.upstream, None, false, &upstreams, &names)
+                .target(
+                    "passthrough.upstream",
+                    &p.upstream,
+                    None,
+                    false,
+                    &upstreams,
+                    &names,
+                )
                 .map(|t| t.upstream),
             None => default_route.as_ref().map(|t| t.upstream),
         };
@@ -565,7 +589,10 @@ impl Checker<'_> {
     ) -> Option<Target> {
         let name = self.text(field, upstream)?;
         let Some(mut index) = names.iter().position(|n| *n == name) else {
-            self.error(Some(upstream), format!("{field}: no upstream named `{name}`"));
+            self.error(
+                Some(upstream),
+                format!("{field}: no upstream named `{name}`"),
+            );
             return None;
         };
         let mut model = model;
@@ -581,7 +608,9 @@ impl Checker<'_> {
                 _ => {
                     self.error(
                         Some(upstream),
-                        format!("{field}: upstream `{name}` is disabled and has no enabled fallback"),
+                        format!(
+                            "{field}: upstream `{name}` is disabled and has no enabled fallback"
+                        ),
                     );
                     return None;
                 }

@@ -112,7 +112,10 @@ upstreams:
 default_route: {upstream: cloud}
 ";
     let errors = Config::from_yaml(yaml, no_env).unwrap_err();
-    assert!(errors[0].message.contains("no enabled fallback"), "{errors:?}");
+    assert!(
+        errors[0].message.contains("no enabled fallback"),
+        "{errors:?}"
+    );
 
     let yaml = "\
 upstreams:
@@ -140,7 +143,10 @@ default_route: {upstream: a}
 #[test]
 fn urls() {
     let u = UpstreamUrl::parse("127.0.0.1:11434").unwrap();
-    assert_eq!((u.tls, u.host.as_str(), u.port, u.path_prefix.as_str()), (false, "127.0.0.1", 11434, ""));
+    assert_eq!(
+        (u.tls, u.host.as_str(), u.port, u.path_prefix.as_str()),
+        (false, "127.0.0.1", 11434, "")
+    );
     assert_eq!(u.host_header(), "127.0.0.1:11434");
     let u = UpstreamUrl::parse("https://api.openai.com/").unwrap();
     assert_eq!((u.tls, u.port, u.path_prefix.as_str()), (true, 443, ""));

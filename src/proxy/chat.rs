@@ -139,7 +139,9 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Result<Bytes, Ap
     let mut first: Option<Bytes> = None;
     while let Some(chunk) = session.read_request_body().await? {
         if (body.len() + chunk.len()) as u64 > limit
-            || first.as_ref().is_some_and(|f| (f.len() + chunk.len()) as u64 > limit)
+            || first
+                .as_ref()
+                .is_some_and(|f| (f.len() + chunk.len()) as u64 > limit)
         {
             return Ok(Err(ApiError::body_too_large(limit)));
         }

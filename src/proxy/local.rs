@@ -90,9 +90,10 @@ struct UpstreamHealth<'a> {
 /// TCP connection now. `status` is `ok` when all of them do, else `degraded` (still 200: the
 /// gateway itself is serving, and falls back where it can).
 pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    let probes = gw.upstreams.iter().map(|u| async move {
-        u.config.enabled && u.reachable(PROBE_TIMEOUT).await
-    });
+    let probes = gw
+        .upstreams
+        .iter()
+        .map(|u| async move { u.config.enabled && u.reachable(PROBE_TIMEOUT).await });
     let reachable = futures::future::join_all(probes).await;
     let upstreams: Vec<UpstreamHealth> = gw
         .upstreams

@@ -103,12 +103,26 @@ impl Gateway {
         match path.as_str() {
             "/v1/chat/completions" => {
                 if method != http::Method::POST {
-                    return self.reject(session, ctx, ApiError::method_not_allowed(method.as_str(), &path, "POST"), Some("POST")).await;
+                    return self
+                        .reject(
+                            session,
+                            ctx,
+                            ApiError::method_not_allowed(method.as_str(), &path, "POST"),
+                            Some("POST"),
+                        )
+                        .await;
                 }
                 chat::handle(self, session, ctx).await?;
             }
             "/v1/models" | "/health" if !is_get => {
-                return self.reject(session, ctx, ApiError::method_not_allowed(method.as_str(), &path, "GET"), Some("GET")).await;
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        ApiError::method_not_allowed(method.as_str(), &path, "GET"),
+                        Some("GET"),
+                    )
+                    .await;
             }
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
@@ -117,7 +131,14 @@ impl Gateway {
             }
             p if p.starts_with("/v1/") => return Ok(Handled::Passthrough(self.config.passthrough)),
             _ => {
-                return self.reject(session, ctx, ApiError::unknown_path(method.as_str(), &path), None).await;
+                return self
+                    .reject(
+                        session,
+                        ctx,
+                        ApiError::unknown_path(method.as_str(), &path),
+                        None,
+                    )
+                    .await;
             }
         }
         Ok(Handled::Done)
@@ -156,8 +177,12 @@ async fn write_json(
     for (name, value) in extra {
         header.insert_header(*name, *value)?;
     }
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 /// Writes an OpenAI-shaped error response.
@@ -237,7 +262,10 @@ impl ProxyHttp for Gateway {
             upstream: upstream.name(),
         };
         // pingora frames the pass-through body itself: keep its transfer-encoding choice.
-        let framing = upstream_response.headers.get(http::header::TRANSFER_ENCODING).cloned();
+        let framing = upstream_response
+            .headers
+            .get(http::header::TRANSFER_ENCODING)
+            .cloned();
         response::rewrite_upstream_header(upstream_response, &explain);
         upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         if let Some(te) = framing {

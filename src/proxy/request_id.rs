@@ -28,7 +28,11 @@ impl Generator {
 
     /// The id for a request: its own `x-request-id` if it is 1–128 visible ASCII characters.
     pub fn for_request(&self, req: &RequestHeader) -> String {
-        if let Some(id) = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        if let Some(id) = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
             if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) {
                 return id.to_owned();
             }

@@ -69,9 +69,8 @@ pub fn rewrite_upstream_header(resp: &mut ResponseHeader, explain: &Explain) {
 /// A complete JSON response header for a body of `len` bytes.
 pub fn json_header(status: u16, len: usize, explain: &Explain) -> ResponseHeader {
     // Every status used here is a valid one.
-    let mut resp = ResponseHeader::build(status, Some(4)).unwrap_or_else(|_| {
-        ResponseHeader::build(500, Some(4)).expect("500 is a valid status")
-    });
+    let mut resp = ResponseHeader::build(status, Some(4))
+        .unwrap_or_else(|_| ResponseHeader::build(500, Some(4)).expect("500 is a valid status"));
     let _ = resp.insert_header(http::header::CONTENT_TYPE, "application/json");
     let _ = resp.insert_header(http::header::CONTENT_LENGTH, len.to_string());
     explain.apply(&mut resp);
@@ -141,7 +140,10 @@ mod tests {
         let h = &resp.headers;
         assert!(h.get("set-cookie").is_none() && h.get("openai-organization").is_none());
         assert!(h.get("connection").is_none());
-        assert_eq!(h["transfer-encoding"], "chunked", "no content-length: chunked");
+        assert_eq!(
+            h["transfer-encoding"], "chunked",
+            "no content-length: chunked"
+        );
         assert_eq!(h["x-request-id"], "req_1");
         assert_eq!(h["x-switchyard-upstream-request-id"], "req_upstream");
         assert_eq!(h["x-switchyard-route"], "cloud");
@@ -153,7 +155,8 @@ mod tests {
     fn sized_bodies_keep_their_length() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.append_header("content-length", "12").unwrap();
-        resp.append_header("content-type", "application/json").unwrap();
+        resp.append_header("content-type", "application/json")
+            .unwrap();
         rewrite_upstream_header(&mut resp, &EXPLAIN);
         assert!(resp.headers.get("transfer-encoding").is_none());
         assert!(is_json(&resp) && !is_event_stream(&resp));
@@ -163,7 +166,11 @@ mod tests {
     fn html_errors_become_openai_errors() {
         let e = wrap_upstream_error(502, "local", b"<html>\n<h1>502   Bad Gateway</h1></html>");
         assert_eq!(e.status, 502);
-        assert!(e.message.contains("<h1>502 Bad Gateway</h1>"), "{}", e.message);
+        assert!(
+            e.message.contains("<h1>502 Bad Gateway</h1>"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.kind, "server_error");
     }
 }

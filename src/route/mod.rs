@@ -86,14 +86,20 @@ default_route: {upstream: cloud}
         let d = decide(&c, "auto");
         assert_eq!((d.upstream, d.model, d.route), (0, "small", Route::Local));
         let d = decide(&c, "gpt-4o");
-        assert_eq!((d.upstream, d.model, d.route), (1, "gpt-4o-2024-08-06", Route::Cloud));
+        assert_eq!(
+            (d.upstream, d.model, d.route),
+            (1, "gpt-4o-2024-08-06", Route::Cloud)
+        );
     }
 
     #[test]
     fn unlisted_models_keep_their_name_on_the_default_route() {
         let c = config(Some("sk-test"));
         let d = decide(&c, "gpt-4.1-nano");
-        assert_eq!((d.upstream, d.model, d.route), (1, "gpt-4.1-nano", Route::Cloud));
+        assert_eq!(
+            (d.upstream, d.model, d.route),
+            (1, "gpt-4.1-nano", Route::Cloud)
+        );
     }
 
     #[test]
@@ -102,7 +108,11 @@ default_route: {upstream: cloud}
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         for name in ["gpt-4o", "auto", "anything-else"] {
             let d = decide(&c, name);
-            assert_eq!((d.upstream, d.model, d.route), (0, "small", Route::Local), "{name}");
+            assert_eq!(
+                (d.upstream, d.model, d.route),
+                (0, "small", Route::Local),
+                "{name}"
+            );
         }
     }
 }

@@ -118,7 +118,10 @@ impl Exchange {
                     })
                 }
                 Err(SendError::Io(e)) if reused && attempt < STALE_RETRIES => {
-                    log::debug!("pooled connection to {} was stale ({e}); retrying", upstream.name());
+                    log::debug!(
+                        "pooled connection to {} was stale ({e}); retrying",
+                        upstream.name()
+                    );
                     attempt += 1;
                 }
                 Err(SendError::Io(e)) => return Err(classify(&e, false)),

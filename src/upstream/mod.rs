@@ -59,7 +59,9 @@ impl Upstream {
             None => None,
             Some(key) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| format!("upstream `{}`: api_key is not a valid header", config.name))?;
+                    .map_err(|_| {
+                        format!("upstream `{}`: api_key is not a valid header", config.name)
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -205,8 +207,17 @@ default_route: {upstream: cloud}
         assert_eq!(req.uri.path(), "/openai/v1/chat/completions");
         assert_eq!(req.headers["host"], "api.example.test");
         assert_eq!(req.headers["authorization"], "Bearer sk-upstream");
-        for gone in ["x-api-key", "connection", "x-hop", "x-switchyard-route", "openai-organization"] {
-            assert!(req.headers.get(gone).is_none(), "{gone} must not be forwarded");
+        for gone in [
+            "x-api-key",
+            "connection",
+            "x-hop",
+            "x-switchyard-route",
+            "openai-organization",
+        ] {
+            assert!(
+                req.headers.get(gone).is_none(),
+                "{gone} must not be forwarded"
+            );
         }
         assert_eq!(req.headers["user-agent"], "OpenAI/Python 1.0");
         assert_eq!(req.headers["x-stainless-lang"], "python");

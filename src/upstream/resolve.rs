@@ -35,7 +35,10 @@ impl Resolver {
     /// A resolver for `host` (a name or an IP literal) and `port`.
     pub fn new(host: &str, port: u16) -> Resolver {
         Resolver {
-            literal: host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, port)),
+            literal: host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, port)),
             host: host.to_owned(),
             port,
             cache: ArcSwapOption::empty(),
@@ -52,7 +55,8 @@ impl Resolver {
         let cached = self.cache.load_full();
         let answer = match cached {
             Some(answer) => {
-                if answer.at.elapsed() > FRESH_FOR && !self.refreshing.swap(true, Ordering::AcqRel) {
+                if answer.at.elapsed() > FRESH_FOR && !self.refreshing.swap(true, Ordering::AcqRel)
+                {
                     let this = Arc::clone(self);
                     tokio::spawn(async move {
                         let _ = this.lookup(timeout).await;
@@ -93,7 +97,10 @@ mod tests {
     #[tokio::test]
     async fn literals_and_names_resolve() {
         let r = Arc::new(Resolver::new("127.0.0.1", 9));
-        assert_eq!(r.resolve(Duration::from_secs(1)).await.unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            r.resolve(Duration::from_secs(1)).await.unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
         let r = Arc::new(Resolver::new("localhost", 9));
         let addr = r.resolve(Duration::from_secs(5)).await.unwrap();
         assert!(addr.ip().is_loopback());

@@ -1,5 +1,8 @@
 """Fixtures for the end-to-end tests: the mock upstream, the gateway process, an OpenAI client.
 
+Run from the repository root with `python -m pytest tests/e2e` in an environment that has `pytest`
+and the official `openai` SDK (v1 or later).
+
 The gateway binary is ``$SWITCHYARD_BIN`` (a relative path is taken from the repository root) or
 ``target/debug/switchyard``. A missing binary fails the tests that need it, with a message saying
 how to build it: nothing is skipped.

@@ -164,7 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response has Content-Length or is chunked
     server_version = "mock-openai/1.0"
     # A keep-alive connection left idle this long is closed, so no handler thread waits forever.
-    timeout = 30
+    # Long enough that the gateway never has a pooled connection closed under it during a test.
+    timeout = 300
     recorder: _Recorder  # set on the bound subclass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature

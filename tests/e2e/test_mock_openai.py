@@ -66,7 +66,8 @@ def test_stream_with_usage(direct):
         )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: one two three"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "echo: one two three"
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
 
@@ -169,7 +170,8 @@ def test_each_sse_event_is_one_http_chunk_and_keep_alive_works(mock):
             assert headers["transfer-encoding"] == "chunked"
             assert headers["content-type"].startswith("text/event-stream")
             chunks = _read_chunks(f)
-            assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)
+            for c in chunks:  # exactly one `data: ...\n\n` event per chunk
+                assert c.startswith(b"data: ") and c.endswith(b"\n\n") and c.count(b"\n\n") == 1
             assert chunks[-1] == b"data: [DONE]\n\n"
             events = [json.loads(c[6:]) for c in chunks[:-1]]
             assert all(e["object"] == "chat.completion.chunk" for e in events)

@@ -21,15 +21,14 @@ def marker() -> str:
     return f"m-{uuid.uuid4().hex[:12]}"
 
 
-def post(port: int, path: str, body: bytes, headers: Optional[dict] = None) -> tuple[http.client.HTTPResponse, bytes]:
+def post(
+    port: int, path: str, body: bytes, headers: Optional[dict] = None
+) -> tuple[http.client.HTTPResponse, bytes]:
+    """POST as a client with its own key would; returns the response and its whole body."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}", **(headers or {})}
     try:
-        conn.request(
-            "POST",
-            path,
-            body=body,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}", **(headers or {})},
-        )
+        conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()
         return response, response.read()
     finally:
@@ -42,7 +41,9 @@ def post(port: int, path: str, body: bytes, headers: Optional[dict] = None) -> t
 ODD_VALUES = {
     "temperature": "0.70",
     "top_p": "1e0",
-    "x_vendor": '{"nested": [1, 2.50, "\\ud83d\\ude00"], "big": 123456789012345678901234567890, "flag": null}',
+    "x_vendor": (
+        '{"nested": [1, 2.50, "\\ud83d\\ude00"], "big": 123456789012345678901234567890, "flag": null}'
+    ),
 }
 
 
@@ -63,7 +64,9 @@ def pretty_body(model: str, m: str) -> bytes:
 @pytest.mark.parametrize(
     "model, upstream_model", [("auto", LOCAL_MODEL), ("gpt-4o", CLOUD_MODEL)], ids=["local", "cloud"]
 )
-def test_other_fields_are_forwarded_byte_for_byte(gateway, mock_upstream, make_body, model, upstream_model):
+def test_other_fields_are_forwarded_byte_for_byte(
+    gateway, mock_upstream, make_body, model, upstream_model
+):
     m = marker()
     body = make_body(model, m)
     response, _ = post(gateway.port, "/v1/chat/completions", body)
@@ -75,6 +78,8 @@ def test_other_fields_are_forwarded_byte_for_byte(gateway, mock_upstream, make_b
     messages_text = body[body.index(b"[") : body.index(b"]") + 1]
     for raw in [messages_text, *(v.encode() for v in ODD_VALUES.values())]:
         assert raw in sent.body, f"{raw!r} was not forwarded as written; upstream got {sent.body!r}"
+    expected_auth = [f"Bearer {UPSTREAM_KEY}"] if upstream_model == CLOUD_MODEL else []
+    assert sent.header_values("authorization") == expected_auth
 
 
 def test_json_answer_is_relayed_unchanged(gateway, mock_upstream):
@@ -91,8 +96,9 @@ def test_json_answer_is_relayed_unchanged(gateway, mock_upstream):
 
 def test_error_answer_is_relayed_unchanged(gateway, mock_upstream):
     m = marker()
-    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": f"please fail with 429 {m}"}]})
-    response, data = post(gateway.port, "/v1/chat/completions", body.encode())
+    messages = [{"role": "user", "content": f"please fail with 429 {m}"}]
+    body = json.dumps({"model": "auto", "messages": messages}).encode()
+    response, data = post(gateway.port, "/v1/chat/completions", body)
 
     upstream = mock_upstream.find(m)[-1]
     assert response.status == upstream.response_status == 429
@@ -103,8 +109,12 @@ def test_error_answer_is_relayed_unchanged(gateway, mock_upstream):
 def test_stream_is_relayed_unchanged(gateway, mock_upstream, model, route):
     m = marker()
     body = json.dumps(
-        {"model": model, "messages": [{"role": "user", "content": f"stream {m}"}], "stream": True,
-         "stream_options": {"include_usage": True}}
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": f"stream {m}"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
     ).encode()
     response, data = post(gateway.port, "/v1/chat/completions", body, {"Accept": "text/event-stream"})
 

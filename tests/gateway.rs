@@ -1,0 +1,728 @@
+//! The gateway over real sockets: a real `switchyard` process between a raw HTTP client and
+//! mock upstreams.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use tokio::sync::Notify;
+
+/// Answers like OpenAI: echoes the last message, streams when asked, with the model it received.
+fn echo(req: &Recorded) -> Reply {
+    let body = req.json();
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let text = format!("echo: {}", req.last_message());
+    if body["stream"] == json!(true) {
+        Reply::Sse {
+            events: stream_events(&model, &[&text]),
+            pause: Duration::ZERO,
+            split: false,
+        }
+    } else {
+        Reply::json(completion(&model, &text))
+    }
+}
+
+fn user(text: &str) -> serde_json::Value {
+    json!([{"role": "user", "content": text}])
+}
+
+async fn echo_pair() -> (Mock, Mock, Gateway) {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let gw = Gateway::start(&two_upstreams(&local.url(), &cloud.url(), ""));
+    (local, cloud, gw)
+}
+
+fn no_secret_leaks(mocks: &[&Mock]) {
+    for mock in mocks {
+        for r in mock.requests() {
+            let all = format!("{:?}", r.headers);
+            assert!(
+                !all.contains(CLIENT_KEY),
+                "client key reached an upstream: {all}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_streaming_answer_is_relayed_with_model_and_key_rewritten() {
+    let (local, cloud, gw) = echo_pair().await;
+    let sent = json!({"model": "gpt-4o", "messages": user("hello"), "temperature": 0.25, "x_custom": {"a": [1, 2]}});
+    let resp = chat(gw.addr(), &sent).await;
+
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.complete);
+    let body = resp.json();
+    assert_eq!(body["choices"][0]["message"]["content"], "echo: hello");
+    assert_eq!(
+        body["model"], "gpt-4o-2024-08-06",
+        "the upstream saw the rewritten model"
+    );
+    assert_eq!(resp.header("x-switchyard-route"), Some("cloud"));
+    assert_eq!(resp.header("x-switchyard-upstream"), Some("cloud"));
+    let id = resp.header("x-request-id").expect("request id");
+    assert!(
+        id.starts_with("req_") && id != "req_mock",
+        "the gateway's own id: {id}"
+    );
+    assert_eq!(
+        resp.header("x-switchyard-upstream-request-id"),
+        Some("req_mock")
+    );
+    assert!(resp.header("openai-organization").is_none() && resp.header("set-cookie").is_none());
+    assert!(!resp.text().contains(CLOUD_KEY));
+
+    let seen = cloud.requests();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/v1/chat/completions")
+    );
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {CLOUD_KEY}").as_str())
+    );
+    assert_eq!(r.header("host"), Some(cloud.addr.to_string().as_str()));
+    let mut expected = sent.clone();
+    expected["model"] = json!("gpt-4o-2024-08-06");
+    assert_eq!(
+        r.json(),
+        expected,
+        "every other field passes through unchanged"
+    );
+    assert!(local.requests().is_empty());
+    no_secret_leaks(&[&local, &cloud]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_upstream_gets_its_model_and_no_credentials() {
+    let (local, cloud, gw) = echo_pair().await;
+    let resp = chat(gw.addr(), &json!({"model": "auto", "messages": user("hi")})).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-switchyard-route"), Some("local"));
+    assert_eq!(resp.header("x-switchyard-upstream"), Some("local"));
+    let seen = local.requests();
+    assert_eq!(seen[0].json()["model"], "llama-local");
+    assert!(
+        seen[0].header("authorization").is_none(),
+        "no key for an upstream without one"
+    );
+    assert!(cloud.requests().is_empty());
+
+    // A model outside the table keeps its name and takes the default route.
+    let resp = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4.1-nano", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(resp.json()["model"], "gpt-4.1-nano");
+    assert_eq!(resp.header("x-switchyard-route"), Some("cloud"));
+    no_secret_leaks(&[&local, &cloud]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_request_id_is_echoed() {
+    let (_local, _cloud, gw) = echo_pair().await;
+    let body = json!({"model": "auto", "messages": user("hi")}).to_string();
+    let resp = request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[("x-request-id", "trace-42")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(resp.header("x-request-id"), Some("trace-42"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_arrives_incrementally() {
+    let gate = Arc::new(Notify::new());
+    let events = stream_events("gpt-4o", &["Hel", "lo"]);
+    let (first, rest) = events.split_at(2);
+    let (first, rest) = (first.to_vec(), rest.to_vec());
+    let g = Arc::clone(&gate);
+    let cloud = Mock::start(move |_| Reply::Gated {
+        first: first.clone(),
+        gate: Arc::clone(&g),
+        rest: rest.clone(),
+    })
+    .await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
+    let mut s = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert!(s
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    assert_eq!(s.header("x-switchyard-route"), Some("cloud"));
+
+    // The first two events arrive while the mock still holds the rest back.
+    let e1 = tokio::time::timeout(Duration::from_secs(5), s.next_event())
+        .await
+        .expect("first event in time");
+    let e1: serde_json::Value = serde_json::from_str(&e1.expect("an event")).unwrap();
+    assert_eq!(e1["choices"][0]["delta"]["role"], "assistant");
+    let e2 = tokio::time::timeout(Duration::from_secs(5), s.next_event())
+        .await
+        .expect("second event in time");
+    assert!(e2.unwrap().contains("Hel"));
+
+    gate.notify_one();
+    let mut text = String::new();
+    let mut done = false;
+    while let Some(e) = s.next_event().await {
+        if e == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&e).unwrap();
+        text.push_str(
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(text, "lo");
+    assert!(
+        done && s.complete,
+        "stream ends with [DONE] and a complete body"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_dripped_events_arrive_whole_and_in_order() {
+    let pieces: Vec<String> = (0..20).map(|i| format!("p{i} ")).collect();
+    let cloud = Mock::start(move |_| Reply::Sse {
+        events: stream_events(
+            "gpt-4o",
+            &pieces.iter().map(String::as_str).collect::<Vec<_>>(),
+        ),
+        pause: Duration::from_millis(3),
+        split: true,
+    })
+    .await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
+    let mut s = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    let mut text = String::new();
+    let mut events = 0;
+    while let Some(e) = s.next_event().await {
+        events += 1;
+        if e != "[DONE]" {
+            let v: serde_json::Value =
+                serde_json::from_str(&e).unwrap_or_else(|err| panic!("{err}: {e}"));
+            text.push_str(
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    assert_eq!(events, 23);
+    assert_eq!(text, (0..20).map(|i| format!("p{i} ")).collect::<String>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_mebibyte_body_arrives_byte_exact() {
+    let (_local, cloud, gw) = echo_pair().await;
+    let filler: String = (0..(1 << 20))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let sent = json!({"model": "gpt-4o", "messages": user(&filler)});
+    let resp = chat(gw.addr(), &sent).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let seen = cloud.requests();
+    let body = &seen[0].body;
+    assert!(body.len() > 1 << 20);
+    let expected = sent
+        .to_string()
+        .replace("\"gpt-4o\"", "\"gpt-4o-2024-08-06\"");
+    assert!(
+        body == expected.as_bytes(),
+        "the upstream got the body byte for byte"
+    );
+    assert_eq!(
+        resp.json()["choices"][0]["message"]["content"],
+        format!("echo: {filler}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_openai_errors() {
+    let (local, cloud, gw) = echo_pair().await;
+    let a = gw.addr();
+
+    let e = request(a, "POST", "/v1/chat/completions", &[], b"{not json")
+        .await
+        .assert_error(400);
+    assert_eq!(e["type"], "invalid_request_error");
+    let e = request(a, "POST", "/v1/chat/completions", &[], b"[]")
+        .await
+        .assert_error(400);
+    assert_eq!(e["code"], "invalid_type");
+    let e = chat(a, &json!({"model": "auto"})).await.assert_error(400);
+    assert_eq!(e["param"], "messages");
+    let e = chat(a, &json!({"model": "auto", "messages": []}))
+        .await
+        .assert_error(400);
+    assert_eq!(
+        (e["param"].as_str(), e["code"].as_str()),
+        (Some("messages"), Some("empty_array"))
+    );
+    let e = chat(a, &json!({"messages": user("x")}))
+        .await
+        .assert_error(400);
+    assert_eq!(e["param"], "model");
+
+    // Over limits.max_body_bytes (2 MiB here): 413, announced or not.
+    let big = vec![b' '; 3 << 20];
+    request(a, "POST", "/v1/chat/completions", &[], &big)
+        .await
+        .assert_error(413);
+    let chunked = {
+        let mut body = Vec::new();
+        for _ in 0..3 {
+            body.extend_from_slice(format!("{:x}\r\n", 1 << 20).as_bytes());
+            body.extend(std::iter::repeat_n(b' ', 1 << 20));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        body
+    };
+    request(
+        a,
+        "POST",
+        "/v1/chat/completions",
+        &[("transfer-encoding", "chunked")],
+        &chunked,
+    )
+    .await
+    .assert_error(413);
+
+    let e = request(a, "GET", "/nowhere", &[], b"")
+        .await
+        .assert_error(404);
+    assert!(e["message"].as_str().unwrap().contains("/nowhere"));
+    let r = request(a, "GET", "/v1/chat/completions", &[], b"").await;
+    r.assert_error(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = request(a, "DELETE", "/health", &[], b"").await;
+    r.assert_error(405);
+    assert_eq!(r.header("allow"), Some("GET"));
+
+    assert!(
+        local.requests().is_empty() && cloud.requests().is_empty(),
+        "nothing bad was forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_map_to_502_and_504() {
+    let hang = Mock::start(|_| Reply::Hang).await;
+    let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}";
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &hang.url(),
+        timeouts,
+    ));
+
+    let e = chat(gw.addr(), &json!({"model": "auto", "messages": user("x")}))
+        .await
+        .assert_error(502);
+    assert_eq!(e["code"], "upstream_unreachable");
+    let r = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("x")}),
+    )
+    .await;
+    let e = r.assert_error(504);
+    assert_eq!(e["code"], "upstream_timeout");
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_stream_times_out_with_an_error_event() {
+    let gate = Arc::new(Notify::new());
+    let g = Arc::clone(&gate);
+    let cloud = Mock::start(move |_| Reply::Gated {
+        first: stream_events("gpt-4o", &["a"])[..2].to_vec(),
+        gate: Arc::clone(&g),
+        rest: vec![],
+    })
+    .await;
+    let timeouts = "    timeouts: {connect: 1s, first_byte: 2s, idle: 300ms, total: 5s}";
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        timeouts,
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
+    let mut s = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let mut last = String::new();
+    while let Some(e) = s.next_event().await {
+        last = e;
+    }
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout", "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn death_mid_stream_ends_with_an_sse_error_event() {
+    let cloud = Mock::start(|_| {
+        Reply::DieMidStream(stream_events("gpt-4o", &["par", "tial"])[..3].to_vec())
+    })
+    .await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
+    let keep_alive = [("connection", "keep-alive")];
+    let mut s = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &keep_alive,
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let mut events = Vec::new();
+    while let Some(e) = s.next_event().await {
+        events.push(e);
+    }
+    assert_eq!(
+        events.len(),
+        4,
+        "three relayed events and the error: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e == "[DONE]"),
+        "a broken stream never claims [DONE]"
+    );
+    let err: serde_json::Value = serde_json::from_str(&events[3]).unwrap();
+    assert_eq!(err["error"]["type"], "server_error");
+    assert!(err["error"]["message"].as_str().unwrap().contains("cloud"));
+    assert!(
+        s.complete,
+        "the stream itself ends cleanly after the error event"
+    );
+    assert!(s.closed_after_body().await, "and the connection is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn death_mid_json_body_is_never_a_complete_answer() {
+    let full = completion("gpt-4o", &"x".repeat(5000)).to_string();
+    let cloud = Mock::start(move |_| Reply::DieMidBody(full.clone())).await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let resp = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert!(!resp.complete, "a truncated body must not look complete");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_keep_their_status_and_shape() {
+    let cloud = Mock::start(|req| match req.last_message().as_str() {
+        "429" => Reply::error(429, "rate_limit_error", "Rate limit reached"),
+        _ => Reply::Full {
+            status: 502,
+            content_type: "text/html",
+            body: "<html><h1>502 Bad Gateway</h1></html>".into(),
+        },
+    })
+    .await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let r = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("429")}),
+    )
+    .await;
+    let e = r.assert_error(429);
+    assert_eq!(e["message"], "Rate limit reached");
+    assert_eq!(e["type"], "rate_limit_error");
+    let e = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("html")}),
+    )
+    .await
+    .assert_error(502);
+    assert!(
+        e["message"].as_str().unwrap().contains("502 Bad Gateway"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_openai_paths_pass_through_with_the_upstream_key() {
+    let cloud = Mock::start(|req| {
+        assert_eq!(req.path, "/v1/embeddings");
+        Reply::json(json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+            "model": req.json()["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
+    })
+    .await;
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let body = json!({"model": "text-embedding-3-small", "input": "hi"}).to_string();
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/v1/embeddings",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["data"][0]["embedding"], json!([0.1, 0.2]));
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    assert!(r.header("x-request-id").is_some());
+    let seen = cloud.requests();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {CLOUD_KEY}").as_str())
+    );
+    assert_eq!(
+        seen[0].json()["model"],
+        "text-embedding-3-small",
+        "pass-through is unchanged"
+    );
+    no_secret_leaks(&[&cloud]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_clients_each_get_their_own_answer() {
+    let (local, cloud, gw) = echo_pair().await;
+    let addr = gw.addr();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let nonce = format!("nonce-{i}-{}", i * 7919);
+                let model = if i % 2 == 0 { "auto" } else { "gpt-4o" };
+                let stream = i % 3 == 0;
+                let body = json!({"model": model, "stream": stream, "messages": user(&nonce)});
+                let resp = chat(addr, &body).await;
+                assert_eq!(resp.status, 200);
+                let text = resp.text();
+                assert!(
+                    text.contains(&format!("echo: {nonce}\"")),
+                    "request {i} got: {text}"
+                );
+                let others = text.matches("echo: nonce-").count();
+                assert_eq!(others, 1, "exactly one answer in the body");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    assert_eq!(local.requests().len() + cloud.requests().len(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered() {
+    let (_local, _cloud, gw) = echo_pair().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"model": "auto", "messages": user("hi")}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n", body.len());
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(900), conn.read(&mut buf))
+        .await
+        .expect("100 Continue comes before a client's 1 s wait")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_and_health_are_served_by_the_gateway() {
+    let (local, _cloud, gw) = echo_pair().await;
+    let r = request(gw.addr(), "GET", "/v1/models", &[], b"").await;
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["auto", "gpt-4o"]);
+    assert_eq!(r.json()["object"], "list");
+    let r = request(gw.addr(), "GET", "/v1/models/auto", &[], b"").await;
+    assert_eq!(r.json()["id"], "auto");
+    request(gw.addr(), "GET", "/v1/models/nope", &[], b"")
+        .await
+        .assert_error(404);
+
+    let h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(
+        h["upstreams"][0],
+        json!({"name": "local", "route": "local", "enabled": true, "reachable": true})
+    );
+    drop(local);
+
+    let gw2 = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &_cloud.url(),
+        "",
+    ));
+    let h = request(gw2.addr(), "GET", "/health", &[], b"").await.json();
+    assert_eq!(h["status"], "degraded");
+    assert_eq!(h["upstreams"][0]["reachable"], false);
+    assert_eq!(h["upstreams"][1]["reachable"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
+    let cloud = Mock::start(|_| Reply::Sse {
+        events: stream_events("gpt-4o", &["a", "b", "c", "d", "e"]),
+        pause: Duration::from_millis(150),
+        split: false,
+    })
+    .await;
+    let mut gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &cloud.url(),
+        "",
+    ));
+    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
+    let mut s = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert!(s.next_event().await.is_some());
+    gw.terminate();
+    let mut rest = Vec::new();
+    while let Some(e) = s.next_event().await {
+        rest.push(e);
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("[DONE]"),
+        "the stream finished: {rest:?}"
+    );
+    assert_eq!(
+        gw.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_taken_port_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let yaml = two_upstreams("http://127.0.0.1:1", "http://127.0.0.1:1", "")
+        .replace("{PORT}", &port.to_string());
+    let path = std::env::temp_dir().join(format!("switchyard-port-{}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains(&port.to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_its_line() {
+    let path = std::env::temp_dir().join(format!("switchyard-check-{}.yaml", std::process::id()));
+    std::fs::write(&path, "server:\n  listen: nowhere\nupstreams:\n  a:\n    route: sideways\n    url: http://x\ndefault_route:\n  upstream: b\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2, column 11"), "{err}");
+    assert!(err.contains("line 5, column 12"), "{err}");
+    assert!(err.contains("line 8"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config", "conf/switchyard.yaml"])
+        .env_remove("OPENAI_API_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("OPENAI_API_KEY").count() + err.matches("disabled").count(),
+        1,
+        "one warning line: {err}"
+    );
+}

@@ -1,0 +1,385 @@
+//! A mock OpenAI-compatible upstream over real TCP, speaking HTTP/1.1 by hand so that tests
+//! control every byte and every pause: split SSE events, slow drips, hangs, deaths mid-answer.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// A request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// The first value of a header (names compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("request body is JSON")
+    }
+
+    /// The text of the last message.
+    pub fn last_message(&self) -> String {
+        let v = self.json();
+        v["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// What the mock answers.
+pub enum Reply {
+    /// A complete answer with `content-length`.
+    Full {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// An SSE stream, chunked; each event its own write, `pause` between events; with `split`
+    /// every event is cut in two writes with a pause between the halves.
+    Sse {
+        events: Vec<String>,
+        pause: Duration,
+        split: bool,
+    },
+    /// Sends `first`, waits for `gate`, then sends `rest`.
+    Gated {
+        first: Vec<String>,
+        gate: Arc<Notify>,
+        rest: Vec<String>,
+    },
+    /// Reads the request and never answers.
+    Hang,
+    /// Sends these SSE events, then closes the connection without ending the body.
+    DieMidStream(Vec<String>),
+    /// Announces `content-length` of `full` bytes, sends the first half, then closes.
+    DieMidBody(String),
+}
+
+impl Reply {
+    /// A 200 JSON answer.
+    pub fn json(body: serde_json::Value) -> Reply {
+        Reply::Full {
+            status: 200,
+            content_type: "application/json",
+            body: body.to_string(),
+        }
+    }
+
+    /// An OpenAI error with the given status.
+    pub fn error(status: u16, kind: &str, message: &str) -> Reply {
+        Reply::Full {
+            status,
+            content_type: "application/json",
+            body: serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+                .to_string(),
+        }
+    }
+}
+
+/// Decides the reply to a request.
+pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A running mock upstream.
+pub struct Mock {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl Mock {
+    /// Starts a mock on an ephemeral loopback port.
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let recorded = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let _ = conn.set_nodelay(true);
+                tokio::spawn(serve(conn, Arc::clone(&handler), Arc::clone(&recorded)));
+            }
+        });
+        Mock { addr, requests }
+    }
+
+    /// The mock's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+async fn serve(mut conn: TcpStream, handler: Handler, recorded: Arc<Mutex<Vec<Recorded>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(req) = read_request(&mut conn, &mut buf).await else {
+            return;
+        };
+        recorded.lock().expect("lock").push(req.clone());
+        let keep = match handler(&req) {
+            Reply::Full {
+                status,
+                content_type,
+                body,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-request-id: req_mock\r\nopenai-organization: mock-org\r\nset-cookie: session=mock\r\n\r\n",
+                    reason(status),
+                    body.len()
+                );
+                conn.write_all(head.as_bytes()).await.is_ok()
+                    && conn.write_all(body.as_bytes()).await.is_ok()
+            }
+            Reply::Sse {
+                events,
+                pause,
+                split,
+            } => {
+                if write_sse_head(&mut conn).await.is_err() {
+                    return;
+                }
+                for event in events {
+                    let bytes = format!("data: {event}\n\n");
+                    if split {
+                        let (a, b) = bytes.split_at(bytes.len() / 2);
+                        if write_chunk(&mut conn, a.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if write_chunk(&mut conn, b.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    } else if write_chunk(&mut conn, bytes.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                conn.write_all(b"0\r\n\r\n").await.is_ok()
+            }
+            Reply::Gated { first, gate, rest } => {
+                if write_sse_head(&mut conn).await.is_err() {
+                    return;
+                }
+                for event in first {
+                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                gate.notified().await;
+                for event in rest {
+                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                conn.write_all(b"0\r\n\r\n").await.is_ok()
+            }
+            Reply::Hang => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            Reply::DieMidStream(events) => {
+                if write_sse_head(&mut conn).await.is_err() {
+                    return;
+                }
+                for event in events {
+                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return;
+            }
+            Reply::DieMidBody(full) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    full.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&full.as_bytes()[..full.len() / 2]).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return;
+            }
+        };
+        if !keep {
+            return;
+        }
+    }
+}
+
+async fn write_sse_head(conn: &mut TcpStream) -> std::io::Result<()> {
+    conn.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n",
+    )
+    .await
+}
+
+async fn write_chunk(conn: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    conn.write_all(&out).await
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        _ => "Status",
+    }
+}
+
+/// Reads one request (content-length or chunked body) from a keep-alive connection.
+async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i;
+        }
+        let mut chunk = [0u8; 65536];
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end + 4);
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_owned();
+    let path = first.next()?.to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let body = if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        fill(conn, buf, len).await?;
+        buf.drain(..len).collect()
+    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                fill(conn, buf, buf.len() + 1).await?;
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).ok()?;
+            buf.drain(..line_end + 2);
+            fill(conn, buf, size + 2).await?;
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+async fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<()> {
+    while buf.len() < len {
+        let mut chunk = [0u8; 65536];
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some(())
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A `chat.completion` answer in OpenAI's exact shape.
+pub fn completion(model: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+    })
+}
+
+/// The SSE events of a streamed answer in OpenAI's exact shape, `[DONE]` included.
+pub fn stream_events(model: &str, pieces: &[&str]) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        serde_json::json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        })
+        .to_string()
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        serde_json::Value::Null,
+    )];
+    for p in pieces {
+        events.push(chunk(
+            serde_json::json!({"content": p}),
+            serde_json::Value::Null,
+        ));
+    }
+    events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+    events.push("[DONE]".to_owned());
+    events
+}

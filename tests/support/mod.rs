@@ -1,0 +1,446 @@
+//! Shared test support: mock upstreams, a gateway process per test, and a raw HTTP/1.1 client
+//! that can watch a response arrive piece by piece.
+
+#![allow(dead_code)]
+
+pub mod mock;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub use mock::{completion, refused_addr, stream_events, Mock, Recorded, Reply};
+
+/// The key clients present to the gateway in tests; it must never reach an upstream.
+pub const CLIENT_KEY: &str = "sk-client-gateway-key-123";
+/// The cloud upstream's key; it must never reach a client or the local upstream.
+pub const CLOUD_KEY: &str = "sk-upstream-cloud-secret-456";
+
+/// A free loopback port (released right away; the gateway binds it next).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn scratch_file(name: &str, contents: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "switchyard-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, contents).expect("write scratch file");
+    path
+}
+
+/// The standard two-upstream configuration used by most tests, with `extra` appended to
+/// each upstream block (timeouts, say).
+pub fn two_upstreams(local: &str, cloud: &str, timeouts: &str) -> String {
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:{{PORT}}"
+  drain_timeout: 5s
+limits:
+  max_body_bytes: 2MiB
+upstreams:
+  local:
+    kind: openai
+    route: local
+    url: "{local}"
+    model: llama-local
+{timeouts}
+  cloud:
+    kind: openai
+    route: cloud
+    url: "{cloud}"
+    model: gpt-4o
+    api_key: "{CLOUD_KEY}"
+    require_api_key: true
+    fallback: local
+{timeouts}
+models:
+  - name: auto
+    upstream: local
+  - name: gpt-4o
+    upstream: cloud
+    model: gpt-4o-2024-08-06
+default_route:
+  upstream: cloud
+passthrough:
+  upstream: cloud
+"#
+    )
+}
+
+/// A running gateway process; killed when dropped.
+pub struct Gateway {
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml`, where `{PORT}` stands for the port it listens on.
+    pub fn start(yaml: &str) -> Gateway {
+        let port = free_port();
+        let config = scratch_file("config.yaml", &yaml.replace("{PORT}", &port.to_string()));
+        let log = scratch_file("gateway.log", "");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start switchyard");
+        let mut gw = Gateway { port, child, log };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited at start ({status}):\n{}", self.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not start listening:\n{}", self.log());
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The gateway's address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response as the client received it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the body ended as its framing said (full content-length, or the last chunk).
+    pub complete: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Asserts an OpenAI-shaped error with this status and returns its `error` object.
+    pub fn assert_error(&self, status: u16) -> serde_json::Value {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert!(
+            self.header("x-request-id").is_some(),
+            "errors carry the request id"
+        );
+        assert!(
+            self.header("content-type")
+                .is_some_and(|v| v.contains("application/json")),
+            "{:?}",
+            self.headers
+        );
+        let v = self.json();
+        let e = v["error"].clone();
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        e
+    }
+}
+
+/// A response being read: the head is in, the body comes with [`Streaming::next_event`].
+pub struct Streaming {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    conn: TcpStream,
+    raw: Vec<u8>,
+    decoded: Vec<u8>,
+    chunked: bool,
+    remaining: Option<usize>,
+    pub complete: bool,
+    eof: bool,
+}
+
+/// Sends a request on a new connection and reads the response head.
+pub async fn open(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Streaming {
+    let mut conn = TcpStream::connect(addr).await.expect("connect to gateway");
+    conn.set_nodelay(true).expect("nodelay");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("connection"))
+    {
+        head.push_str("connection: close\r\n");
+    }
+    let mut has_length = false;
+    for (k, v) in headers {
+        has_length |=
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !has_length && (method == "POST" || !body.is_empty()) {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    // The gateway may answer (413) before reading the whole body and close: that is fine.
+    let _ = conn.write_all(&out).await;
+    read_head(conn).await
+}
+
+async fn read_head(mut conn: TcpStream) -> Streaming {
+    let mut raw = Vec::new();
+    let end = loop {
+        if let Some(i) = mock::find(&raw, b"\r\n\r\n") {
+            // Skip informational answers.
+            if raw.starts_with(b"HTTP/1.1 1") {
+                raw.drain(..i + 4);
+                continue;
+            }
+            break i;
+        }
+        let mut buf = [0u8; 16384];
+        let n = conn.read(&mut buf).await.expect("read response head");
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    raw.drain(..end + 4);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let remaining = get("content-length").and_then(|v| v.parse().ok());
+    Streaming {
+        status,
+        headers,
+        conn,
+        raw,
+        decoded: Vec::new(),
+        chunked,
+        complete: remaining == Some(0),
+        remaining,
+        eof: false,
+    }
+}
+
+impl Streaming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Decodes what is buffered; true when the body is complete.
+    fn decode(&mut self) {
+        if self.complete {
+            return;
+        }
+        if self.chunked {
+            loop {
+                let Some(line) = mock::find(&self.raw, b"\r\n") else {
+                    return;
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.raw[..line]).trim(), 16)
+                        .expect("chunk size");
+                if self.raw.len() < line + 2 + size + 2 {
+                    return;
+                }
+                self.decoded
+                    .extend_from_slice(&self.raw[line + 2..line + 2 + size]);
+                self.raw.drain(..line + 2 + size + 2);
+                if size == 0 {
+                    self.complete = true;
+                    return;
+                }
+            }
+        } else {
+            self.decoded.append(&mut self.raw);
+            if let Some(n) = self.remaining {
+                if self.decoded.len() >= n {
+                    self.complete = true;
+                }
+            }
+        }
+    }
+
+    async fn read_more(&mut self) -> bool {
+        if self.eof {
+            return false;
+        }
+        let mut buf = [0u8; 65536];
+        match self.conn.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                self.eof = true;
+                false
+            }
+            Ok(n) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next SSE event's data (without `data: `), or `None` when the body ends.
+    pub async fn next_event(&mut self) -> Option<String> {
+        loop {
+            self.decode();
+            if let Some(i) = mock::find(&self.decoded, b"\n\n") {
+                let event: Vec<u8> = self.decoded.drain(..i + 2).collect();
+                let text = String::from_utf8_lossy(&event).into_owned();
+                return Some(text.trim_end().trim_start_matches("data: ").to_owned());
+            }
+            if self.complete || !self.read_more().await {
+                self.decode();
+                return None;
+            }
+        }
+    }
+
+    /// Whether the server closes the connection once the body has ended (waits up to 2 s).
+    pub async fn closed_after_body(&mut self) -> bool {
+        let mut buf = [0u8; 1024];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.conn.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// Reads the rest of the body.
+    pub async fn finish(mut self) -> Response {
+        loop {
+            self.decode();
+            if self.complete || !self.read_more().await {
+                break;
+            }
+        }
+        self.decode();
+        if !self.chunked && self.remaining.is_none() {
+            // Close-delimited body: complete at EOF.
+            self.complete = self.eof;
+        }
+        Response {
+            status: self.status,
+            headers: self.headers,
+            body: self.decoded,
+            complete: self.complete,
+        }
+    }
+}
+
+/// Sends a request and reads the whole response.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    open(addr, method, path, headers, body).await.finish().await
+}
+
+/// Posts a chat request with the client key, as an SDK would.
+pub async fn chat(addr: SocketAddr, body: &serde_json::Value) -> Response {
+    let auth = format!("Bearer {CLIENT_KEY}");
+    request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
