@@ -726,3 +726,23 @@ fn check_reports_every_error_with_its_line() {
         "one warning line: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_to_a_dead_upstream_is_an_openai_502() {
+    let gw = Gateway::start(&two_upstreams(
+        &refused_addr().to_string(),
+        &format!("http://{}", refused_addr()),
+        "",
+    ));
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/v1/embeddings",
+        &[("content-type", "application/json")],
+        br#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    let e = r.assert_error(502);
+    assert_eq!(e["code"], "upstream_unreachable");
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+}

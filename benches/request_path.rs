@@ -1,0 +1,117 @@
+//! The gateway's own work per chat request, without sockets: parse the body once, look the
+//! model up, splice the new model name into the bytes, and rewrite the client's header for the
+//! upstream. Everything else a request costs is pingora's HTTP handling and the kernel's.
+//!
+//! Run with `cargo bench --bench request_path`.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use pingora::http::RequestHeader;
+use std::hint::black_box;
+use switchyard::api::ChatRequest;
+use switchyard::config::Config;
+use switchyard::route;
+use switchyard::upstream::{prepare_headers, Upstream};
+
+/// A ~1.4 KB request like the load benchmark's: a system prompt and a question.
+fn body() -> Bytes {
+    let system =
+        "You are a helpful assistant that answers questions about history concisely. ".repeat(6);
+    let user = "Tell me about the history of the Roman empire, its rise and its fall, in brief. "
+        .repeat(10);
+    Bytes::from(
+        serde_json::json!({
+            "model": "gpt-4o",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0.7,
+            "max_tokens": 256
+        })
+        .to_string(),
+    )
+}
+
+/// The header the official Python SDK sends.
+fn client_header() -> RequestHeader {
+    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("header");
+    for (k, v) in [
+        ("host", "127.0.0.1:8080"),
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.54.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.54.0"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.11.7"),
+        ("authorization", "Bearer sk-client"),
+        ("x-stainless-async", "false"),
+        ("x-stainless-retry-count", "0"),
+        ("content-length", "1409"),
+    ] {
+        req.append_header(k, v).expect("header value");
+    }
+    req
+}
+
+fn config() -> Config {
+    let yaml = r#"
+upstreams:
+  local: {route: local, url: "http://127.0.0.1:11434", model: llama3.1}
+  cloud: {route: cloud, url: "https://api.openai.com", model: gpt-4o, api_key: sk-bench}
+models:
+  - {name: auto, upstream: local}
+  - {name: gpt-4o, upstream: cloud, model: gpt-4o-2024-08-06}
+default_route: {upstream: cloud}
+"#;
+    Config::from_yaml(yaml, |_| None).expect("bench config")
+}
+
+fn request_path(c: &mut Criterion) {
+    let body = body();
+    let config = config();
+    let upstreams: Vec<Upstream> = config
+        .upstreams
+        .iter()
+        .cloned()
+        .map(|u| Upstream::new(u).expect("upstream"))
+        .collect();
+    let header = client_header();
+
+    let mut group = c.benchmark_group("request_path");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("parse", |b| {
+        b.iter(|| ChatRequest::parse(black_box(body.clone())).expect("valid"))
+    });
+    let parsed = ChatRequest::parse(body.clone()).expect("valid");
+    group.bench_function("decide_and_rewrite_model", |b| {
+        b.iter(|| {
+            let d = route::decide(&config, black_box(&parsed.model));
+            parsed.body_with_model(d.model)
+        })
+    });
+    group.bench_function("upstream_header", |b| {
+        b.iter(|| {
+            let mut h = black_box(&header).clone();
+            prepare_headers(&mut h, &upstreams[1], "/v1/chat/completions").expect("header");
+            h
+        })
+    });
+    group.bench_function("all", |b| {
+        b.iter(|| {
+            let req = ChatRequest::parse(black_box(body.clone())).expect("valid");
+            let d = route::decide(&config, &req.model);
+            let out = req.body_with_model(d.model);
+            let mut h = header.clone();
+            prepare_headers(&mut h, &upstreams[d.upstream], "/v1/chat/completions")
+                .expect("header");
+            (out, h)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request_path);
+criterion_main!(benches);
