@@ -746,3 +746,91 @@ async fn pass_through_to_a_dead_upstream_is_an_openai_502() {
     assert_eq!(e["code"], "upstream_unreachable");
     assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_clients_are_served() {
+    let (_local, cloud, gw) = echo_pair().await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    for stream in [false, true] {
+        let body =
+            json!({"model": "gpt-4o", "stream": stream, "messages": user("over h2")}).to_string();
+        let req = http::Request::post(format!("http://{}/v1/chat/completions", gw.addr()))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        send.send_data(bytes::Bytes::from(body), true).unwrap();
+        let resp = resp.await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-switchyard-route"], "cloud");
+        let mut body = resp.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("echo: over h2"), "{text}");
+        assert_eq!(text.contains("data: [DONE]"), stream, "{text}");
+    }
+    // The upstream was spoken to in HTTP/1.1 whatever the client spoke.
+    let seen = cloud.requests();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|r| r.version == "HTTP/1.1"),
+        "{:?}",
+        seen.iter().map(|r| &r.version).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_and_used() {
+    let (cloud, pem) = Mock::start_tls(echo).await;
+    let url = format!("https://localhost:{}", cloud.addr.port());
+    let yaml = two_upstreams(&refused_addr().to_string(), &url, "");
+    let roots = scratch_file("roots.pem", &pem);
+    let roots = roots.to_str().unwrap();
+
+    let gw = Gateway::start_with_env(&yaml, &[("SSL_CERT_FILE", roots)]);
+    for _ in 0..3 {
+        let resp = chat(
+            gw.addr(),
+            &json!({"model": "gpt-4o", "messages": user("secure")}),
+        )
+        .await;
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), gw.log());
+        assert_eq!(
+            resp.json()["choices"][0]["message"]["content"],
+            "echo: secure"
+        );
+    }
+    let seen = cloud.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        seen[0].header("host"),
+        Some(format!("localhost:{}", cloud.addr.port()).as_str())
+    );
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {CLOUD_KEY}").as_str())
+    );
+
+    // A certificate the gateway does not trust is refused, not used.
+    let untrusting = Gateway::start_with_env(&yaml, &[("SSL_CERT_FILE", "/dev/null")]);
+    let e = chat(
+        untrusting.addr(),
+        &json!({"model": "gpt-4o", "messages": user("x")}),
+    )
+    .await
+    .assert_error(502);
+    assert_eq!(e["code"], "upstream_unreachable");
+    assert_eq!(
+        cloud.requests().len(),
+        3,
+        "nothing was sent over the untrusted connection"
+    );
+}

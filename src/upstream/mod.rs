@@ -127,6 +127,8 @@ pub fn prepare_headers(
         .parse::<http::Uri>()
         .map_err(|_| ApiError::invalid_request("The request path is not valid", None, None))?;
     req.set_uri(uri);
+    // Upstream connections speak HTTP/1.1, whatever the client spoke (h2c included).
+    req.set_version(http::Version::HTTP_11);
     // Connection-specific headers named in `Connection` are hop-by-hop too.
     let named: Vec<HeaderName> = req
         .headers
@@ -182,6 +184,7 @@ default_route: {upstream: cloud}
 
     fn client_request() -> RequestHeader {
         let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.set_version(http::Version::HTTP_2);
         for (k, v) in [
             ("host", "gateway.local:8080"),
             ("authorization", "Bearer sk-client-gateway-key"),
@@ -205,6 +208,7 @@ default_route: {upstream: cloud}
         let mut req = client_request();
         prepare_headers(&mut req, &ups[1], "/v1/chat/completions").unwrap();
         assert_eq!(req.uri.path(), "/openai/v1/chat/completions");
+        assert_eq!(req.version, http::Version::HTTP_11);
         assert_eq!(req.headers["host"], "api.example.test");
         assert_eq!(req.headers["authorization"], "Bearer sk-upstream");
         for gone in [

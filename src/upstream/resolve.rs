@@ -5,7 +5,7 @@
 //! and refreshed in the background while the cached answer keeps serving.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,6 @@ pub struct Resolver {
     literal: Option<SocketAddr>,
     cache: ArcSwapOption<Answer>,
     refreshing: AtomicBool,
-    next: AtomicUsize,
 }
 
 impl Resolver {
@@ -43,11 +42,14 @@ impl Resolver {
             port,
             cache: ArcSwapOption::empty(),
             refreshing: AtomicBool::new(false),
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// One address of the host, rotating through all of them.
+    /// The host's preferred address: the first IPv4 one, else the first.
+    ///
+    /// One address, not a rotation: a name such as `localhost` often maps to `::1` and
+    /// `127.0.0.1` while the server listens on only one of them. Spreading load over several
+    /// servers is the job of an upstream's backend list, not of DNS.
     pub async fn resolve(self: &Arc<Self>, timeout: Duration) -> Result<SocketAddr, String> {
         if let Some(addr) = self.literal {
             return Ok(addr);
@@ -67,17 +69,18 @@ impl Resolver {
             }
             None => self.lookup(timeout).await?,
         };
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % answer.addrs.len();
-        Ok(answer.addrs[i])
+        Ok(answer.addrs[0])
     }
 
     async fn lookup(&self, timeout: Duration) -> Result<Arc<Answer>, String> {
         let query = tokio::net::lookup_host((self.host.as_str(), self.port));
-        let addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, query).await {
+        let mut addrs: Vec<SocketAddr> = match tokio::time::timeout(timeout, query).await {
             Ok(Ok(addrs)) => addrs.collect(),
             Ok(Err(e)) => return Err(format!("cannot resolve {}: {e}", self.host)),
             Err(_) => return Err(format!("resolving {} timed out", self.host)),
         };
+        // Stable sort: IPv4 first, the resolver's order kept within each family.
+        addrs.sort_by_key(|a| a.is_ipv6());
         if addrs.is_empty() {
             return Err(format!("{} has no address", self.host));
         }

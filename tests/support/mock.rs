@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// A request as the mock received it.
@@ -14,6 +14,8 @@ use tokio::sync::Notify;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The request line's protocol, e.g. `HTTP/1.1`.
+    pub version: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -120,6 +122,44 @@ impl Mock {
         Mock { addr, requests }
     }
 
+    /// Starts a mock that speaks HTTPS with a new self-signed certificate for `localhost`;
+    /// returns it and the certificate in PEM, for the client to trust.
+    pub async fn start_tls(
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> (Mock, String) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("self-signed certificate");
+        let pem = cert.cert.pem();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .expect("private key");
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .expect("TLS server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let recorded = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let _ = conn.set_nodelay(true);
+                let (acceptor, handler, recorded) = (
+                    acceptor.clone(),
+                    Arc::clone(&handler),
+                    Arc::clone(&recorded),
+                );
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(conn).await {
+                        serve(tls, handler, recorded).await;
+                    }
+                });
+            }
+        });
+        (Mock { addr, requests }, pem)
+    }
+
     /// The mock's base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -139,7 +179,11 @@ pub fn refused_addr() -> SocketAddr {
     addr
 }
 
-async fn serve(mut conn: TcpStream, handler: Handler, recorded: Arc<Mutex<Vec<Recorded>>>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    handler: Handler,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+) {
     let mut buf = Vec::new();
     loop {
         let Some(req) = read_request(&mut conn, &mut buf).await else {
@@ -245,14 +289,14 @@ async fn serve(mut conn: TcpStream, handler: Handler, recorded: Arc<Mutex<Vec<Re
     }
 }
 
-async fn write_sse_head(conn: &mut TcpStream) -> std::io::Result<()> {
+async fn write_sse_head<S: AsyncWrite + Unpin>(conn: &mut S) -> std::io::Result<()> {
     conn.write_all(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n",
     )
     .await
 }
 
-async fn write_chunk(conn: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+async fn write_chunk<S: AsyncWrite + Unpin>(conn: &mut S, data: &[u8]) -> std::io::Result<()> {
     let mut out = format!("{:x}\r\n", data.len()).into_bytes();
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
@@ -271,7 +315,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Reads one request (content-length or chunked body) from a keep-alive connection.
-async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorded> {
+async fn read_request<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>) -> Option<Recorded> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i;
@@ -289,6 +333,7 @@ async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
     let mut first = lines.next()?.split(' ');
     let method = first.next()?.to_owned();
     let path = first.next()?.to_owned();
+    let version = first.next()?.to_owned();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -327,12 +372,13 @@ async fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Recorde
     Some(Recorded {
         method,
         path,
+        version,
         headers,
         body,
     })
 }
 
-async fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> Option<()> {
+async fn fill<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>, len: usize) -> Option<()> {
     while buf.len() < len {
         let mut chunk = [0u8; 65536];
         let n = conn.read(&mut chunk).await.ok()?;

@@ -28,7 +28,7 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
-fn scratch_file(name: &str, contents: &str) -> PathBuf {
+pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "switchyard-test-{}-{}-{name}",
@@ -89,6 +89,11 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway with `yaml`, where `{PORT}` stands for the port it listens on.
     pub fn start(yaml: &str) -> Gateway {
+        Gateway::start_with_env(yaml, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let port = free_port();
         let config = scratch_file("config.yaml", &yaml.replace("{PORT}", &port.to_string()));
         let log = scratch_file("gateway.log", "");
@@ -96,6 +101,7 @@ impl Gateway {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
