@@ -154,20 +154,8 @@ async fn stream_arrives_incrementally() {
         rest: rest.clone(),
     })
     .await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
-    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
-    let mut s = open(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let gw = cloud_only(&cloud.url(), "");
+    let mut s = open_stream(gw.addr(), "gpt-4o", "hi").await;
     assert_eq!(s.status, 200);
     assert!(s
         .header("content-type")
@@ -219,20 +207,8 @@ async fn split_and_dripped_events_arrive_whole_and_in_order() {
         split: true,
     })
     .await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
-    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
-    let mut s = open(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let gw = cloud_only(&cloud.url(), "");
+    let mut s = open_stream(gw.addr(), "gpt-4o", "hi").await;
     let mut text = String::new();
     let mut events = 0;
     while let Some(e) = s.next_event().await {
@@ -349,11 +325,7 @@ async fn bad_requests_get_openai_errors() {
 async fn upstream_failures_map_to_502_and_504() {
     let hang = Mock::start(|_| Reply::Hang).await;
     let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}";
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &hang.url(),
-        timeouts,
-    ));
+    let gw = cloud_only(&hang.url(), timeouts);
 
     let e = chat(gw.addr(), &json!({"model": "auto", "messages": user("x")}))
         .await
@@ -380,20 +352,8 @@ async fn idle_stream_times_out_with_an_error_event() {
     })
     .await;
     let timeouts = "    timeouts: {connect: 1s, first_byte: 2s, idle: 300ms, total: 5s}";
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        timeouts,
-    ));
-    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
-    let mut s = open(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let gw = cloud_only(&cloud.url(), timeouts);
+    let mut s = open_stream(gw.addr(), "gpt-4o", "hi").await;
     assert_eq!(s.status, 200);
     let mut last = String::new();
     while let Some(e) = s.next_event().await {
@@ -409,11 +369,7 @@ async fn death_mid_stream_ends_with_an_sse_error_event() {
         Reply::DieMidStream(stream_events("gpt-4o", &["par", "tial"])[..3].to_vec())
     })
     .await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
+    let gw = cloud_only(&cloud.url(), "");
     let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
     let keep_alive = [("connection", "keep-alive")];
     let mut s = open(
@@ -452,11 +408,7 @@ async fn death_mid_stream_ends_with_an_sse_error_event() {
 async fn death_mid_json_body_is_never_a_complete_answer() {
     let full = completion("gpt-4o", &"x".repeat(5000)).to_string();
     let cloud = Mock::start(move |_| Reply::DieMidBody(full.clone())).await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
+    let gw = cloud_only(&cloud.url(), "");
     let resp = chat(
         gw.addr(),
         &json!({"model": "gpt-4o", "messages": user("x")}),
@@ -477,11 +429,7 @@ async fn upstream_errors_keep_their_status_and_shape() {
         },
     })
     .await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
+    let gw = cloud_only(&cloud.url(), "");
     let r = chat(
         gw.addr(),
         &json!({"model": "gpt-4o", "messages": user("429")}),
@@ -510,11 +458,7 @@ async fn other_openai_paths_pass_through_with_the_upstream_key() {
             "model": req.json()["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1}}))
     })
     .await;
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
+    let gw = cloud_only(&cloud.url(), "");
     let auth = format!("Bearer {CLIENT_KEY}");
     let body = json!({"model": "text-embedding-3-small", "input": "hi"}).to_string();
     let r = request(
@@ -621,11 +565,7 @@ async fn models_and_health_are_served_by_the_gateway() {
     );
     drop(local);
 
-    let gw2 = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &_cloud.url(),
-        "",
-    ));
+    let gw2 = cloud_only(&_cloud.url(), "");
     let h = request(gw2.addr(), "GET", "/health", &[], b"").await.json();
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["upstreams"][0]["reachable"], false);
@@ -640,20 +580,8 @@ async fn sigterm_lets_a_running_stream_finish_then_exits_zero() {
         split: false,
     })
     .await;
-    let mut gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &cloud.url(),
-        "",
-    ));
-    let body = json!({"model": "gpt-4o", "stream": true, "messages": user("hi")}).to_string();
-    let mut s = open(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let mut gw = cloud_only(&cloud.url(), "");
+    let mut s = open_stream(gw.addr(), "gpt-4o", "hi").await;
     assert!(s.next_event().await.is_some());
     gw.terminate();
     let mut rest = Vec::new();
@@ -729,11 +657,7 @@ fn check_reports_every_error_with_its_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_to_a_dead_upstream_is_an_openai_502() {
-    let gw = Gateway::start(&two_upstreams(
-        &refused_addr().to_string(),
-        &format!("http://{}", refused_addr()),
-        "",
-    ));
+    let gw = cloud_only(&format!("http://{}", refused_addr()), "");
     let r = request(
         gw.addr(),
         "POST",

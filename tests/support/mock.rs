@@ -9,6 +9,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+/// The first value of header `name` in `headers`, names compared case-insensitively.
+pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// A request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -23,10 +31,7 @@ pub struct Recorded {
 impl Recorded {
     /// The first value of a header (names compared case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 
     /// The body as JSON.
@@ -108,18 +113,7 @@ pub struct Mock {
 impl Mock {
     /// Starts a mock on an ephemeral loopback port.
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
-        let addr = listener.local_addr().expect("mock address");
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let handler: Handler = Arc::new(handler);
-        let recorded = Arc::clone(&requests);
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let _ = conn.set_nodelay(true);
-                tokio::spawn(serve(conn, Arc::clone(&handler), Arc::clone(&recorded)));
-            }
-        });
-        Mock { addr, requests }
+        Mock::listen(Arc::new(handler), None).await
     }
 
     /// Starts a mock that speaks HTTPS with a new self-signed certificate for `localhost`;
@@ -129,7 +123,6 @@ impl Mock {
     ) -> (Mock, String) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("self-signed certificate");
-        let pem = cert.cert.pem();
         let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
             .expect("private key");
         let config = tokio_rustls::rustls::ServerConfig::builder()
@@ -137,27 +130,36 @@ impl Mock {
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .expect("TLS server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (
+            Mock::listen(Arc::new(handler), Some(acceptor)).await,
+            cert.cert.pem(),
+        )
+    }
+
+    async fn listen(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().expect("mock address");
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let handler: Handler = Arc::new(handler);
         let recorded = Arc::clone(&requests);
         tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let _ = conn.set_nodelay(true);
-                let (acceptor, handler, recorded) = (
-                    acceptor.clone(),
-                    Arc::clone(&handler),
-                    Arc::clone(&recorded),
-                );
-                tokio::spawn(async move {
-                    if let Ok(tls) = acceptor.accept(conn).await {
-                        serve(tls, handler, recorded).await;
+                let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve(conn, handler, recorded));
                     }
-                });
+                    Some(acceptor) => {
+                        tokio::spawn(async move {
+                            if let Ok(conn) = acceptor.accept(conn).await {
+                                serve(conn, handler, recorded).await;
+                            }
+                        });
+                    }
+                }
             }
         });
-        (Mock { addr, requests }, pem)
+        Mock { addr, requests }
     }
 
     /// The mock's base URL.
@@ -185,108 +187,90 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     recorded: Arc<Mutex<Vec<Recorded>>>,
 ) {
     let mut buf = Vec::new();
-    loop {
-        let Some(req) = read_request(&mut conn, &mut buf).await else {
-            return;
-        };
+    while let Some(req) = read_request(&mut conn, &mut buf).await {
         recorded.lock().expect("lock").push(req.clone());
-        let keep = match handler(&req) {
-            Reply::Full {
-                status,
-                content_type,
-                body,
-            } => {
-                let head = format!(
-                    "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-request-id: req_mock\r\nopenai-organization: mock-org\r\nset-cookie: session=mock\r\n\r\n",
-                    reason(status),
-                    body.len()
-                );
-                conn.write_all(head.as_bytes()).await.is_ok()
-                    && conn.write_all(body.as_bytes()).await.is_ok()
-            }
-            Reply::Sse {
-                events,
-                pause,
-                split,
-            } => {
-                if write_sse_head(&mut conn).await.is_err() {
-                    return;
-                }
-                for event in events {
-                    let bytes = format!("data: {event}\n\n");
-                    if split {
-                        let (a, b) = bytes.split_at(bytes.len() / 2);
-                        if write_chunk(&mut conn, a.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        if write_chunk(&mut conn, b.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    } else if write_chunk(&mut conn, bytes.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                conn.write_all(b"0\r\n\r\n").await.is_ok()
-            }
-            Reply::Gated { first, gate, rest } => {
-                if write_sse_head(&mut conn).await.is_err() {
-                    return;
-                }
-                for event in first {
-                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                gate.notified().await;
-                for event in rest {
-                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                conn.write_all(b"0\r\n\r\n").await.is_ok()
-            }
-            Reply::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                return;
-            }
-            Reply::DieMidStream(events) => {
-                if write_sse_head(&mut conn).await.is_err() {
-                    return;
-                }
-                for event in events {
-                    if write_chunk(&mut conn, format!("data: {event}\n\n").as_bytes())
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return;
-            }
-            Reply::DieMidBody(full) => {
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    full.len()
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(&full.as_bytes()[..full.len() / 2]).await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return;
-            }
-        };
-        if !keep {
-            return;
+        match answer(&mut conn, handler(&req)).await {
+            Ok(true) => continue,
+            Ok(false) | Err(_) => return,
         }
     }
+}
+
+/// Writes one reply; `Ok(true)` when the connection stays open for the next request.
+async fn answer<S: AsyncWrite + Unpin>(conn: &mut S, reply: Reply) -> std::io::Result<bool> {
+    match reply {
+        Reply::Full {
+            status,
+            content_type,
+            body,
+        } => {
+            let head = format!(
+                "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nx-request-id: req_mock\r\nopenai-organization: mock-org\r\nset-cookie: session=mock\r\n\r\n",
+                reason(status),
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body.as_bytes()).await?;
+        }
+        Reply::Sse {
+            events,
+            pause,
+            split,
+        } => {
+            write_sse_head(conn).await?;
+            for event in events {
+                let bytes = format!("data: {event}\n\n");
+                if split {
+                    let (a, b) = bytes.split_at(bytes.len() / 2);
+                    write_chunk(conn, a.as_bytes()).await?;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    write_chunk(conn, b.as_bytes()).await?;
+                } else {
+                    write_chunk(conn, bytes.as_bytes()).await?;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            conn.write_all(b"0\r\n\r\n").await?;
+        }
+        Reply::Gated { first, gate, rest } => {
+            write_sse_head(conn).await?;
+            write_events(conn, &first).await?;
+            gate.notified().await;
+            write_events(conn, &rest).await?;
+            conn.write_all(b"0\r\n\r\n").await?;
+        }
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Ok(false);
+        }
+        Reply::DieMidStream(events) => {
+            write_sse_head(conn).await?;
+            write_events(conn, &events).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(false);
+        }
+        Reply::DieMidBody(full) => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                full.len()
+            );
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(&full.as_bytes()[..full.len() / 2]).await?;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn write_events<S: AsyncWrite + Unpin>(
+    conn: &mut S,
+    events: &[String],
+) -> std::io::Result<()> {
+    for event in events {
+        write_chunk(conn, format!("data: {event}\n\n").as_bytes()).await?;
+    }
+    Ok(())
 }
 
 async fn write_sse_head<S: AsyncWrite + Unpin>(conn: &mut S) -> std::io::Result<()> {

@@ -182,10 +182,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        mock::header_in(&self.headers, name)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -320,10 +317,7 @@ async fn read_head(mut conn: TcpStream) -> Streaming {
 
 impl Streaming {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        mock::header_in(&self.headers, name)
     }
 
     /// Decodes what is buffered; true when the body is complete.
@@ -433,6 +427,24 @@ pub async fn request(
     body: &[u8],
 ) -> Response {
     open(addr, method, path, headers, body).await.finish().await
+}
+
+/// A gateway whose local upstream refuses connections and whose cloud upstream is at `cloud`.
+pub fn cloud_only(cloud: &str, timeouts: &str) -> Gateway {
+    Gateway::start(&two_upstreams(&refused_addr().to_string(), cloud, timeouts))
+}
+
+/// Opens a streamed chat request for `model` with one user message.
+pub async fn open_stream(addr: SocketAddr, model: &str, text: &str) -> Streaming {
+    let body = serde_json::json!({"model": model, "stream": true, "messages": [{"role": "user", "content": text}]});
+    open(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    )
+    .await
 }
 
 /// Posts a chat request with the client key, as an SDK would.
