@@ -8,6 +8,7 @@
 //! plain synchronous code that unit tests drive without a socket.
 
 pub mod api;
+pub mod classify;
 pub mod config;
 pub mod proxy;
 pub mod route;

@@ -83,6 +83,8 @@ pub struct ChatRequest {
     pub temperature: Option<f64>,
     /// How many tools are offered.
     pub tools: usize,
+    /// Whether `tool_choice` was given.
+    pub tool_choice: bool,
     /// `response_format.type`, when given (`text`, `json_object`, `json_schema`).
     pub response_format: Option<String>,
 }
@@ -99,6 +101,7 @@ struct Wire<'a> {
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
     tools: Option<Vec<IgnoredAny>>,
+    tool_choice: Option<IgnoredAny>,
     #[serde(borrow)]
     response_format: Option<WireResponseFormat<'a>>,
 }
@@ -280,6 +283,7 @@ impl ChatRequest {
             max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
             temperature: wire.temperature,
             tools: wire.tools.map_or(0, |t| t.len()),
+            tool_choice: wire.tool_choice.is_some(),
             response_format: wire.response_format.map(|f| f.kind.into_owned()),
             body,
         })

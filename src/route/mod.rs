@@ -13,6 +13,8 @@ pub enum Route {
     Local,
     /// The cloud model (OpenAI or another hosted API).
     Cloud,
+    /// The local model shortens the request (long context, old turns), the cloud model answers.
+    Hybrid,
 }
 
 impl Route {
@@ -21,6 +23,17 @@ impl Route {
         match self {
             Route::Local => "local",
             Route::Cloud => "cloud",
+            Route::Hybrid => "hybrid",
+        }
+    }
+
+    /// Parses the route of a rule.
+    pub fn parse(text: &str) -> Result<Route, String> {
+        match text {
+            "local" => Ok(Route::Local),
+            "cloud" => Ok(Route::Cloud),
+            "hybrid" => Ok(Route::Hybrid),
+            other => Err(format!("`{other}` is not a route (local, hybrid or cloud)")),
         }
     }
 

@@ -1,0 +1,10 @@
+//! Classification: what a request is (features), what the operator's rules say about it, and
+//! what the scorer thinks when no rule decides. No I/O and nothing of pingora here.
+
+pub mod features;
+pub mod rules;
+pub mod scorer;
+
+pub use features::{estimate_tokens, Feature, Features};
+pub use rules::{Cond, Op, Patterns, Rule, RuleSet, Target};
+pub use scorer::Scorer;
