@@ -118,8 +118,8 @@ impl Patterns {
 
 fn first_line(text: &str) -> String {
     text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rev()
+        .find(|l| !l.trim().is_empty())
         .unwrap_or(text)
         .trim()
         .to_owned()
@@ -172,7 +172,7 @@ impl RuleSet {
             Cond::Any(c) => c.iter().any(|c| self.eval(c, req, f, hits)),
             Cond::Not(c) => !self.eval(c, req, f, hits),
             Cond::Compare(feature, op, value) => op.holds(f.get(*feature), *value),
-            Cond::Model(names) => names.iter().any(|n| *n == req.model),
+            Cond::Model(names) => names.contains(&req.model),
             Cond::Regex(target, indices) => {
                 let matched = hits.get(*target, &self.sets[*target as usize], req);
                 indices
