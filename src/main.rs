@@ -23,11 +23,47 @@ enum Command {
     Run,
     /// Validate the configuration and print every problem with its line and column.
     Check,
+    /// Fit the routing scorer on labelled rows and print cross-validated metrics.
+    Train(TrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// JSONL rows: `messages` and `weak_ok` (or `needs_cloud`), optional `id` and `source`.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write the fitted scorer.
+    #[arg(long)]
+    out: PathBuf,
+    /// Cross-validation folds (rows of one conversation stay in one fold).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Also write the out-of-fold scores as JSONL `{id, score, route}` for an external scorer.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// The score from which `route` is `cloud` in the predictions file.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    /// Bits of the word n-gram hash (0 turns n-grams off).
+    #[arg(long, default_value_t = 12)]
+    ngram_bits: u32,
+    /// Gradient descent steps.
+    #[arg(long, default_value_t = 3000)]
+    iterations: usize,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Train(args)) = &cli.command {
+        return match train(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard train: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(errors) => {
@@ -56,6 +92,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Train(_) => unreachable!("handled before the configuration is read"),
         Command::Run => match switchyard::proxy::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -64,4 +101,40 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn train(args: &TrainArgs) -> Result<(), String> {
+    use switchyard::classify::{dataset, scorer};
+    let rows = dataset::load(&args.data)?;
+    if rows.is_empty() {
+        return Err(format!("{} has no rows", args.data.display()));
+    }
+    let opts = scorer::TrainOptions {
+        ngram_bits: args.ngram_bits,
+        iterations: args.iterations,
+        ..Default::default()
+    };
+    if args.folds >= 2 {
+        let report = dataset::cross_validate(&rows, args.folds, opts);
+        println!("{}-fold cross-validated AUC (held-out rows only):", args.folds);
+        for (source, (auc, n)) in &report.auc {
+            println!("  {source:<12} {auc:.3}  ({n} rows)");
+        }
+        if let Some(path) = &args.predictions {
+            let mut out = String::new();
+            for (id, score) in &report.predictions {
+                let route = if *score >= args.threshold { "cloud" } else { "local" };
+                out.push_str(&serde_json::json!({"id": id, "score": score, "route": route}).to_string());
+                out.push('\n');
+            }
+            std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("out-of-fold predictions written to {}", path.display());
+        }
+    }
+    let examples: Vec<scorer::Example> = rows.into_iter().map(|r| r.example).collect();
+    let model = scorer::train(&examples, opts);
+    let json = serde_json::to_string(&model).map_err(|e| e.to_string())?;
+    std::fs::write(&args.out, json + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
+    println!("scorer fitted on {} rows written to {}", examples.len(), args.out.display());
+    Ok(())
 }

@@ -42,11 +42,21 @@ pub enum Feature {
     Temperature,
     /// 1 when `stream` is true.
     Stream,
+    /// Sentences in the last user message.
+    Sentences,
+    /// Words of nine letters or more in the last user message (a proxy for technical prose).
+    LongWords,
+    /// Programming markers in the last user message (keywords, fences, call syntax).
+    CodeWords,
+    /// Reasoning and analysis verbs in the last user message (prove, derive, explain why, …).
+    ReasoningWords,
+    /// Creative and conversational requests in the last user message (story, poem, pretend, …).
+    CreativeWords,
 }
 
 impl Feature {
     /// Every feature, in a fixed order (the scorer's weight order).
-    pub const ALL: [Feature; 18] = [
+    pub const ALL: [Feature; 23] = [
         Feature::Tokens,
         Feature::LastUserTokens,
         Feature::SystemTokens,
@@ -65,6 +75,11 @@ impl Feature {
         Feature::MaxTokens,
         Feature::Temperature,
         Feature::Stream,
+        Feature::Sentences,
+        Feature::LongWords,
+        Feature::CodeWords,
+        Feature::ReasoningWords,
+        Feature::CreativeWords,
     ];
 
     /// The name used in YAML, JSON and the scorer file.
@@ -88,6 +103,11 @@ impl Feature {
             Feature::MaxTokens => "max_tokens",
             Feature::Temperature => "temperature",
             Feature::Stream => "stream",
+            Feature::Sentences => "sentences",
+            Feature::LongWords => "long_words",
+            Feature::CodeWords => "code_words",
+            Feature::ReasoningWords => "reasoning_words",
+            Feature::CreativeWords => "creative_words",
         }
     }
 
@@ -165,6 +185,12 @@ impl Features {
         f.set(Feature::MaxTokens, req.max_tokens.unwrap_or(0) as f64);
         f.set(Feature::Temperature, req.temperature.unwrap_or(1.0));
         f.set(Feature::Stream, req.stream as u8 as f64);
+        f.set(Feature::Sentences, scan.sentences as f64);
+        f.set(Feature::LongWords, scan.long_words as f64);
+        let words = keyword_counts(last);
+        f.set(Feature::CodeWords, words[0] as f64);
+        f.set(Feature::ReasoningWords, words[1] as f64);
+        f.set(Feature::CreativeWords, words[2] as f64);
         f
     }
 
@@ -206,6 +232,28 @@ struct Scan {
     math: u64,
     numbers: u64,
     questions: u64,
+    sentences: u64,
+    long_words: u64,
+}
+
+/// Keyword groups, compiled once: code, reasoning, creative.
+static KEYWORDS: once_cell::sync::Lazy<[regex::Regex; 3]> = once_cell::sync::Lazy::new(|| {
+    [
+        r"(?i)```|\b(def|fn|func|class|struct|impl|import|return|function|const|let|var|public|static|void|SELECT|FROM|WHERE)\b|\w\(\)|=>|->|#include|\b(python|javascript|typescript|java|rust|golang|c\+\+|sql|regex|api|code|program|script|compile|bug)\b",
+        r"(?i)\b(prove|proof|derive|derivation|theorem|lemma|explain why|justify|analy[sz]e|evaluate|compare|contrast|step[- ]by[- ]step|reason|deduce|infer|implies|probability|integral|derivative|equation|optimi[sz]e|algorithm|complexity)\b",
+        r"(?i)\b(story|poem|poetry|haiku|song|lyrics|joke|pretend|imagine|role[- ]?play|character|persona|blog|email|letter|slogan|tweet|rewrite|rephrase|paraphrase|translate|summari[sz]e|greet|hello|hi|thanks)\b",
+    ]
+    .map(|p| regex::Regex::new(p).expect("built-in keyword pattern"))
+});
+
+/// How many words of each keyword group occur in `text`.
+fn keyword_counts(text: &str) -> [usize; 3] {
+    let k = &*KEYWORDS;
+    [
+        k[0].find_iter(text).count(),
+        k[1].find_iter(text).count(),
+        k[2].find_iter(text).count(),
+    ]
 }
 
 /// One byte pass over the last user message for math markers, numbers and questions.
@@ -215,6 +263,8 @@ fn scan_text(text: &str) -> Scan {
         math: 0,
         numbers: 0,
         questions: 0,
+        sentences: 0,
+        long_words: 0,
     };
     let mut i = 0;
     while i < b.len() {
@@ -246,6 +296,19 @@ fn scan_text(text: &str) -> Scan {
                 }
             }
             continue;
+        }
+        if c.is_ascii_alphabetic() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_alphabetic() {
+                i += 1;
+            }
+            if i - start >= 9 {
+                s.long_words += 1;
+            }
+            continue;
+        }
+        if matches!(c, b'.' | b'!' | b'?') && b.get(i + 1).is_none_or(|n| n.is_ascii_whitespace()) {
+            s.sentences += 1;
         }
         match c {
             b'?' => s.questions += 1,

@@ -1,6 +1,7 @@
 //! Classification: what a request is (features), what the operator's rules say about it, and
 //! what the scorer thinks when no rule decides. No I/O and nothing of pingora here.
 
+pub mod dataset;
 pub mod features;
 pub mod rules;
 pub mod scorer;
