@@ -23,6 +23,9 @@ enum Command {
     Run,
     /// Validate the configuration and print every problem with its line and column.
     Check,
+    /// Print the routing decision for the chat request on standard input (no upstream is
+    /// contacted).
+    Route,
     /// Fit the routing scorer on labelled rows and print cross-validated metrics.
     Train(TrainArgs),
 }
@@ -93,6 +96,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Train(_) => unreachable!("handled before the configuration is read"),
+        Command::Route => match dry_run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard route: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Run => match switchyard::proxy::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -116,15 +126,24 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     };
     if args.folds >= 2 {
         let report = dataset::cross_validate(&rows, args.folds, opts);
-        println!("{}-fold cross-validated AUC (held-out rows only):", args.folds);
+        println!(
+            "{}-fold cross-validated AUC (held-out rows only):",
+            args.folds
+        );
         for (source, (auc, n)) in &report.auc {
             println!("  {source:<12} {auc:.3}  ({n} rows)");
         }
         if let Some(path) = &args.predictions {
             let mut out = String::new();
             for (id, score) in &report.predictions {
-                let route = if *score >= args.threshold { "cloud" } else { "local" };
-                out.push_str(&serde_json::json!({"id": id, "score": score, "route": route}).to_string());
+                let route = if *score >= args.threshold {
+                    "cloud"
+                } else {
+                    "local"
+                };
+                out.push_str(
+                    &serde_json::json!({"id": id, "score": score, "route": route}).to_string(),
+                );
                 out.push('\n');
             }
             std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -135,6 +154,23 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     let model = scorer::train(&examples, opts);
     let json = serde_json::to_string(&model).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, json + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
-    println!("scorer fitted on {} rows written to {}", examples.len(), args.out.display());
+    println!(
+        "scorer fitted on {} rows written to {}",
+        examples.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn dry_run(config: &Config) -> Result<(), String> {
+    use std::io::Read;
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading standard input: {e}"))?;
+    let request = switchyard::api::ChatRequest::parse(body.into())
+        .map_err(|e| String::from_utf8_lossy(&e.to_json()).into_owned())?;
+    let decision = switchyard::route::decide(config, &request, None);
+    println!("{}", switchyard::route::explain(config, &decision));
     Ok(())
 }

@@ -35,7 +35,11 @@ struct RawRow {
 pub fn load(path: &Path) -> Result<Vec<Row>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = |e: String| format!("{}:{}: {e}", path.display(), n + 1);
         let raw: RawRow = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
         let needs_cloud = match (raw.needs_cloud, raw.weak_ok) {
@@ -44,7 +48,8 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
             (None, None) => return Err(at("row has neither needs_cloud nor weak_ok".into())),
         };
         let body = serde_json::json!({"model": "auto", "messages": raw.messages});
-        let request = ChatRequest::parse(Bytes::from(body.to_string())).map_err(|e| at(e.message))?;
+        let request =
+            ChatRequest::parse(Bytes::from(body.to_string())).map_err(|e| at(e.message))?;
         rows.push(Row {
             id: raw.id.unwrap_or_else(|| format!("row-{}", n + 1)),
             source: raw.source.unwrap_or_else(|| "all".into()),
@@ -131,11 +136,15 @@ mod tests {
     #[test]
     fn turns_of_one_conversation_share_a_fold() {
         for folds in [3, 5, 7] {
-            assert_eq!(fold_of("mtbench-81-t1", folds), fold_of("mtbench-81-t2", folds));
+            assert_eq!(
+                fold_of("mtbench-81-t1", folds),
+                fold_of("mtbench-81-t2", folds)
+            );
             assert_eq!(fold_of("q-t", folds), fold_of("q-t", folds));
         }
-        let spread: std::collections::HashSet<usize> =
-            (0..100).map(|i| fold_of(&format!("gsm8k-{i}"), 5)).collect();
+        let spread: std::collections::HashSet<usize> = (0..100)
+            .map(|i| fold_of(&format!("gsm8k-{i}"), 5))
+            .collect();
         assert_eq!(spread.len(), 5);
     }
 }

@@ -126,7 +126,7 @@ fn first_line(text: &str) -> String {
 }
 
 /// The compiled rule list.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     sets: [Option<RegexSet>; Target::COUNT],

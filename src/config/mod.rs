@@ -7,6 +7,7 @@
 
 mod interpolate;
 mod raw;
+mod routing;
 mod units;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use interpolate::interpolate;
+pub use routing::{Routing, DEFAULT_SCORER};
 pub use units::{parse_duration, parse_size};
 
 use crate::route::Route;
@@ -232,6 +234,8 @@ pub struct Config {
     pub default_route: Target,
     /// The upstream that receives every other `/v1/` path unchanged.
     pub passthrough: usize,
+    /// Classification of requests; `None`: the model table alone decides.
+    pub routing: Option<Routing>,
     /// Things worth telling the operator that do not stop the gateway.
     pub warnings: Vec<String>,
 }
@@ -250,13 +254,27 @@ impl Config {
                 }]
             })?,
         };
-        Config::from_yaml(&text, |name| std::env::var(name).ok())
+        // Files a configuration names (the scorer) are found beside it.
+        let base = path
+            .and_then(Path::parent)
+            .unwrap_or_else(|| Path::new("."));
+        Config::from_yaml_in(&text, |name| std::env::var(name).ok(), base)
     }
 
-    /// Parses and validates YAML text; `env` answers `${VAR}` look-ups.
+    /// Parses and validates YAML text; `env` answers `${VAR}` look-ups; relative file names
+    /// are taken from the current directory.
     pub fn from_yaml(
         text: &str,
         env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        Config::from_yaml_in(text, env, Path::new("."))
+    }
+
+    /// Like [`Config::from_yaml`], with relative file names taken from `base`.
+    pub fn from_yaml_in(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+        base: &Path,
     ) -> Result<Config, Vec<ConfigError>> {
         let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
             let (line, column) = e
@@ -271,6 +289,7 @@ impl Config {
         })?;
         let mut check = Checker {
             env: &env,
+            base,
             errors: Vec::new(),
         };
         let config = check.config(raw);
@@ -294,14 +313,17 @@ fn first_line(message: &str) -> String {
 /// Walks the raw tree, collecting errors with their positions.
 struct Checker<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
+    base: &'a Path,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
     fn error(&mut self, at: Option<&Text>, message: impl Into<String>) {
-        let (line, column) = at
-            .map(|t| (t.referenced.line(), t.referenced.column()))
-            .unwrap_or((0, 0));
+        self.error_at(at.map(|t| &t.referenced), message)
+    }
+
+    fn error_at(&mut self, at: Option<&serde_saphyr::Location>, message: impl Into<String>) {
+        let (line, column) = at.map(|l| (l.line(), l.column())).unwrap_or((0, 0));
         self.errors.push(ConfigError {
             line,
             column,
@@ -542,6 +564,12 @@ impl Checker<'_> {
             None => default_route.as_ref().map(|t| t.upstream),
         };
 
+        let base = self.base;
+        let routing = match &raw.routing {
+            Some(r) => Some(self.routing(r, &upstreams, &names, base, &mut warnings)?),
+            None => None,
+        };
+
         Some(Config {
             listen,
             threads,
@@ -551,6 +579,7 @@ impl Checker<'_> {
             models,
             default_route: default_route?,
             passthrough: passthrough?,
+            routing,
             warnings,
         })
     }

@@ -53,6 +53,64 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     pub default_route: Option<RawTarget>,
     pub passthrough: Option<RawPassthrough>,
+    pub routing: Option<RawRouting>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub classify: Option<Vec<Text>>,
+    pub respect_explicit_model: Option<Spanned<bool>>,
+    pub allow_route_header: Option<Spanned<bool>>,
+    pub upstreams: Option<RawRouteUpstreams>,
+    pub scorer: Option<RawScorer>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteUpstreams {
+    pub local: Option<Text>,
+    pub cloud: Option<Text>,
+    pub hybrid: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScorer {
+    pub file: Option<Text>,
+    pub local_below: Option<Text>,
+    pub cloud_from: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Text,
+    pub when: Option<Spanned<RawCond>>,
+    pub route: Text,
+    pub model: Option<Text>,
+}
+
+/// A rule condition: exactly one of `all`, `any`, `not`, `feature` (with comparisons),
+/// `regex` (with an optional `target`) or `model`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCond {
+    pub all: Option<Vec<Spanned<RawCond>>>,
+    pub any: Option<Vec<Spanned<RawCond>>>,
+    pub not: Option<Box<Spanned<RawCond>>>,
+    pub feature: Option<Text>,
+    pub lt: Option<Text>,
+    pub le: Option<Text>,
+    pub gt: Option<Text>,
+    pub ge: Option<Text>,
+    pub eq: Option<Text>,
+    pub ne: Option<Text>,
+    pub regex: Option<Vec<Text>>,
+    pub target: Option<Text>,
+    pub model: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use pingora::{Error, ErrorType, Result};
 use super::response::{self, Explain};
 use super::{expects_continue, write_error, Ctx, Gateway};
 use crate::api::{ApiError, ChatRequest};
-use crate::route;
+use crate::route::{self, Route};
 use crate::upstream::client::Exchange;
 use crate::upstream::prepare_headers;
 
@@ -15,11 +15,7 @@ use crate::upstream::prepare_headers;
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 
 pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    let gateway = Explain {
-        request_id: &ctx.request_id,
-        route: "gateway",
-        upstream: "none",
-    };
+    let gateway = Explain::gateway(&ctx.request_id);
     let body = match read_body(session, gw.config.max_body_bytes).await? {
         Ok(body) => body,
         Err(e) => {
@@ -33,12 +29,16 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
 
-    let decision = route::decide(&gw.config, &request.model);
+    let forced = match forced_route(gw, session.req_header()) {
+        Ok(forced) => forced,
+        Err(e) => return write_error(session, &e, &gateway, &[]).await,
+    };
+    let decision = route::decide(&gw.config, &request, forced);
     let upstream = &gw.upstreams[decision.upstream];
     let explain = Explain {
-        request_id: &ctx.request_id,
-        route: decision.route.as_str(),
-        upstream: upstream.name(),
+        rule: Some(decision.rule),
+        score: decision.score,
+        ..Explain::served(&ctx.request_id, decision.route.as_str(), upstream.name())
     };
     let body = request.body_with_model(decision.model);
 
@@ -120,8 +120,35 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     }
 }
 
+/// The route a client forces with `x-switchyard-route`, when the configuration allows it
+/// (otherwise the header is ignored).
+pub(super) fn forced_route(
+    gw: &Gateway,
+    req: &pingora::http::RequestHeader,
+) -> std::result::Result<Option<Route>, ApiError> {
+    let allowed = gw
+        .config
+        .routing
+        .as_ref()
+        .is_some_and(|r| r.allow_route_header);
+    let Some(value) = req.headers.get("x-switchyard-route").filter(|_| allowed) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    Route::parse(text).map(Some).map_err(|e| {
+        ApiError::invalid_request(
+            format!("x-switchyard-route: {e}"),
+            None,
+            Some("invalid_route"),
+        )
+    })
+}
+
 /// Reads the whole request body, refusing it past `limit` bytes.
-async fn read_body(session: &mut Session, limit: u64) -> Result<Result<Bytes, ApiError>> {
+pub(super) async fn read_body(
+    session: &mut Session,
+    limit: u64,
+) -> Result<Result<Bytes, ApiError>> {
     let declared = session
         .req_header()
         .headers

@@ -28,11 +28,7 @@ struct ModelList<'a> {
 }
 
 fn explain(ctx: &Ctx) -> Explain<'_> {
-    Explain {
-        request_id: &ctx.request_id,
-        route: "gateway",
-        upstream: "none",
-    }
+    Explain::gateway(&ctx.request_id)
 }
 
 fn model_object<'a>(gw: &Gateway, id: &'a str) -> ModelObject<'a> {
@@ -115,4 +111,37 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     };
     let body = serde_json::to_vec(&report).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx), &[]).await
+}
+
+/// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
+pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let gateway = explain(ctx);
+    let body = match super::chat::read_body(session, gw.config.max_body_bytes).await? {
+        Ok(body) => body,
+        Err(e) => {
+            session.set_keepalive(None);
+            return write_error(session, &e, &gateway, &[]).await;
+        }
+    };
+    let request = match crate::api::ChatRequest::parse(body) {
+        Ok(r) => r,
+        Err(e) => return write_error(session, &e, &gateway, &[]).await,
+    };
+    let forced = match super::chat::forced_route(gw, session.req_header()) {
+        Ok(f) => f,
+        Err(e) => return write_error(session, &e, &gateway, &[]).await,
+    };
+    let decision = crate::route::decide(&gw.config, &request, forced);
+    let body =
+        serde_json::to_vec(&crate::route::explain(&gw.config, &decision)).unwrap_or_default();
+    let answer = Explain {
+        rule: Some(decision.rule),
+        score: decision.score,
+        ..Explain::served(
+            &ctx.request_id,
+            decision.route.as_str(),
+            gw.upstreams[decision.upstream].name(),
+        )
+    };
+    write_json(session, 200, body, &answer, &[]).await
 }

@@ -114,6 +114,19 @@ impl Gateway {
                 }
                 chat::handle(self, session, ctx).await?;
             }
+            "/v1/route" => {
+                if method != http::Method::POST {
+                    return self
+                        .reject(
+                            session,
+                            ctx,
+                            ApiError::method_not_allowed(method.as_str(), &path, "POST"),
+                            Some("POST"),
+                        )
+                        .await;
+                }
+                local::route(self, session, ctx).await?;
+            }
             "/v1/models" | "/health" if !is_get => {
                 return self
                     .reject(
@@ -151,11 +164,7 @@ impl Gateway {
         error: ApiError,
         allow: Option<&str>,
     ) -> Result<Handled> {
-        let explain = Explain {
-            request_id: &ctx.request_id,
-            route: "gateway",
-            upstream: "none",
-        };
+        let explain = Explain::gateway(&ctx.request_id);
         let mut extra = Vec::new();
         if let Some(allow) = allow {
             extra.push(("allow", allow));
@@ -256,11 +265,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let index = ctx.passthrough.unwrap_or(self.config.passthrough);
         let upstream = &self.upstreams[index];
-        let explain = Explain {
-            request_id: &ctx.request_id,
-            route: upstream.config.route.as_str(),
-            upstream: upstream.name(),
-        };
+        let explain = Explain::served(
+            &ctx.request_id,
+            upstream.config.route.as_str(),
+            upstream.name(),
+        );
         // pingora frames the pass-through body itself: keep its transfer-encoding choice.
         let framing = upstream_response
             .headers
@@ -303,11 +312,7 @@ impl ProxyHttp for Gateway {
             }
         };
         if session.response_written().is_none() {
-            let explain = Explain {
-                request_id: &ctx.request_id,
-                route: "gateway",
-                upstream,
-            };
+            let explain = Explain::served(&ctx.request_id, "gateway", upstream);
             if let Err(write) = write_error(session, &error, &explain, &[]).await {
                 log::debug!("could not send the error response: {write}");
             }

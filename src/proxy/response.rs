@@ -29,20 +29,50 @@ pub struct Explain<'a> {
     pub route: &'a str,
     /// `x-switchyard-upstream`: the upstream's name, or `none`.
     pub upstream: &'a str,
+    /// `x-switchyard-rule`: what decided the route.
+    pub rule: Option<&'a str>,
+    /// `x-switchyard-score`: the scorer's score, when it decided.
+    pub score: Option<f64>,
 }
 
-impl Explain<'_> {
+impl<'a> Explain<'a> {
+    /// For answers the gateway gives itself.
+    pub fn gateway(request_id: &'a str) -> Explain<'a> {
+        Explain {
+            request_id,
+            route: "gateway",
+            upstream: "none",
+            rule: None,
+            score: None,
+        }
+    }
+
+    /// For a request served by `upstream` on `route`.
+    pub fn served(request_id: &'a str, route: &'a str, upstream: &'a str) -> Explain<'a> {
+        Explain {
+            request_id,
+            route,
+            upstream,
+            rule: None,
+            score: None,
+        }
+    }
+
     /// Sets the gateway's headers on `resp`.
     pub fn apply(&self, resp: &mut ResponseHeader) {
         for (name, value) in [
-            ("x-request-id", self.request_id),
-            ("x-switchyard-route", self.route),
-            ("x-switchyard-upstream", self.upstream),
+            ("x-request-id", Some(self.request_id)),
+            ("x-switchyard-route", Some(self.route)),
+            ("x-switchyard-upstream", Some(self.upstream)),
+            ("x-switchyard-rule", self.rule),
         ] {
             // Values are the request id (checked to be visible ASCII) or configured names.
-            if let Ok(value) = HeaderValue::from_str(value) {
+            if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
                 let _ = resp.insert_header(name, value);
             }
+        }
+        if let Some(score) = self.score {
+            let _ = resp.insert_header("x-switchyard-score", format!("{score:.3}"));
         }
     }
 }
@@ -120,6 +150,8 @@ mod tests {
         request_id: "req_1",
         route: "cloud",
         upstream: "cloud",
+        rule: Some("tools"),
+        score: None,
     };
 
     #[test]
@@ -147,6 +179,8 @@ mod tests {
         assert_eq!(h["x-request-id"], "req_1");
         assert_eq!(h["x-switchyard-upstream-request-id"], "req_upstream");
         assert_eq!(h["x-switchyard-route"], "cloud");
+        assert_eq!(h["x-switchyard-rule"], "tools");
+        assert!(h.get("x-switchyard-score").is_none());
         assert_eq!(h["x-ratelimit-remaining-requests"], "99");
         assert!(is_event_stream(&resp));
     }

@@ -4,7 +4,9 @@
 //! name maps to an upstream and the model name that upstream knows; names outside the table take
 //! the default route.
 
-use crate::config::Config;
+use crate::api::ChatRequest;
+use crate::classify::Features;
+use crate::config::{Config, ModelEntry, Routing};
 
 /// The side of the gateway a request is served on; reported in `x-switchyard-route`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,30 +49,135 @@ impl Route {
     }
 }
 
-/// Where one request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where one request goes, and why.
+#[derive(Debug, Clone)]
 pub struct Decision<'a> {
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// The model name to send upstream.
     pub model: &'a str,
-    /// The side the upstream is on.
+    /// The route reported to the client.
     pub route: Route,
+    /// What decided: a rule's name, `scorer`, `header`, `model-table` or `default-route`.
+    pub rule: &'a str,
+    /// The scorer's score, when the scorer decided.
+    pub score: Option<f64>,
+    /// The request's features, when it was classified.
+    pub features: Option<Features>,
 }
 
-/// Looks the requested model up in the model table, or takes the default route.
-pub fn decide<'a>(config: &'a Config, requested: &'a str) -> Decision<'a> {
-    let target = config
-        .models
-        .iter()
-        .find(|m| m.name == requested)
-        .map(|m| &m.target)
-        .unwrap_or(&config.default_route);
+/// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
+/// classifier for the models it covers, else the model table.
+pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route>) -> Decision<'a> {
+    let entry = config.models.iter().find(|m| m.name == req.model);
+    let Some(routing) = &config.routing else {
+        return from_table(config, req, entry);
+    };
+    if let Some(route) = forced {
+        return to_route(config, routing, req, route, "header", None, None, None);
+    }
+    let classified =
+        routing.classify.iter().any(|m| *m == req.model) || !routing.respect_explicit_model;
+    if !classified {
+        return from_table(config, req, entry);
+    }
+    let features = Features::of(req);
+    if let Some(rule) = routing.rules.first_match(req, &features) {
+        let model = rule.model.as_deref();
+        return to_route(
+            config,
+            routing,
+            req,
+            rule.route,
+            &rule.name,
+            model,
+            None,
+            Some(features),
+        );
+    }
+    let score = routing.scorer.score(req, &features);
+    let route = if score < routing.local_below {
+        Route::Local
+    } else if score < routing.cloud_from {
+        Route::Hybrid
+    } else {
+        Route::Cloud
+    };
+    to_route(
+        config,
+        routing,
+        req,
+        route,
+        "scorer",
+        None,
+        Some(score),
+        Some(features),
+    )
+}
+
+fn from_table<'a>(
+    config: &'a Config,
+    req: &'a ChatRequest,
+    entry: Option<&'a ModelEntry>,
+) -> Decision<'a> {
+    let (target, rule) = match entry {
+        Some(m) => (&m.target, "model-table"),
+        None => (&config.default_route, "default-route"),
+    };
     Decision {
         upstream: target.upstream,
-        model: target.model.as_deref().unwrap_or(requested),
+        model: target.model.as_deref().unwrap_or(&req.model),
         route: config.upstream(target.upstream).route,
+        rule,
+        score: None,
+        features: None,
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn to_route<'a>(
+    config: &'a Config,
+    routing: &'a Routing,
+    req: &'a ChatRequest,
+    route: Route,
+    rule: &'a str,
+    model: Option<&'a str>,
+    score: Option<f64>,
+    features: Option<Features>,
+) -> Decision<'a> {
+    let target = routing.target(route);
+    let side = config.upstream(target.upstream).route;
+    Decision {
+        upstream: target.upstream,
+        model: model.or(target.model.as_deref()).unwrap_or(&req.model),
+        // A route whose upstream is disabled is served, and reported, by its fallback's side.
+        route: if route == Route::Hybrid && side == Route::Cloud {
+            Route::Hybrid
+        } else {
+            side
+        },
+        rule,
+        score,
+        features,
+    }
+}
+
+/// The dry-run answer of `POST /v1/route` and `switchyard route`.
+pub fn explain(config: &Config, decision: &Decision) -> serde_json::Value {
+    let features: serde_json::Map<String, serde_json::Value> = decision
+        .features
+        .iter()
+        .flat_map(|f| f.iter())
+        .map(|(f, v)| (f.name().to_owned(), serde_json::json!(v)))
+        .collect();
+    serde_json::json!({
+        "route": decision.route.as_str(),
+        "rule": decision.rule,
+        "score": decision.score,
+        "model": decision.model,
+        "upstream": config.upstream(decision.upstream).name,
+        "features": features,
+    })
 }
 
 #[cfg(test)]
@@ -93,12 +200,20 @@ default_route: {upstream: cloud}
             .expect("valid config")
     }
 
+    fn req(model: &str) -> ChatRequest {
+        let body =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        ChatRequest::parse(bytes::Bytes::from(body.to_string())).unwrap()
+    }
+
     #[test]
     fn table_entries_map_to_upstream_and_model() {
         let c = config(Some("sk-test"));
-        let d = decide(&c, "auto");
+        let r = req("auto");
+        let d = decide(&c, &r, None);
         assert_eq!((d.upstream, d.model, d.route), (0, "small", Route::Local));
-        let d = decide(&c, "gpt-4o");
+        let r = req("gpt-4o");
+        let d = decide(&c, &r, None);
         assert_eq!(
             (d.upstream, d.model, d.route),
             (1, "gpt-4o-2024-08-06", Route::Cloud)
@@ -108,7 +223,8 @@ default_route: {upstream: cloud}
     #[test]
     fn unlisted_models_keep_their_name_on_the_default_route() {
         let c = config(Some("sk-test"));
-        let d = decide(&c, "gpt-4.1-nano");
+        let r = req("gpt-4.1-nano");
+        let d = decide(&c, &r, None);
         assert_eq!(
             (d.upstream, d.model, d.route),
             (1, "gpt-4.1-nano", Route::Cloud)
@@ -120,7 +236,8 @@ default_route: {upstream: cloud}
         let c = config(None);
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         for name in ["gpt-4o", "auto", "anything-else"] {
-            let d = decide(&c, name);
+            let r = req(name);
+            let d = decide(&c, &r, None);
             assert_eq!(
                 (d.upstream, d.model, d.route),
                 (0, "small", Route::Local),

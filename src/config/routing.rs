@@ -1,0 +1,359 @@
+//! The `routing:` section: which requests are classified, the rules, and the scorer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::raw::{RawCond, RawRouting, Text};
+use super::{Checker, Target as UpstreamTarget, UpstreamConfig};
+use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, Target};
+use crate::route::Route;
+use serde_saphyr::Spanned;
+
+/// The scorer compiled into the binary (fitted on the routing development set).
+pub const DEFAULT_SCORER: &str = include_str!("../../conf/scorer.json");
+
+/// How requests are classified.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Requested model names that are classified (others follow the model table).
+    pub classify: Vec<String>,
+    /// When false, every request is classified, whatever model it names.
+    pub respect_explicit_model: bool,
+    /// Whether clients may force a route with the `x-switchyard-route` request header.
+    pub allow_route_header: bool,
+    /// Where `local` requests go.
+    pub local: UpstreamTarget,
+    /// Where `cloud` requests go.
+    pub cloud: UpstreamTarget,
+    /// Where `hybrid` requests go.
+    pub hybrid: UpstreamTarget,
+    /// The rules, first match wins.
+    pub rules: RuleSet,
+    /// The scorer for requests no rule decides.
+    pub scorer: Arc<Scorer>,
+    /// Scores below this go local.
+    pub local_below: f64,
+    /// Scores from this up go to the cloud; between the two thresholds, hybrid.
+    pub cloud_from: f64,
+}
+
+impl Routing {
+    /// Where a route's requests go.
+    pub fn target(&self, route: Route) -> &UpstreamTarget {
+        match route {
+            Route::Local => &self.local,
+            Route::Cloud => &self.cloud,
+            Route::Hybrid => &self.hybrid,
+        }
+    }
+}
+
+const OPS: [(&str, Op); 6] = [
+    ("lt", Op::Lt),
+    ("le", Op::Le),
+    ("gt", Op::Gt),
+    ("ge", Op::Ge),
+    ("eq", Op::Eq),
+    ("ne", Op::Ne),
+];
+
+impl Checker<'_> {
+    pub(super) fn routing(
+        &mut self,
+        raw: &RawRouting,
+        upstreams: &[UpstreamConfig],
+        names: &[String],
+        base: &Path,
+        warnings: &mut Vec<String>,
+    ) -> Option<Routing> {
+        let classify = match &raw.classify {
+            None => vec!["auto".to_owned()],
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, t)| self.text(&format!("routing.classify[{i}]"), t))
+                .collect(),
+        };
+        let side = |route: Route| {
+            upstreams
+                .iter()
+                .position(|u| u.route == route)
+                .map(|i| names[i].clone())
+        };
+        let ups = raw.upstreams.as_ref();
+        let mut target = |route: Route, given: Option<&Text>, default: Option<String>| {
+            let field = format!("routing.upstreams.{}", route.as_str());
+            let text = match (given, default) {
+                (Some(t), _) => t.clone(),
+                (None, Some(name)) => Spanned {
+                    value: super::raw::Scalar(name),
+                    referenced: serde_saphyr::Location::UNKNOWN,
+                    defined: serde_saphyr::Location::UNKNOWN,
+                },
+                (None, None) => {
+                    self.error(
+                        None,
+                        format!(
+                            "{field}: no upstream has route {}; name one",
+                            route.as_str()
+                        ),
+                    );
+                    return None;
+                }
+            };
+            self.target(&field, &text, None, true, upstreams, names)
+        };
+        let local = target(
+            Route::Local,
+            ups.and_then(|u| u.local.as_ref()),
+            side(Route::Local),
+        );
+        let cloud_default = side(Route::Cloud).or_else(|| side(Route::Local));
+        let cloud = target(
+            Route::Cloud,
+            ups.and_then(|u| u.cloud.as_ref()),
+            cloud_default.clone(),
+        );
+        let hybrid = target(
+            Route::Hybrid,
+            ups.and_then(|u| u.hybrid.as_ref()),
+            cloud_default,
+        );
+
+        let mut patterns = Patterns::default();
+        let mut rules = Vec::new();
+        let mut catch_all: Option<String> = None;
+        for (i, r) in raw.rules.iter().enumerate() {
+            let r = &r.value;
+            let Some(name) = self.text(&format!("routing.rules[{i}].name"), &r.name) else {
+                continue;
+            };
+            let field = format!("routing.rules[{i}] `{name}`");
+            if rules.iter().any(|x: &Rule| x.name == name) {
+                self.error(Some(&r.name), format!("{field}: the name is used twice"));
+            }
+            let route = self.parsed(
+                &format!("{field}.route"),
+                Some(&r.route),
+                Route::Cloud,
+                Route::parse,
+            );
+            let model = r
+                .model
+                .as_ref()
+                .and_then(|m| self.text(&format!("{field}.model"), m));
+            let when = match &r.when {
+                None => None,
+                Some(c) => match self.cond(&field, c, &mut patterns) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+            };
+            if let Some(before) = &catch_all {
+                warnings.push(format!(
+                    "line {}: rule `{name}` can never match: rule `{before}` before it matches every request",
+                    r.name.referenced.line()
+                ));
+            }
+            if when.is_none() && catch_all.is_none() {
+                catch_all = Some(name.clone());
+            }
+            rules.push(Rule {
+                name,
+                when,
+                route,
+                model,
+            });
+        }
+        let rules = match RuleSet::new(rules, patterns) {
+            Ok(set) => set,
+            Err(e) => {
+                self.error(None, format!("routing.rules: {e}"));
+                return None;
+            }
+        };
+
+        let scorer_raw = raw.scorer.as_ref();
+        let scorer = match scorer_raw.and_then(|s| s.file.as_ref()) {
+            None => load_scorer(DEFAULT_SCORER).map_err(|e| format!("built-in scorer: {e}")),
+            Some(file) => {
+                let path = self.text("routing.scorer.file", file)?;
+                let path = base.join(path);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))
+                    .and_then(|t| load_scorer(&t).map_err(|e| format!("{}: {e}", path.display())))
+            }
+        };
+        let scorer = match scorer {
+            Ok(s) => s,
+            Err(e) => {
+                self.error(
+                    scorer_raw.and_then(|s| s.file.as_ref()),
+                    format!("routing.scorer.file: {e}"),
+                );
+                return None;
+            }
+        };
+        let threshold = |c: &mut Checker, f: &str, v: Option<&Text>, d: f64| {
+            c.parsed(f, v, d, |t| match t.parse::<f64>() {
+                Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                _ => Err(format!("`{t}` is not a number from 0 to 1")),
+            })
+        };
+        let local_below = threshold(
+            self,
+            "routing.scorer.local_below",
+            scorer_raw.and_then(|s| s.local_below.as_ref()),
+            0.5,
+        );
+        let cloud_from = threshold(
+            self,
+            "routing.scorer.cloud_from",
+            scorer_raw.and_then(|s| s.cloud_from.as_ref()),
+            local_below,
+        );
+        if cloud_from < local_below {
+            self.error(
+                scorer_raw.and_then(|s| s.cloud_from.as_ref()),
+                "routing.scorer.cloud_from: must not be below local_below",
+            );
+        }
+
+        Some(Routing {
+            classify,
+            respect_explicit_model: raw.respect_explicit_model.as_ref().is_none_or(|b| b.value),
+            allow_route_header: raw.allow_route_header.as_ref().is_some_and(|b| b.value),
+            local: local?,
+            cloud: cloud?,
+            hybrid: hybrid?,
+            rules,
+            scorer: Arc::new(scorer),
+            local_below,
+            cloud_from,
+        })
+    }
+
+    fn cond(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawCond>,
+        patterns: &mut Patterns,
+    ) -> Option<Cond> {
+        let at = Some(&raw.referenced);
+        let c = &raw.value;
+        let kinds = [
+            c.all.is_some(),
+            c.any.is_some(),
+            c.not.is_some(),
+            c.feature.is_some(),
+            c.regex.is_some(),
+            c.model.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count();
+        let comparisons = OPS.iter().zip([&c.lt, &c.le, &c.gt, &c.ge, &c.eq, &c.ne]);
+        if kinds != 1 {
+            self.error_at(at, format!("{field}: a condition needs exactly one of all, any, not, feature, regex, model"));
+            return None;
+        }
+        if c.feature.is_none() && comparisons.clone().any(|(_, v)| v.is_some()) {
+            self.error_at(
+                at,
+                format!("{field}: lt, le, gt, ge, eq and ne go with `feature`"),
+            );
+            return None;
+        }
+        if c.regex.is_none() && c.target.is_some() {
+            self.error_at(at, format!("{field}: `target` goes with `regex`"));
+            return None;
+        }
+        if let Some(list) = c.all.as_ref().or(c.any.as_ref()) {
+            let mut out = Vec::with_capacity(list.len());
+            for sub in list {
+                out.push(self.cond(field, sub, patterns)?);
+            }
+            return Some(if c.all.is_some() {
+                Cond::All(out)
+            } else {
+                Cond::Any(out)
+            });
+        }
+        if let Some(sub) = &c.not {
+            return Some(Cond::Not(Box::new(self.cond(field, sub, patterns)?)));
+        }
+        if let Some(models) = &c.model {
+            let names = models.iter().filter_map(|m| self.text(field, m)).collect();
+            return Some(Cond::Model(names));
+        }
+        if let Some(feature) = &c.feature {
+            let name = self.text(field, feature)?;
+            let Some(feature_id) = Feature::from_name(&name) else {
+                let known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+                self.error(
+                    Some(feature),
+                    format!(
+                        "{field}: unknown feature `{name}` (known: {})",
+                        known.join(", ")
+                    ),
+                );
+                return None;
+            };
+            let mut parts = Vec::new();
+            for ((op_name, op), value) in comparisons {
+                if let Some(v) = value {
+                    let n = self.parsed(&format!("{field}.{op_name}"), Some(v), f64::NAN, |t| {
+                        t.parse::<f64>()
+                            .map_err(|_| format!("`{t}` is not a number"))
+                    });
+                    parts.push(Cond::Compare(feature_id, *op, n));
+                }
+            }
+            return match parts.len() {
+                0 => {
+                    self.error(Some(feature), format!("{field}: `feature: {name}` needs a comparison (lt, le, gt, ge, eq or ne)"));
+                    None
+                }
+                1 => parts.pop(),
+                _ => Some(Cond::All(parts)),
+            };
+        }
+        let regexes = c.regex.as_ref()?;
+        let target = match &c.target {
+            None => Target::LastUser,
+            Some(t) => {
+                let name = self.text(field, t)?;
+                match Target::from_name(&name) {
+                    Some(target) => target,
+                    None => {
+                        self.error(
+                            Some(t),
+                            format!(
+                                "{field}: unknown target `{name}` (last_user, user, system or all)"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut indices = Vec::new();
+        for r in regexes {
+            let pattern = self.text(field, r)?;
+            match patterns.add(target, &pattern) {
+                Ok(i) => indices.push(i),
+                Err(e) => {
+                    self.error(Some(r), format!("{field}: bad regex `{pattern}`: {e}"));
+                    return None;
+                }
+            }
+        }
+        Some(Cond::Regex(target, indices))
+    }
+}
+
+fn load_scorer(text: &str) -> Result<Scorer, String> {
+    let scorer: Scorer = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    scorer.validate()?;
+    Ok(scorer)
+}
