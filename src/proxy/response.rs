@@ -31,7 +31,7 @@ pub struct Explain<'a> {
     pub upstream: &'a str,
     /// `x-switchyard-rule`: what decided the route.
     pub rule: Option<&'a str>,
-    /// `x-switchyard-score`: the scorer's score, when it decided.
+    /// `x-switchyard-score`: the scorer's score of a classified request.
     pub score: Option<f64>,
 }
 

@@ -60,7 +60,7 @@ pub struct Decision<'a> {
     pub route: Route,
     /// What decided: a rule's name, `scorer`, `header`, `model-table` or `default-route`.
     pub rule: &'a str,
-    /// The scorer's score, when the scorer decided.
+    /// The scorer's score of a classified request (whether or not the scorer decided).
     pub score: Option<f64>,
     /// The request's features, when it was classified.
     pub features: Option<Features>,
@@ -82,6 +82,8 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
         return from_table(config, req, entry);
     }
     let features = Features::of(req);
+    // The score is reported even when a rule decides: it tells how the scorer saw the request.
+    let score = routing.scorer.score(req, &features);
     if let Some(rule) = routing.rules.first_match(req, &features) {
         let model = rule.model.as_deref();
         return to_route(
@@ -91,11 +93,10 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
             rule.route,
             &rule.name,
             model,
-            None,
+            Some(score),
             Some(features),
         );
     }
-    let score = routing.scorer.score(req, &features);
     let route = if score < routing.local_below {
         Route::Local
     } else if score < routing.cloud_from {
