@@ -253,15 +253,15 @@ impl Checker<'_> {
         .filter(|k| **k)
         .count();
         let comparisons = OPS.iter().zip([&c.lt, &c.le, &c.gt, &c.ge, &c.eq, &c.ne]);
-        if kinds != 1 {
-            self.error_at(at, format!("{field}: a condition needs exactly one of all, any, not, feature, regex, model"));
-            return None;
-        }
         if c.feature.is_none() && comparisons.clone().any(|(_, v)| v.is_some()) {
             self.error_at(
                 at,
                 format!("{field}: lt, le, gt, ge, eq and ne go with `feature`"),
             );
+            return None;
+        }
+        if kinds != 1 {
+            self.error_at(at, format!("{field}: a condition needs exactly one of all, any, not, feature, regex, model"));
             return None;
         }
         if c.regex.is_none() && c.target.is_some() {

@@ -164,3 +164,89 @@ fn secrets_do_not_print() {
     let s = Secret("sk-live-123".into());
     assert!(!format!("{s:?}").contains("sk-live"));
 }
+
+const ROUTED: &str = r#"
+upstreams:
+  local: {route: local, url: "http://127.0.0.1:1", model: small}
+  cloud: {route: cloud, url: "http://127.0.0.1:2", model: big}
+default_route: {upstream: cloud}
+routing:
+  rules:
+"#;
+
+fn routed(rules: &str) -> Result<Config, Vec<ConfigError>> {
+    Config::from_yaml(&format!("{ROUTED}{rules}"), no_env)
+}
+
+#[test]
+fn routing_errors_name_the_rule_and_line() {
+    // ROUTED's `rules:` is line 7; the rules below start on line 8.
+    let cases: &[(&str, &str, u64)] = &[
+        ("    - {name: a, when: {regex: ['(unclosed']}, route: cloud}\n", "bad regex", 8),
+        ("    - {name: a, when: {feature: colour, gt: 1}, route: cloud}\n", "unknown feature `colour`", 8),
+        ("    - {name: a, when: {feature: tokens}, route: cloud}\n", "needs a comparison", 8),
+        ("    - {name: a, when: {feature: tokens, gt: 1}, route: sideways}\n", "not a route", 8),
+        ("    - {name: a, route: cloud}\n    - {name: a, route: local}\n", "used twice", 9),
+        (
+            "    - name: a\n      when:\n        all:\n          - {feature: tokens, gt: 1, regex: [x]}\n      route: cloud\n",
+            "exactly one of",
+            11,
+        ),
+        ("    - {name: a, when: {gt: 3}, route: cloud}\n", "go with `feature`", 8),
+        ("    - {name: a, when: {regex: [x], target: elsewhere}, route: cloud}\n", "unknown target", 8),
+        ("    - {name: a, when: {feature: tokens, gt: lots}, route: cloud}\n", "not a number", 8),
+    ];
+    for (rules, needle, line) in cases {
+        let errors = routed(rules).expect_err(rules);
+        let e = errors
+            .iter()
+            .find(|e| e.message.contains(needle))
+            .unwrap_or_else(|| panic!("no `{needle}` in {errors:?}"));
+        assert_eq!(e.line, *line, "{rules}: {e}");
+        assert!(e.message.contains("`a`"), "the rule is named: {e}");
+    }
+    let missing = routed("    - {name: a, when: {feature: tokens, gt: 1}}\n").unwrap_err();
+    assert!(missing[0].message.contains("route"), "{missing:?}");
+}
+
+#[test]
+fn a_rule_after_a_catch_all_is_a_warning() {
+    let c = routed("    - {name: everything, route: local}\n    - {name: never, route: cloud}\n")
+        .unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("`never`") && c.warnings[0].contains("`everything`"),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn scorer_files_are_read_beside_the_config_and_checked() {
+    let dir = std::env::temp_dir().join(format!("switchyard-scorer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("good.json"), DEFAULT_SCORER).unwrap();
+    std::fs::write(dir.join("bad.json"), "{\"version\": 1}").unwrap();
+    let yaml = |file: &str| {
+        format!("{ROUTED}    []\n  scorer: {{file: {file}, local_below: 0.2, cloud_from: 0.6}}\n")
+    };
+    let c = Config::from_yaml_in(&yaml("good.json"), no_env, &dir).unwrap();
+    let r = c.routing.unwrap();
+    assert_eq!((r.local_below, r.cloud_from), (0.2, 0.6));
+    let e = Config::from_yaml_in(&yaml("bad.json"), no_env, &dir).unwrap_err();
+    assert!(e[0].message.contains("bad.json"), "{e:?}");
+    let e = Config::from_yaml_in(&yaml("missing.json"), no_env, &dir).unwrap_err();
+    assert!(e[0].message.contains("missing.json"), "{e:?}");
+}
+
+#[test]
+fn the_default_rules_are_valid_and_reachable() {
+    let c = Config::from_yaml(DEFAULT_YAML, |n| {
+        (n == "OPENAI_API_KEY").then(|| "sk-x".to_owned())
+    })
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let r = c.routing.expect("the default configuration routes `auto`");
+    assert_eq!(r.classify, ["auto"]);
+    assert!(!r.rules.rules().is_empty());
+}

@@ -76,8 +76,7 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
     if let Some(route) = forced {
         return to_route(config, routing, req, route, "header", None, None, None);
     }
-    let classified =
-        routing.classify.iter().any(|m| *m == req.model) || !routing.respect_explicit_model;
+    let classified = routing.classify.contains(&req.model) || !routing.respect_explicit_model;
     if !classified {
         return from_table(config, req, entry);
     }
@@ -245,5 +244,140 @@ default_route: {upstream: cloud}
                 "{name}"
             );
         }
+    }
+
+    const ROUTED: &str = r#"
+upstreams:
+  local: {route: local, url: "http://127.0.0.1:1", model: small}
+  cloud: {route: cloud, url: "http://127.0.0.1:2", model: big, api_key: "${KEY:-}", require_api_key: true, fallback: local}
+models:
+  - {name: gpt-4o, upstream: cloud, model: gpt-4o}
+default_route: {upstream: cloud}
+routing:
+  classify: [auto, smart]
+  scorer: {local_below: 0.0, cloud_from: 1.0}
+  rules:
+    - {name: tools, when: {feature: tools, gt: 0}, route: cloud, model: big-tools}
+    - {name: long, when: {feature: context_tokens, gt: 100}, route: hybrid}
+    - name: hello
+      when: {regex: ['(?i)^hello']}
+      route: local
+"#;
+
+    fn routed(key: Option<&str>) -> Config {
+        let key = key.map(str::to_owned);
+        Config::from_yaml(ROUTED, move |n| if n == "KEY" { key.clone() } else { None }).unwrap()
+    }
+
+    fn chat(model: &str, text: &str, extra: serde_json::Value) -> ChatRequest {
+        let mut body =
+            serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        ChatRequest::parse(bytes::Bytes::from(body.to_string())).unwrap()
+    }
+
+    #[test]
+    fn classified_models_follow_rules_then_the_scorer() {
+        let c = routed(Some("sk"));
+        let long = "word ".repeat(200);
+        let history = serde_json::json!({"messages": [
+            {"role": "user", "content": long}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "and now?"}]});
+        let cases: Vec<(ChatRequest, Route, &str, &str)> = vec![
+            (
+                chat("auto", "hello there", serde_json::json!({})),
+                Route::Local,
+                "hello",
+                "small",
+            ),
+            (
+                chat("smart", "x", serde_json::json!({"tools": [{}]})),
+                Route::Cloud,
+                "tools",
+                "big-tools",
+            ),
+            (chat("auto", "", history), Route::Hybrid, "long", "big"),
+            // No rule: the scorer with thresholds 0 and 1 always says hybrid.
+            (
+                chat(
+                    "auto",
+                    "what is the capital of France?",
+                    serde_json::json!({}),
+                ),
+                Route::Hybrid,
+                "scorer",
+                "big",
+            ),
+            // Explicit models keep the model table.
+            (
+                chat("gpt-4o", "hello", serde_json::json!({"tools": [{}]})),
+                Route::Cloud,
+                "model-table",
+                "gpt-4o",
+            ),
+            (
+                chat("other", "hello", serde_json::json!({})),
+                Route::Cloud,
+                "default-route",
+                "other",
+            ),
+        ];
+        for (req, route, rule, model) in &cases {
+            let d = decide(&c, req, None);
+            assert_eq!(
+                (d.route, d.rule, d.model),
+                (*route, *rule, *model),
+                "{}",
+                req.model
+            );
+            assert_eq!(
+                d.score.is_some(),
+                ["auto", "smart"].contains(&req.model.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn a_forced_route_wins() {
+        let c = routed(Some("sk"));
+        let req = chat("auto", "hello", serde_json::json!({}));
+        let d = decide(&c, &req, Some(Route::Cloud));
+        assert_eq!(
+            (d.route, d.rule, d.model, d.upstream),
+            (Route::Cloud, "header", "big", 1)
+        );
+    }
+
+    #[test]
+    fn routes_of_a_disabled_cloud_are_served_and_reported_locally() {
+        let c = routed(None);
+        let req = chat("auto", "x", serde_json::json!({"tools": [{}]}));
+        let d = decide(&c, &req, None);
+        assert_eq!((d.route, d.upstream, d.rule), (Route::Local, 0, "tools"));
+        let long = serde_json::json!({"messages": [{"role": "user", "content": "w ".repeat(400)}, {"role": "user", "content": "?"}]});
+        let req = chat("auto", "", long);
+        let d = decide(&c, &req, None);
+        assert_eq!((d.route, d.model), (Route::Local, "small"));
+    }
+
+    #[test]
+    fn the_dry_run_explains_everything() {
+        let c = routed(Some("sk"));
+        let req = chat("auto", "hello", serde_json::json!({}));
+        let v = explain(&c, &decide(&c, &req, None));
+        assert_eq!(v["route"], "local");
+        assert_eq!(v["rule"], "hello");
+        assert_eq!(v["upstream"], "local");
+        assert_eq!(v["model"], "small");
+        assert!(v["score"]
+            .as_f64()
+            .is_some_and(|s| (0.0..=1.0).contains(&s)));
+        assert_eq!(v["features"]["messages"], 1.0);
+        assert_eq!(
+            v["features"].as_object().unwrap().len(),
+            crate::classify::Feature::ALL.len()
+        );
     }
 }

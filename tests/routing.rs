@@ -1,0 +1,305 @@
+//! Classification over real sockets: rule and score headers on proxied answers, the forced
+//! route header, the dry-run endpoint and command, and reproducible training.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+use support::*;
+
+fn echo(req: &Recorded) -> Reply {
+    let model = req.json()["model"].as_str().unwrap_or_default().to_owned();
+    Reply::json(completion(&model, &format!("echo: {}", req.last_message())))
+}
+
+fn routed_config(local: &str, cloud: &str, allow_header: bool) -> String {
+    format!(
+        r#"{}
+routing:
+  classify: [auto]
+  allow_route_header: {allow_header}
+  scorer: {{local_below: 0.0, cloud_from: 0.0}}
+  rules:
+    - {{name: tools, when: {{feature: tools, gt: 0}}, route: cloud, model: gpt-4o-tools}}
+    - name: greeting
+      when: {{regex: ['(?i)^\W*hello']}}
+      route: local
+"#,
+        two_upstreams(local, cloud, "")
+    )
+}
+
+fn chat_body(text: &str, tools: bool) -> serde_json::Value {
+    let mut body = json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
+    if tools {
+        body["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    }
+    body
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    request(addr, "POST", path, &all, body.to_string().as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_answers_explain_the_decision() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let gw = Gateway::start(&routed_config(&local.url(), &cloud.url(), false));
+
+    let r = post(
+        gw.addr(),
+        "/v1/chat/completions",
+        &chat_body("Hello!", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-route"), Some("local"));
+    assert_eq!(r.header("x-switchyard-rule"), Some("greeting"));
+    let score: f64 = r
+        .header("x-switchyard-score")
+        .expect("score header")
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&score));
+
+    let r = post(
+        gw.addr(),
+        "/v1/chat/completions",
+        &chat_body("call f", true),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+    assert_eq!(r.header("x-switchyard-rule"), Some("tools"));
+    assert_eq!(
+        cloud.requests()[0].json()["model"],
+        "gpt-4o-tools",
+        "the rule's model is sent"
+    );
+
+    // No rule matches: the scorer decides (thresholds at 0: always cloud).
+    let r = post(
+        gw.addr(),
+        "/v1/chat/completions",
+        &chat_body("Name a colour.", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("scorer"));
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+
+    // An explicit model is not classified.
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}]});
+    let r = post(gw.addr(), "/v1/chat/completions", &body, &[]).await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("model-table"));
+    assert!(r.header("x-switchyard-score").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_header_is_honoured_only_where_allowed() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let closed = Gateway::start(&routed_config(&local.url(), &cloud.url(), false));
+    let open = Gateway::start(&routed_config(&local.url(), &cloud.url(), true));
+    let force = [("x-switchyard-route", "cloud")];
+
+    let r = post(
+        closed.addr(),
+        "/v1/chat/completions",
+        &chat_body("Hello", false),
+        &force,
+    )
+    .await;
+    assert_eq!(
+        (
+            r.header("x-switchyard-route"),
+            r.header("x-switchyard-rule")
+        ),
+        (Some("local"), Some("greeting"))
+    );
+    let r = post(
+        open.addr(),
+        "/v1/chat/completions",
+        &chat_body("Hello", false),
+        &force,
+    )
+    .await;
+    assert_eq!(
+        (
+            r.header("x-switchyard-route"),
+            r.header("x-switchyard-rule")
+        ),
+        (Some("cloud"), Some("header"))
+    );
+    let e = post(
+        open.addr(),
+        "/v1/chat/completions",
+        &chat_body("Hello", false),
+        &[("x-switchyard-route", "moon")],
+    )
+    .await
+    .assert_error(400);
+    assert_eq!(e["code"], "invalid_route");
+    // The header is the gateway's: it never reaches an upstream.
+    for r in local.requests().iter().chain(cloud.requests().iter()) {
+        assert!(r.header("x-switchyard-route").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_endpoint_and_command_agree_and_contact_nobody() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let yaml = routed_config(&local.url(), &cloud.url(), false);
+    let gw = Gateway::start(&yaml);
+    let body = chat_body("call f", true);
+
+    let r = post(gw.addr(), "/v1/route", &body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (
+            v["route"].as_str(),
+            v["rule"].as_str(),
+            v["upstream"].as_str()
+        ),
+        (Some("cloud"), Some("tools"), Some("cloud"))
+    );
+    assert_eq!(v["model"], "gpt-4o-tools");
+    assert_eq!(v["features"]["tools"], 1.0);
+    assert!(v["score"].is_number());
+    post(
+        gw.addr(),
+        "/v1/route",
+        &json!({"model": "auto", "messages": []}),
+        &[],
+    )
+    .await
+    .assert_error(400);
+    let r = request(gw.addr(), "GET", "/v1/route", &[], b"").await;
+    r.assert_error(405);
+    assert!(
+        local.requests().is_empty() && cloud.requests().is_empty(),
+        "a dry run sends nothing upstream"
+    );
+
+    let config = scratch_file("routed.yaml", &yaml.replace("{PORT}", "1"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["route", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline, v, "the command says what the endpoint says");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["route", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an empty request is an error");
+}
+
+#[test]
+fn training_is_reproducible() {
+    let mut rows = String::new();
+    for i in 0..40 {
+        let (text, ok) = if i % 2 == 0 {
+            (format!("hello friend number {i}"), true)
+        } else {
+            (
+                format!(
+                    "prove that the integral of x^{i} is x^{}/{} step by step",
+                    i + 1,
+                    i + 1
+                ),
+                false,
+            )
+        };
+        rows.push_str(
+            &json!({"id": format!("r{i}"), "source": if i % 4 < 2 { "a" } else { "b" },
+            "messages": [{"role": "user", "content": text}], "weak_ok": ok})
+            .to_string(),
+        );
+        rows.push('\n');
+    }
+    let data = scratch_file("rows.jsonl", &rows);
+    let run = |out: &std::path::Path, predictions: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["train", "--iterations", "300", "--folds", "4", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(out)
+            .arg("--predictions")
+            .arg(predictions)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (a, b) = (scratch_file("a.json", ""), scratch_file("b.json", ""));
+    let (pa, pb) = (scratch_file("a.jsonl", ""), scratch_file("b.jsonl", ""));
+    let report = run(&a, &pa);
+    run(&b, &pb);
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same data, same file"
+    );
+    assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    assert!(
+        report.contains("cross-validated AUC") && report.contains(" a ") && report.contains(" b "),
+        "{report}"
+    );
+    let predictions = std::fs::read_to_string(&pa).unwrap();
+    assert_eq!(predictions.lines().count(), 40);
+    let first: serde_json::Value =
+        serde_json::from_str(predictions.lines().next().unwrap()).unwrap();
+    assert!(first["score"].is_number() && first["route"].is_string());
+
+    // The fitted file is a scorer the gateway accepts.
+    let scorer = std::fs::read_to_string(&a).unwrap();
+    let yaml = format!(
+        "{}routing:\n  scorer: {{file: {}}}\n",
+        two_upstreams("http://127.0.0.1:1", "http://127.0.0.1:2", "").replace("{PORT}", "1"),
+        a.display()
+    );
+    let config = scratch_file("with-scorer.yaml", &yaml);
+    let o = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{scorer}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
