@@ -88,7 +88,7 @@ fn request_path(c: &mut Criterion) {
     let parsed = ChatRequest::parse(body.clone()).expect("valid");
     group.bench_function("decide_and_rewrite_model", |b| {
         b.iter(|| {
-            let d = route::decide(&config, black_box(&parsed.model));
+            let d = route::decide(&config, black_box(&parsed), None);
             parsed.body_with_model(d.model)
         })
     });
@@ -102,7 +102,7 @@ fn request_path(c: &mut Criterion) {
     group.bench_function("all", |b| {
         b.iter(|| {
             let req = ChatRequest::parse(black_box(body.clone())).expect("valid");
-            let d = route::decide(&config, &req.model);
+            let d = route::decide(&config, &req, None);
             let out = req.body_with_model(d.model);
             let mut h = header.clone();
             prepare_headers(&mut h, &upstreams[d.upstream], "/v1/chat/completions")

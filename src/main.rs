@@ -55,6 +55,14 @@ struct TrainArgs {
     iterations: usize,
 }
 
+/// Prints a line of a report; a closed standard output (`| head`) must not stop the work.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -126,12 +134,12 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     };
     if args.folds >= 2 {
         let report = dataset::cross_validate(&rows, args.folds, opts);
-        println!(
+        say!(
             "{}-fold cross-validated AUC (held-out rows only):",
             args.folds
         );
         for (source, (auc, n)) in &report.auc {
-            println!("  {source:<12} {auc:.3}  ({n} rows)");
+            say!("  {source:<12} {auc:.3}  ({n} rows)");
         }
         if let Some(path) = &args.predictions {
             let mut out = String::new();
@@ -147,14 +155,14 @@ fn train(args: &TrainArgs) -> Result<(), String> {
                 out.push('\n');
             }
             std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
-            println!("out-of-fold predictions written to {}", path.display());
+            say!("out-of-fold predictions written to {}", path.display());
         }
     }
     let examples: Vec<scorer::Example> = rows.into_iter().map(|r| r.example).collect();
     let model = scorer::train(&examples, opts);
     let json = serde_json::to_string(&model).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, json + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
-    println!(
+    say!(
         "scorer fitted on {} rows written to {}",
         examples.len(),
         args.out.display()
@@ -171,6 +179,6 @@ fn dry_run(config: &Config) -> Result<(), String> {
     let request = switchyard::api::ChatRequest::parse(body.into())
         .map_err(|e| String::from_utf8_lossy(&e.to_json()).into_owned())?;
     let decision = switchyard::route::decide(config, &request, None);
-    println!("{}", switchyard::route::explain(config, &decision));
+    say!("{}", switchyard::route::explain(config, &decision));
     Ok(())
 }

@@ -31,10 +31,12 @@ struct RawRow {
     needs_cloud: Option<bool>,
 }
 
-/// Reads a JSONL file of `{id, source, messages, weak_ok | needs_cloud}` rows.
+/// Reads a JSONL file of `{id, source, messages, weak_ok | needs_cloud}` rows. Each distinct
+/// source becomes a training group (see [`Example::group`]).
 pub fn load(path: &Path) -> Result<Vec<Row>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows = Vec::new();
+    let mut sources: Vec<String> = Vec::new();
     for (n, line) in text
         .lines()
         .enumerate()
@@ -50,12 +52,21 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
         let body = serde_json::json!({"model": "auto", "messages": raw.messages});
         let request =
             ChatRequest::parse(Bytes::from(body.to_string())).map_err(|e| at(e.message))?;
+        let source = raw.source.unwrap_or_else(|| "all".into());
+        let group = match sources.iter().position(|s| *s == source) {
+            Some(g) => g,
+            None => {
+                sources.push(source.clone());
+                sources.len() - 1
+            }
+        };
         rows.push(Row {
             id: raw.id.unwrap_or_else(|| format!("row-{}", n + 1)),
-            source: raw.source.unwrap_or_else(|| "all".into()),
+            source,
             example: Example {
                 request,
                 needs_cloud,
+                group,
             },
         });
     }
@@ -99,6 +110,7 @@ pub fn cross_validate(rows: &[Row], folds: usize, opts: TrainOptions) -> CvRepor
             .map(|&i| Example {
                 request: rows[i].example.request.clone(),
                 needs_cloud: rows[i].example.needs_cloud,
+                group: rows[i].example.group,
             })
             .collect();
         let model = train(&examples, opts);

@@ -221,6 +221,12 @@ pub struct Example {
     pub request: ChatRequest,
     /// True when the request needs the cloud model.
     pub needs_cloud: bool,
+    /// The workload the example comes from (0 when there is one).
+    ///
+    /// Training gives each workload its own intercept, so that the weights learn what makes a
+    /// request harder than others *of its kind*, not which kind of workload fails more often.
+    /// That is what routing one team's traffic needs; the saved intercept is their average.
+    pub group: usize,
 }
 
 /// Fits a scorer on `examples`.
@@ -260,14 +266,20 @@ pub fn train(examples: &[Example], opts: TrainOptions) -> Scorer {
         .iter()
         .map(|e| if e.needs_cloud { 1.0 } else { 0.0 })
         .collect();
+    let groups = examples.iter().map(|e| e.group + 1).max().unwrap_or(1);
+    let mut group_bias = vec![0.0; groups];
+    let mut group_size = vec![0.0; groups];
+    for e in examples {
+        group_size[e.group] += 1.0;
+    }
     let dims = scorer.features.len();
     for _ in 0..opts.iterations {
-        let mut g_bias = 0.0;
+        let mut g_bias = vec![0.0; groups];
         let mut g_dense = vec![0.0; dims];
         let mut g_sparse = vec![0.0; scorer.ngrams.len()];
-        for (x, y) in inputs.iter().zip(&labels) {
-            let err = sigmoid(scorer.logit(x)) - y;
-            g_bias += err;
+        for ((x, y), e) in inputs.iter().zip(&labels).zip(examples) {
+            let err = sigmoid(scorer.logit(x) - scorer.bias + group_bias[e.group]) - y;
+            g_bias[e.group] += err;
             for (g, v) in g_dense.iter_mut().zip(&x.dense) {
                 *g += err * v;
             }
@@ -275,7 +287,11 @@ pub fn train(examples: &[Example], opts: TrainOptions) -> Scorer {
                 g_sparse[b as usize] += err * x.sparse_value;
             }
         }
-        scorer.bias -= opts.learning_rate * g_bias / n;
+        for (b, (g, size)) in group_bias.iter_mut().zip(g_bias.iter().zip(&group_size)) {
+            if *size > 0.0 {
+                *b -= opts.learning_rate * g / size;
+            }
+        }
         for (fw, g) in scorer.features.iter_mut().zip(&g_dense) {
             fw.weight -= opts.learning_rate * (g / n + opts.l2_features * fw.weight);
         }
@@ -283,6 +299,12 @@ pub fn train(examples: &[Example], opts: TrainOptions) -> Scorer {
             *w -= opts.learning_rate * (g / n + opts.l2_ngrams * *w);
         }
     }
+    scorer.bias = group_bias
+        .iter()
+        .zip(&group_size)
+        .map(|(b, s)| b * s)
+        .sum::<f64>()
+        / n;
     scorer
 }
 
@@ -321,6 +343,7 @@ mod tests {
         Example {
             request: ChatRequest::parse(Bytes::from(body.to_string())).unwrap(),
             needs_cloud,
+            group: 0,
         }
     }
 

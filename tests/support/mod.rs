@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+#[allow(unused_imports)]
 pub use mock::{completion, refused_addr, stream_events, Mock, Recorded, Reply};
 
 /// The key clients present to the gateway in tests; it must never reach an upstream.
