@@ -758,3 +758,20 @@ async fn https_upstreams_are_verified_and_used() {
         "nothing was sent over the untrusted connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_to_a_silent_upstream_times_out_with_a_504() {
+    let hang = Mock::start(|_| Reply::Hang).await;
+    let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}";
+    let gw = cloud_only(&hang.url(), timeouts);
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/v1/embeddings",
+        &[("content-type", "application/json")],
+        br#"{"model":"m","input":"x"}"#,
+    )
+    .await;
+    let e = r.assert_error(504);
+    assert_eq!(e["code"], "upstream_timeout");
+}

@@ -99,59 +99,31 @@ impl Gateway {
     async fn dispatch(&self, session: &mut Session, ctx: &Ctx) -> Result<Handled> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
-        let is_get = method == http::Method::GET;
+        // The gateway's own paths answer one method each.
+        let required = match path.as_str() {
+            "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
+            "/v1/models" | "/health" => Some(http::Method::GET),
+            _ => None,
+        };
+        if let Some(required) = required.filter(|r| *r != method) {
+            let error = ApiError::method_not_allowed(method.as_str(), &path, required.as_str());
+            return self
+                .reject(session, ctx, error, Some(required.as_str()))
+                .await;
+        }
         match path.as_str() {
-            "/v1/chat/completions" => {
-                if method != http::Method::POST {
-                    return self
-                        .reject(
-                            session,
-                            ctx,
-                            ApiError::method_not_allowed(method.as_str(), &path, "POST"),
-                            Some("POST"),
-                        )
-                        .await;
-                }
-                chat::handle(self, session, ctx).await?;
-            }
-            "/v1/route" => {
-                if method != http::Method::POST {
-                    return self
-                        .reject(
-                            session,
-                            ctx,
-                            ApiError::method_not_allowed(method.as_str(), &path, "POST"),
-                            Some("POST"),
-                        )
-                        .await;
-                }
-                local::route(self, session, ctx).await?;
-            }
-            "/v1/models" | "/health" if !is_get => {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        ApiError::method_not_allowed(method.as_str(), &path, "GET"),
-                        Some("GET"),
-                    )
-                    .await;
-            }
+            "/v1/chat/completions" => chat::handle(self, session, ctx).await?,
+            "/v1/route" => local::route(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
-            p if p.starts_with("/v1/models/") && is_get => {
+            // Other methods on a model (DELETE of a fine-tune) are the provider's business.
+            p if p.starts_with("/v1/models/") && method == http::Method::GET => {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
             }
             p if p.starts_with("/v1/") => return Ok(Handled::Passthrough(self.config.passthrough)),
             _ => {
-                return self
-                    .reject(
-                        session,
-                        ctx,
-                        ApiError::unknown_path(method.as_str(), &path),
-                        None,
-                    )
-                    .await;
+                let error = ApiError::unknown_path(method.as_str(), &path);
+                return self.reject(session, ctx, error, None).await;
             }
         }
         Ok(Handled::Done)

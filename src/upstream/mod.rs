@@ -93,6 +93,10 @@ impl Upstream {
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.total_connection_timeout = Some(timeouts.connect);
         peer.options.idle_timeout = Some(POOL_IDLE);
+        // pingora's proxy path (pass-through requests) applies these; the gateway's own exchange
+        // sets its timeouts on the session itself.
+        peer.options.read_timeout = Some(timeouts.idle);
+        peer.options.write_timeout = Some(timeouts.idle);
         Ok(peer)
     }
 
