@@ -658,14 +658,7 @@ fn check_reports_every_error_with_its_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_to_a_dead_upstream_is_an_openai_502() {
     let gw = cloud_only(&format!("http://{}", refused_addr()), "");
-    let r = request(
-        gw.addr(),
-        "POST",
-        "/v1/embeddings",
-        &[("content-type", "application/json")],
-        br#"{"model":"m","input":"x"}"#,
-    )
-    .await;
+    let r = embeddings(gw.addr()).await;
     let e = r.assert_error(502);
     assert_eq!(e["code"], "upstream_unreachable");
     assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
@@ -764,14 +757,20 @@ async fn pass_through_to_a_silent_upstream_times_out_with_a_504() {
     let hang = Mock::start(|_| Reply::Hang).await;
     let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}";
     let gw = cloud_only(&hang.url(), timeouts);
-    let r = request(
-        gw.addr(),
+    let r = embeddings(gw.addr()).await;
+    let e = r.assert_error(504);
+    assert_eq!(e["code"], "upstream_timeout");
+}
+
+/// A minimal embeddings request (a pass-through path).
+async fn embeddings(addr: std::net::SocketAddr) -> Response {
+    let body = br#"{"model":"m","input":"x"}"#;
+    request(
+        addr,
         "POST",
         "/v1/embeddings",
         &[("content-type", "application/json")],
-        br#"{"model":"m","input":"x"}"#,
+        body,
     )
-    .await;
-    let e = r.assert_error(504);
-    assert_eq!(e["code"], "upstream_timeout");
+    .await
 }

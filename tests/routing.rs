@@ -31,6 +31,8 @@ routing:
     )
 }
 
+const FORCE: [(&str, &str); 1] = [("x-switchyard-route", "cloud")];
+
 fn chat_body(text: &str, tools: bool) -> serde_json::Value {
     let mut body = json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
     if tools {
@@ -112,36 +114,27 @@ async fn the_route_header_is_honoured_only_where_allowed() {
     let cloud = Mock::start(echo).await;
     let closed = Gateway::start(&routed_config(&local.url(), &cloud.url(), false));
     let open = Gateway::start(&routed_config(&local.url(), &cloud.url(), true));
-    let force = [("x-switchyard-route", "cloud")];
 
-    let r = post(
-        closed.addr(),
-        "/v1/chat/completions",
-        &chat_body("Hello", false),
-        &force,
-    )
-    .await;
+    let decided = |gw: &Gateway, headers: &'static [(&'static str, &'static str)]| {
+        let addr = gw.addr();
+        async move {
+            let r = post(
+                addr,
+                "/v1/chat/completions",
+                &chat_body("Hello", false),
+                headers,
+            )
+            .await;
+            let header = |n: &str| r.header(n).map(str::to_owned);
+            (header("x-switchyard-route"), header("x-switchyard-rule"))
+        }
+    };
+    let expected = |route: &str, rule: &str| (Some(route.to_owned()), Some(rule.to_owned()));
     assert_eq!(
-        (
-            r.header("x-switchyard-route"),
-            r.header("x-switchyard-rule")
-        ),
-        (Some("local"), Some("greeting"))
+        decided(&closed, &FORCE).await,
+        expected("local", "greeting")
     );
-    let r = post(
-        open.addr(),
-        "/v1/chat/completions",
-        &chat_body("Hello", false),
-        &force,
-    )
-    .await;
-    assert_eq!(
-        (
-            r.header("x-switchyard-route"),
-            r.header("x-switchyard-rule")
-        ),
-        (Some("cloud"), Some("header"))
-    );
+    assert_eq!(decided(&open, &FORCE).await, expected("cloud", "header"));
     let e = post(
         open.addr(),
         "/v1/chat/completions",
