@@ -9,7 +9,8 @@ use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, Target
 use crate::route::Route;
 use serde_saphyr::Spanned;
 
-/// The scorer compiled into the binary (fitted on the routing development set).
+/// The scorer compiled into the binary: hand-set weights over features standardized with the
+/// statistics of a labelled routing set (see the README).
 pub const DEFAULT_SCORER: &str = include_str!("../../conf/scorer.json");
 
 /// How requests are classified.
