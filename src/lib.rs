@@ -10,6 +10,7 @@
 pub mod api;
 pub mod classify;
 pub mod config;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod upstream;

@@ -774,3 +774,95 @@ async fn embeddings(addr: std::net::SocketAddr) -> Response {
     )
     .await
 }
+
+/// The value of one sample line of Prometheus text (`name{labels} value`), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_was_served() {
+    let (local, _cloud, gw2) = echo_pair().await;
+    for _ in 0..3 {
+        assert_eq!(
+            chat(gw2.addr(), &json!({"model": "auto", "messages": user("x")}))
+                .await
+                .status,
+            200
+        );
+    }
+    let body = json!({"model": "auto", "stream": true, "messages": user("x")});
+    assert_eq!(chat(gw2.addr(), &body).await.status, 200);
+    chat(gw2.addr(), &json!({"model": "auto", "messages": []}))
+        .await
+        .assert_error(400);
+    assert_eq!(local.requests().len(), 4);
+
+    let r = request(gw2.addr(), "GET", "/metrics", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/plain; version=0.0.4")));
+    let text = r.text();
+    let get =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    assert_eq!(
+        get(r#"switchyard_requests_total{route="local",status="200",upstream="local"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"switchyard_requests_total{route="gateway",status="400",upstream="none"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"switchyard_request_duration_seconds_count{route="local",upstream="local"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"switchyard_time_to_first_chunk_seconds_count{route="local",upstream="local"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(r#"switchyard_routing_decisions_total{route="local",rule="model-table"}"#),
+        4.0
+    );
+    assert_eq!(
+        get("switchyard_in_flight_requests"),
+        1.0,
+        "the scrape itself is in flight"
+    );
+
+    // Failures are counted by upstream and reason.
+    let dead = cloud_only(&format!("http://{}", refused_addr()), "");
+    chat(
+        dead.addr(),
+        &json!({"model": "gpt-4o", "messages": user("x")}),
+    )
+    .await
+    .assert_error(502);
+    let text = request(dead.addr(), "GET", "/metrics", &[], b"")
+        .await
+        .text();
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_upstream_failures_total{reason="unreachable",upstream="cloud"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_requests_total{route="cloud",status="502",upstream="cloud"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}

@@ -1,11 +1,13 @@
 //! `POST /v1/chat/completions`: read the body, parse it once, decide, rewrite, exchange, relay.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::response::{self, Explain};
-use super::{expects_continue, write_error, Ctx, Gateway};
+use super::{expects_continue, write_error, Gateway, Served};
 use crate::api::{ApiError, ChatRequest};
 use crate::route::{self, Route};
 use crate::upstream::client::Exchange;
@@ -14,8 +16,14 @@ use crate::upstream::prepare_headers;
 /// The largest non-JSON upstream error body read to build an OpenAI-shaped error from it.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 
-pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    let gateway = Explain::gateway(&ctx.request_id);
+pub(super) async fn handle(
+    gw: &Gateway,
+    session: &mut Session,
+    request_id: &str,
+    started: Instant,
+    served: &mut Served,
+) -> Result<()> {
+    let gateway = Explain::gateway(request_id);
     let body = match read_body(session, gw.config.max_body_bytes).await? {
         Ok(body) => body,
         Err(e) => {
@@ -35,10 +43,18 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     };
     let decision = route::decide(&gw.config, &request, forced);
     let upstream = &gw.upstreams[decision.upstream];
+    *served = Served {
+        route: decision.route.as_str(),
+        upstream: Some(decision.upstream),
+    };
+    gw.metrics
+        .decisions
+        .with_label_values(&[decision.route.as_str(), decision.rule])
+        .inc();
     let explain = Explain {
         rule: Some(decision.rule),
         score: decision.score,
-        ..Explain::served(&ctx.request_id, decision.route.as_str(), upstream.name())
+        ..Explain::served(request_id, decision.route.as_str(), upstream.name())
     };
     let body = request.body_with_model(decision.model);
 
@@ -62,10 +78,14 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
         Err(e) => {
             log::warn!(
                 "request {}: upstream {}: {:?}",
-                ctx.request_id,
+                request_id,
                 upstream.name(),
                 e
             );
+            gw.metrics
+                .upstream_failures
+                .with_label_values(&[upstream.name(), e.reason()])
+                .inc();
             return write_error(session, &e.to_api(upstream.name()), &explain, &[]).await;
         }
     };
@@ -82,9 +102,16 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     response::rewrite_upstream_header(&mut resp, &explain);
     session.write_response_header(Box::new(resp), false).await?;
 
+    let mut first_chunk = true;
     loop {
         match exchange.next().await {
             Ok(Some(chunk)) => {
+                if std::mem::take(&mut first_chunk) {
+                    gw.metrics
+                        .first_chunk
+                        .with_label_values(&[served.route, upstream.name()])
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 if let Err(e) = session.write_response_body(Some(chunk), false).await {
                     // The client went away: stop the upstream's work too.
                     exchange.finish(&gw.connector).await;
@@ -98,10 +125,14 @@ pub(super) async fn handle(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
             Err(e) => {
                 log::warn!(
                     "request {}: upstream {} failed mid-response: {:?}",
-                    ctx.request_id,
+                    request_id,
                     upstream.name(),
                     e
                 );
+                gw.metrics
+                    .upstream_failures
+                    .with_label_values(&[upstream.name(), e.reason()])
+                    .inc();
                 exchange.finish(&gw.connector).await;
                 let error = e.to_api(upstream.name());
                 if streaming {

@@ -145,3 +145,20 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     };
     write_json(session, 200, body, &answer, &[]).await
 }
+
+/// `GET /metrics`: Prometheus' text format.
+pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);
+    gw.metrics
+        .in_flight
+        .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    let body = gw.metrics.render();
+    let header =
+        super::response::sized_header(200, crate::metrics::CONTENT_TYPE, body.len(), &explain(ctx));
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(bytes::Bytes::from(body)), true)
+        .await
+}

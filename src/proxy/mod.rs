@@ -2,7 +2,8 @@
 //!
 //! - `POST /v1/chat/completions`: read, parse, decide and exchange in [`chat`], answered from
 //!   `request_filter` (pingora's own forwarding is not used for these; see `upstream::client`).
-//! - `GET /v1/models`, `GET /health`: answered by the gateway itself ([`local`]).
+//! - `GET /v1/models`, `GET /health`, `GET /metrics`, `POST /v1/route`: answered by the gateway
+//!   itself ([`local`]).
 //! - any other `/v1/` path: pingora's ordinary proxy path to the pass-through upstream, with the
 //!   client's credentials replaced.
 //! - anything else: 404.
@@ -27,6 +28,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::api::ApiError;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::upstream::{prepare_headers, Upstream};
 pub use response::Explain;
 pub use server::run;
@@ -40,6 +42,7 @@ pub struct Gateway {
     started_unix: u64,
     in_flight: Arc<AtomicUsize>,
     ids: request_id::Generator,
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -61,6 +64,7 @@ impl Gateway {
                 .map_or(0, |d| d.as_secs()),
             in_flight: Arc::new(AtomicUsize::new(0)),
             ids: request_id::Generator::new(),
+            metrics: Metrics::new().map_err(|e| format!("metrics: {e}"))?,
         })
     }
 
@@ -73,9 +77,19 @@ impl Gateway {
 /// Per-request state.
 pub struct Ctx {
     request_id: String,
+    started: Instant,
     /// Set for pass-through requests: the upstream pingora forwards to.
     passthrough: Option<usize>,
+    served: Served,
     _in_flight: Option<InFlight>,
+}
+
+/// Where a request was served, for its metrics.
+pub(super) struct Served {
+    /// `local`, `cloud`, `hybrid`, or `gateway` for answers the gateway gave itself.
+    route: &'static str,
+    /// The upstream, once one was chosen.
+    upstream: Option<usize>,
 }
 
 /// Counts a request as in flight until it is dropped with its context.
@@ -96,13 +110,13 @@ enum Handled {
 }
 
 impl Gateway {
-    async fn dispatch(&self, session: &mut Session, ctx: &Ctx) -> Result<Handled> {
+    async fn dispatch(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Handled> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         // The gateway's own paths answer one method each.
         let required = match path.as_str() {
             "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
-            "/v1/models" | "/health" => Some(http::Method::GET),
+            "/v1/models" | "/health" | "/metrics" => Some(http::Method::GET),
             _ => None,
         };
         if let Some(required) = required.filter(|r| *r != method) {
@@ -112,7 +126,11 @@ impl Gateway {
                 .await;
         }
         match path.as_str() {
-            "/v1/chat/completions" => chat::handle(self, session, ctx).await?,
+            "/v1/chat/completions" => {
+                let started = ctx.started;
+                chat::handle(self, session, &ctx.request_id, started, &mut ctx.served).await?
+            }
+            "/metrics" => local::metrics(self, session, ctx).await?,
             "/v1/route" => local::route(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
@@ -183,7 +201,12 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             request_id: String::new(),
+            started: Instant::now(),
             passthrough: None,
+            served: Served {
+                route: "gateway",
+                upstream: None,
+            },
             _in_flight: None,
         }
     }
@@ -196,6 +219,10 @@ impl ProxyHttp for Gateway {
             Handled::Done => Ok(true),
             Handled::Passthrough(upstream) => {
                 ctx.passthrough = Some(upstream);
+                ctx.served = Served {
+                    route: self.upstreams[upstream].config.route.as_str(),
+                    upstream: Some(upstream),
+                };
                 // The upstream never sees `Expect` (it is hop-by-hop here), so answer it now.
                 if expects_continue(session.req_header()) {
                     session.write_continue_response().await?;
@@ -253,6 +280,23 @@ impl ProxyHttp for Gateway {
             upstream_response.insert_header(http::header::TRANSFER_ENCODING, te)?;
         }
         Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map_or("none", |h| h.status.as_str());
+        let upstream = ctx
+            .served
+            .upstream
+            .map_or("none", |i| self.upstreams[i].name());
+        let m = &self.metrics;
+        m.requests
+            .with_label_values(&[ctx.served.route, upstream, status])
+            .inc();
+        m.duration
+            .with_label_values(&[ctx.served.route, upstream])
+            .observe(ctx.started.elapsed().as_secs_f64());
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

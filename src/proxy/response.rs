@@ -98,10 +98,20 @@ pub fn rewrite_upstream_header(resp: &mut ResponseHeader, explain: &Explain) {
 
 /// A complete JSON response header for a body of `len` bytes.
 pub fn json_header(status: u16, len: usize, explain: &Explain) -> ResponseHeader {
+    sized_header(status, "application/json", len, explain)
+}
+
+/// A complete response header for a body of `len` bytes of `content_type`.
+pub fn sized_header(
+    status: u16,
+    content_type: &str,
+    len: usize,
+    explain: &Explain,
+) -> ResponseHeader {
     // Every status used here is a valid one.
     let mut resp = ResponseHeader::build(status, Some(4))
         .unwrap_or_else(|_| ResponseHeader::build(500, Some(4)).expect("500 is a valid status"));
-    let _ = resp.insert_header(http::header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, content_type);
     let _ = resp.insert_header(http::header::CONTENT_LENGTH, len.to_string());
     explain.apply(&mut resp);
     resp

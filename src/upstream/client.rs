@@ -34,6 +34,15 @@ pub enum ExchangeError {
 }
 
 impl ExchangeError {
+    /// A short fixed name for metrics: `unreachable`, `timeout` or `broken`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExchangeError::Unreachable(_) => "unreachable",
+            ExchangeError::Timeout(_) => "timeout",
+            ExchangeError::Broken(_) => "broken",
+        }
+    }
+
     /// The error the client sees.
     pub fn to_api(&self, upstream: &str) -> ApiError {
         match self {
