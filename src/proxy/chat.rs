@@ -10,8 +10,8 @@ use super::response::{self, Explain};
 use super::{expects_continue, write_error, Gateway, Served};
 use crate::api::{ApiError, ChatRequest};
 use crate::route::{self, Route};
-use crate::upstream::client::Exchange;
-use crate::upstream::prepare_headers;
+use crate::upstream::client::{Exchange, ExchangeError};
+use crate::upstream::{prepare_headers, Upstream};
 
 /// The largest non-JSON upstream error body read to build an OpenAI-shaped error from it.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
@@ -76,16 +76,7 @@ pub(super) async fn handle(
     let mut exchange = match Exchange::start(&gw.connector, upstream, header, body).await {
         Ok(x) => x,
         Err(e) => {
-            log::warn!(
-                "request {}: upstream {}: {:?}",
-                request_id,
-                upstream.name(),
-                e
-            );
-            gw.metrics
-                .upstream_failures
-                .with_label_values(&[upstream.name(), e.reason()])
-                .inc();
+            record_failure(gw, request_id, upstream, &e, "before the answer");
             return write_error(session, &e.to_api(upstream.name()), &explain, &[]).await;
         }
     };
@@ -123,16 +114,7 @@ pub(super) async fn handle(
                 return session.write_response_body(None, true).await;
             }
             Err(e) => {
-                log::warn!(
-                    "request {}: upstream {} failed mid-response: {:?}",
-                    request_id,
-                    upstream.name(),
-                    e
-                );
-                gw.metrics
-                    .upstream_failures
-                    .with_label_values(&[upstream.name(), e.reason()])
-                    .inc();
+                record_failure(gw, request_id, upstream, &e, "mid-response");
                 exchange.finish(&gw.connector).await;
                 let error = e.to_api(upstream.name());
                 if streaming {
@@ -149,6 +131,24 @@ pub(super) async fn handle(
             }
         }
     }
+}
+
+/// Logs an upstream failure and counts it by upstream and reason.
+fn record_failure(
+    gw: &Gateway,
+    request_id: &str,
+    upstream: &Upstream,
+    e: &ExchangeError,
+    when: &str,
+) {
+    log::warn!(
+        "request {request_id}: upstream {} failed {when}: {e:?}",
+        upstream.name()
+    );
+    gw.metrics
+        .upstream_failures
+        .with_label_values(&[upstream.name(), e.reason()])
+        .inc();
 }
 
 /// The route a client forces with `x-switchyard-route`, when the configuration allows it
