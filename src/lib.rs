@@ -8,6 +8,8 @@
 //! plain synchronous code that unit tests drive without a socket.
 
 pub mod api;
+pub mod auth;
+pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod metrics;

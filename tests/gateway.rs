@@ -813,11 +813,15 @@ async fn metrics_count_exactly_what_was_served() {
     let get =
         |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     assert_eq!(
-        get(r#"switchyard_requests_total{route="local",status="200",upstream="local"}"#),
+        get(
+            r#"switchyard_requests_total{cache="bypass",route="local",status="200",upstream="local"}"#
+        ),
         4.0
     );
     assert_eq!(
-        get(r#"switchyard_requests_total{route="gateway",status="400",upstream="none"}"#),
+        get(
+            r#"switchyard_requests_total{cache="bypass",route="gateway",status="400",upstream="none"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -825,7 +829,7 @@ async fn metrics_count_exactly_what_was_served() {
         4.0
     );
     assert_eq!(
-        get(r#"switchyard_time_to_first_chunk_seconds_count{route="local",upstream="local"}"#),
+        get(r#"switchyard_time_to_first_token_seconds_count{route="local",upstream="local"}"#),
         4.0
     );
     assert_eq!(
@@ -860,7 +864,7 @@ async fn metrics_count_exactly_what_was_served() {
     assert_eq!(
         sample(
             &text,
-            r#"switchyard_requests_total{route="cloud",status="502",upstream="cloud"}"#
+            r#"switchyard_requests_total{cache="bypass",route="cloud",status="502",upstream="cloud"}"#
         ),
         Some(1.0),
         "{text}"

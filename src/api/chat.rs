@@ -69,6 +69,8 @@ pub struct ChatRequest {
     body: Bytes,
     /// Byte range of the model's JSON string (quotes included) in `body`.
     model_span: (usize, usize),
+    /// Byte range of the `stream_options` value in `body`, when present.
+    stream_options_span: Option<(usize, usize)>,
     /// The model the client asked for.
     pub model: String,
     /// `stream: true`.
@@ -96,7 +98,8 @@ struct Wire<'a> {
     #[serde(borrow)]
     messages: Option<Vec<WireMessage<'a>>>,
     stream: Option<bool>,
-    stream_options: Option<WireStreamOptions>,
+    #[serde(borrow)]
+    stream_options: Option<&'a RawValue>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
@@ -228,9 +231,26 @@ impl ChatRequest {
                 Some("invalid_value"),
             ));
         }
-        // The raw value borrows from `body`, so its address is an offset into it.
-        let start = raw_model.get().as_ptr() as usize - body.as_ptr() as usize;
-        let model_span = (start, start + raw_model.get().len());
+        // Raw values borrow from `body`, so their addresses are offsets into it.
+        let span = |raw: &RawValue| {
+            let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+            (start, start + raw.get().len())
+        };
+        let model_span = span(raw_model);
+        let (stream_options_span, include_usage) = match wire.stream_options {
+            None => (None, false),
+            Some(raw) if raw.get() == "null" => (None, false),
+            Some(raw) => {
+                let options: WireStreamOptions = serde_json::from_str(raw.get()).map_err(|_| {
+                    ApiError::invalid_request(
+                        "Invalid type for 'stream_options': expected an object.",
+                        Some("stream_options"),
+                        Some("invalid_type"),
+                    )
+                })?;
+                (Some(span(raw)), options.include_usage.unwrap_or(false))
+            }
+        };
 
         let wire_messages = wire.messages.ok_or_else(|| {
             ApiError::invalid_request(
@@ -274,11 +294,9 @@ impl ChatRequest {
         Ok(ChatRequest {
             model: model.into_owned(),
             model_span,
+            stream_options_span,
             stream: wire.stream.unwrap_or(false),
-            include_usage: wire
-                .stream_options
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false),
+            include_usage,
             messages,
             max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
             temperature: wire.temperature,
@@ -296,16 +314,51 @@ impl ChatRequest {
 
     /// The body with `model` replaced by `new_model`, every other byte unchanged.
     pub fn body_with_model(&self, new_model: &str) -> Bytes {
-        if new_model == self.model {
+        self.upstream_body(new_model, false)
+    }
+
+    /// The body to send upstream: `model` replaced by `new_model` and, when `ask_usage` is set
+    /// on a stream whose client did not ask for it, `stream_options.include_usage` turned on so
+    /// that the gateway learns the token counts. Every other byte is unchanged.
+    pub fn upstream_body(&self, new_model: &str, ask_usage: bool) -> Bytes {
+        let add_usage = ask_usage && self.stream && !self.include_usage;
+        if new_model == self.model && !add_usage {
             return self.body.clone();
         }
-        // A &str always serializes to a JSON string.
-        let quoted = serde_json::to_string(new_model).unwrap_or_default();
-        let (start, end) = self.model_span;
-        let mut out = BytesMut::with_capacity(self.body.len() - (end - start) + quoted.len());
-        out.extend_from_slice(&self.body[..start]);
-        out.extend_from_slice(quoted.as_bytes());
-        out.extend_from_slice(&self.body[end..]);
+        let mut edits: Vec<((usize, usize), Vec<u8>)> = Vec::with_capacity(2);
+        if new_model != self.model {
+            // A &str always serializes to a JSON string.
+            let quoted = serde_json::to_vec(new_model).unwrap_or_default();
+            edits.push((self.model_span, quoted));
+        }
+        if add_usage {
+            match self.stream_options_span {
+                Some((start, end)) => {
+                    // Keep the client's other stream options.
+                    let mut options: serde_json::Map<String, serde_json::Value> =
+                        serde_json::from_slice(&self.body[start..end]).unwrap_or_default();
+                    options.insert("include_usage".into(), serde_json::Value::Bool(true));
+                    let text = serde_json::to_vec(&options).unwrap_or_default();
+                    edits.push(((start, end), text));
+                }
+                None => {
+                    // Right after the opening brace, which `parse` checked is there.
+                    let brace = self.body.iter().position(|&b| b == b'{').unwrap_or(0) + 1;
+                    let text = b"\"stream_options\":{\"include_usage\":true},".to_vec();
+                    edits.push(((brace, brace), text));
+                }
+            }
+        }
+        edits.sort_by_key(|((start, _), _)| *start);
+        let added: usize = edits.iter().map(|(_, t)| t.len()).sum();
+        let mut out = BytesMut::with_capacity(self.body.len() + added);
+        let mut at = 0;
+        for ((start, end), text) in edits {
+            out.extend_from_slice(&self.body[at..start]);
+            out.extend_from_slice(&text);
+            at = end;
+        }
+        out.extend_from_slice(&self.body[at..]);
         out.freeze()
     }
 }
@@ -358,6 +411,44 @@ mod tests {
         let expected = text.replace("\"gpt-4o\"", "\"llama3.1:8b \\\"q4\\\"\"");
         assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
         assert_eq!(r.body_with_model("gpt-4o"), *r.body());
+    }
+
+    #[test]
+    fn usage_is_asked_for_without_touching_anything_else() {
+        let text = r#"{"model":"auto","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+        let r = parse(text).unwrap();
+        let out = r.upstream_body("small", true);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "small");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["messages"][0]["content"], "x");
+
+        let text = r#"{"stream_options":{"include_usage":false,"other":1},"model":"auto","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+        let out = parse(text).unwrap().upstream_body("auto", true);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            text.replace(
+                "\"include_usage\":false,\"other\":1",
+                "\"include_usage\":true,\"other\":1"
+            )
+        );
+        // Not a stream, or the client asked already: unchanged.
+        for text in [
+            r#"{"model":"auto","messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"auto","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+        ] {
+            assert_eq!(
+                &parse(text).unwrap().upstream_body("auto", true)[..],
+                text.as_bytes()
+            );
+        }
+        assert_eq!(
+            parse(r#"{"model":"m","stream_options":3,"messages":[{"role":"user","content":"x"}]}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("stream_options")
+        );
     }
 
     #[test]

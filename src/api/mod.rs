@@ -1,8 +1,10 @@
-//! The parts of the OpenAI API the gateway itself understands: the chat request view and the
-//! error body.
+//! The parts of the OpenAI API the gateway itself understands: the chat request view, the
+//! answer (JSON or streamed) and the error body.
 
 mod chat;
+mod completion;
 mod error;
 
 pub use chat::{ChatRequest, Content, Message};
+pub use completion::{Choice, Completion, EventKind, StreamAssembler, ToolCall, Usage};
 pub use error::ApiError;

@@ -95,6 +95,8 @@ pub struct Rule {
     pub route: Route,
     /// The model to send, instead of the route's upstream's own.
     pub model: Option<String>,
+    /// Whether matching requests' answers are cached.
+    pub cache: crate::cache::CachePolicy,
 }
 
 /// Collects regex patterns per target while rules are built.
@@ -229,6 +231,7 @@ mod tests {
             when,
             route,
             model: None,
+            cache: crate::cache::CachePolicy::Auto,
         }
     }
 

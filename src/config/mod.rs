@@ -6,16 +6,19 @@
 //! stopping at the first, so `switchyard check` can list them all at once.
 
 mod interpolate;
+mod observe;
 mod raw;
 mod routing;
 mod units;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
 pub use interpolate::interpolate;
+pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use routing::{Routing, DEFAULT_SCORER};
 pub use units::{parse_duration, parse_size};
 
@@ -195,6 +198,8 @@ pub struct UpstreamConfig {
     pub fallback: Option<usize>,
     /// Its time limits.
     pub timeouts: Timeouts,
+    /// The price of its models that `pricing.models` does not list.
+    pub price: Option<Price>,
 }
 
 /// Where a client-visible model name goes.
@@ -236,6 +241,14 @@ pub struct Config {
     pub passthrough: usize,
     /// Classification of requests; `None`: the model table alone decides.
     pub routing: Option<Routing>,
+    /// The exact response cache.
+    pub cache: CacheConfig,
+    /// Model prices, for cost and savings.
+    pub pricing: Pricing,
+    /// Where the JSON access log goes; `None`: no access log.
+    pub access_log: Option<AccessLogTarget>,
+    /// Every model name the configuration mentions: the only values of the `model` label.
+    pub model_names: HashSet<String>,
     /// Things worth telling the operator that do not stop the gateway.
     pub warnings: Vec<String>,
 }
@@ -302,6 +315,27 @@ impl Config {
     /// The upstream at `index`.
     pub fn upstream(&self, index: usize) -> &UpstreamConfig {
         &self.upstreams[index]
+    }
+
+    /// `model` as a metric label: itself when the configuration names it, else `other`, so that
+    /// names clients invent cannot grow the number of series.
+    pub fn model_label<'a>(&'a self, model: &'a str) -> &'a str {
+        if self.model_names.contains(model) {
+            model
+        } else {
+            "other"
+        }
+    }
+
+    /// The price of `model` on `upstream`: its `pricing.models` row, else the upstream's `price`,
+    /// else free (a model nobody priced is counted at 0).
+    pub fn price(&self, upstream: usize, model: &str) -> Price {
+        self.pricing
+            .models
+            .get(model)
+            .copied()
+            .or(self.upstreams[upstream].price)
+            .unwrap_or_default()
     }
 }
 
@@ -460,6 +494,7 @@ impl Checker<'_> {
                 }
             }
             let timeouts = self.timeouts(name, up.timeouts.as_ref());
+            let price = up.price.as_ref().map(|p| self.price(&field("price"), p));
             // An invalid URL was reported above; the placeholder keeps checking the rest.
             let url = url.unwrap_or_else(|| UpstreamUrl {
                 tls: false,
@@ -477,6 +512,7 @@ impl Checker<'_> {
                 enabled,
                 fallback: None,
                 timeouts,
+                price,
             });
         }
         for (from, to) in fallbacks {
@@ -570,6 +606,24 @@ impl Checker<'_> {
             None => None,
         };
 
+        let cache = self.cache(raw.cache.as_ref());
+        let pricing = self.pricing(raw.pricing.as_ref());
+        let access_log = self.access_log(raw.access_log.as_ref());
+        let mut model_names: HashSet<String> = upstreams
+            .iter()
+            .filter_map(|u| u.model.clone())
+            .chain(
+                models
+                    .iter()
+                    .flat_map(|m| [Some(m.name.clone()), m.target.model.clone()])
+                    .flatten(),
+            )
+            .chain(pricing.models.keys().cloned())
+            .collect();
+        if let Some(routing) = &routing {
+            model_names.extend(routing.rules.rules().iter().filter_map(|r| r.model.clone()));
+        }
+
         Some(Config {
             listen,
             threads,
@@ -580,6 +634,10 @@ impl Checker<'_> {
             default_route: default_route?,
             passthrough: passthrough?,
             routing,
+            cache,
+            pricing,
+            access_log,
+            model_names,
             warnings,
         })
     }

@@ -54,6 +54,40 @@ pub struct RawConfig {
     pub default_route: Option<RawTarget>,
     pub passthrough: Option<RawPassthrough>,
     pub routing: Option<RawRouting>,
+    pub cache: Option<RawCache>,
+    pub pricing: Option<RawPricing>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<Spanned<bool>>,
+    pub ttl: Option<Text>,
+    pub max_bytes: Option<Text>,
+    pub max_entry_bytes: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricing {
+    pub baseline: Option<Text>,
+    #[serde(default)]
+    pub models: Ordered<RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: Text,
+    pub output: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<Spanned<bool>>,
+    pub path: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +125,7 @@ pub struct RawRule {
     pub when: Option<Spanned<RawCond>>,
     pub route: Text,
     pub model: Option<Text>,
+    pub cache: Option<Text>,
 }
 
 /// A rule condition: exactly one of `all`, `any`, `not`, `feature` (with comparisons),
@@ -138,6 +173,7 @@ pub struct RawUpstream {
     pub require_api_key: Option<Spanned<bool>>,
     pub fallback: Option<Text>,
     pub timeouts: Option<RawTimeouts>,
+    pub price: Option<RawPrice>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,7 +222,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
         impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
             type Value = Ordered<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a mapping of names to upstreams")
+                f.write_str("a mapping of names to settings")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<T>, A::Error> {
                 let mut out: Vec<(String, T)> = Vec::new();

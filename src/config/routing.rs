@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::raw::{RawCond, RawRouting, Text};
 use super::{Checker, Target as UpstreamTarget, UpstreamConfig};
+use crate::cache::CachePolicy;
 use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, Target};
 use crate::route::Route;
 use serde_saphyr::Spanned;
@@ -143,6 +144,12 @@ impl Checker<'_> {
                 .model
                 .as_ref()
                 .and_then(|m| self.text(&format!("{field}.model"), m));
+            let cache = self.parsed(
+                &format!("{field}.cache"),
+                r.cache.as_ref(),
+                CachePolicy::Auto,
+                CachePolicy::parse,
+            );
             let when = match &r.when {
                 None => None,
                 Some(c) => match self.cond(&field, c, &mut patterns) {
@@ -164,6 +171,7 @@ impl Checker<'_> {
                 when,
                 route,
                 model,
+                cache,
             });
         }
         let rules = match RuleSet::new(rules, patterns) {

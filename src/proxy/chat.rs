@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`: read the body, parse it once, decide, rewrite, exchange, relay.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -7,23 +8,34 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 
 use super::response::{self, Explain};
-use super::{expects_continue, write_error, Gateway, Served};
+use super::{expects_continue, write_error, Gateway};
 use crate::api::{ApiError, ChatRequest};
+use crate::auth::Tenant;
+use crate::cache::{self, Cache, Entry, Flight, Key, Lookup, Use};
+use crate::metrics::{self, Record};
 use crate::route::{self, Route};
+use crate::upstream::answer::{Answer, AnswerReader};
 use crate::upstream::client::{Exchange, ExchangeError};
 use crate::upstream::{prepare_headers, Upstream};
 
 /// The largest non-JSON upstream error body read to build an OpenAI-shaped error from it.
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 
+/// How much of an answer is kept to read its usage when the cache keeps less (or is off).
+const KEEP_FOR_USAGE: usize = 4 << 20;
+
 pub(super) async fn handle(
     gw: &Gateway,
     session: &mut Session,
     request_id: &str,
     started: Instant,
-    served: &mut Served,
+    rec: &mut Record,
 ) -> Result<()> {
-    let gateway = Explain::gateway(request_id);
+    rec.cache = "bypass";
+    let gateway = Explain {
+        cache: Some("bypass"),
+        ..Explain::gateway(request_id)
+    };
     let body = match read_body(session, gw.config.max_body_bytes).await? {
         Ok(body) => body,
         Err(e) => {
@@ -43,20 +55,65 @@ pub(super) async fn handle(
     };
     let decision = route::decide(&gw.config, &request, forced);
     let upstream = &gw.upstreams[decision.upstream];
-    *served = Served {
-        route: decision.route.as_str(),
-        upstream: Some(decision.upstream),
-    };
+    let tenant = Tenant::of(&session.req_header().headers);
+    rec.route = decision.route.as_str();
+    rec.upstream = Some(upstream.name().to_owned());
+    rec.rule = Some(decision.rule.to_owned());
+    rec.model = Some(gw.config.model_label(decision.model).to_owned());
     gw.metrics
         .decisions
         .with_label_values(&[decision.route.as_str(), decision.rule])
         .inc();
+
+    // The cache: a stored answer, an identical request already upstream, or a miss to lead.
+    let usage_of_cache = match &gw.cache {
+        Some(_) => Use::decide(
+            true,
+            decision.cache,
+            request.temperature,
+            session
+                .req_header()
+                .headers
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok()),
+        ),
+        None => Use::BYPASS,
+    };
+    let cached = match (&gw.cache, usage_of_cache.store) {
+        (Some(cache), true) => cache
+            .key(&tenant.id, upstream.name(), decision.model, request.body())
+            .map(|key| (cache, key)),
+        _ => None,
+    };
+    rec.tenant = Some(tenant.id);
+    let mut flight = None;
+    if let Some((cache, key)) = cached.filter(|_| usage_of_cache.lookup) {
+        match look_up(gw, cache, key, upstream).await {
+            Found::Entry(entry) => {
+                let explain = Explain {
+                    rule: Some(decision.rule),
+                    score: decision.score,
+                    cache: Some("hit"),
+                    ..Explain::served(request_id, decision.route.as_str(), upstream.name())
+                };
+                return replay(
+                    gw, session, &request, &entry, &explain, rec, &decision, started,
+                )
+                .await;
+            }
+            Found::Lead(f) => flight = f,
+        }
+    }
+    rec.cache = usage_of_cache.label();
     let explain = Explain {
         rule: Some(decision.rule),
         score: decision.score,
+        cache: Some(rec.cache),
         ..Explain::served(request_id, decision.route.as_str(), upstream.name())
     };
-    let body = request.body_with_model(decision.model);
+    // Streams are asked for their usage chunk so that tokens and cost are known; the client
+    // gets it only if it asked for it itself.
+    let body = request.upstream_body(decision.model, true);
 
     let mut header = session.req_header().clone();
     let path = header
@@ -67,12 +124,13 @@ pub(super) async fn handle(
     if let Err(e) = prepare_headers(&mut header, upstream, &path) {
         return write_error(session, &e, &explain, &[]).await;
     }
-    // The gateway reads the answer (errors, and later usage): ask for it uncompressed.
+    // The gateway reads the answer (usage, the cache, errors): ask for it uncompressed.
     header.remove_header(&http::header::ACCEPT_ENCODING);
     header.remove_header(&http::header::TRANSFER_ENCODING);
     header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
 
+    let sent = Instant::now();
     let mut exchange = match Exchange::start(&gw.connector, upstream, header, body).await {
         Ok(x) => x,
         Err(e) => {
@@ -80,6 +138,10 @@ pub(super) async fn handle(
             return write_error(session, &e.to_api(upstream.name()), &explain, &[]).await;
         }
     };
+    gw.metrics
+        .upstream_latency
+        .with_label_values(&[upstream.name()])
+        .observe(sent.elapsed().as_secs_f64());
 
     let mut resp = exchange.header().clone();
     let status = resp.status.as_u16();
@@ -90,20 +152,29 @@ pub(super) async fn handle(
         return write_error(session, &error, &explain, &[]).await;
     }
     let streaming = response::is_event_stream(&resp);
+    let keep = gw
+        .cache
+        .as_ref()
+        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
+    let mut reader = if streaming {
+        AnswerReader::sse(keep, request.stream && !request.include_usage)
+    } else {
+        AnswerReader::json(keep)
+    };
     response::rewrite_upstream_header(&mut resp, &explain);
     session.write_response_header(Box::new(resp), false).await?;
 
-    let mut first_chunk = true;
     loop {
         match exchange.next().await {
             Ok(Some(chunk)) => {
-                if std::mem::take(&mut first_chunk) {
-                    gw.metrics
-                        .first_chunk
-                        .with_label_values(&[served.route, upstream.name()])
-                        .observe(started.elapsed().as_secs_f64());
+                let out = reader.feed(chunk);
+                if out.is_empty() {
+                    continue;
                 }
-                if let Err(e) = session.write_response_body(Some(chunk), false).await {
+                if rec.first_byte.is_none() {
+                    rec.first_byte = Some(started.elapsed());
+                }
+                if let Err(e) = session.write_response_body(Some(out), false).await {
                     // The client went away: stop the upstream's work too.
                     exchange.finish(&gw.connector).await;
                     return Err(e);
@@ -111,6 +182,17 @@ pub(super) async fn handle(
             }
             Ok(None) => {
                 exchange.finish(&gw.connector).await;
+                if let Some(rest) = reader.rest() {
+                    session.write_response_body(Some(rest), false).await?;
+                }
+                let answer = reader.finish();
+                if status == 200 {
+                    account(gw, rec, &request, &decision, &answer, false);
+                    if let (Some((cache, key)), Some(completion)) = (cached, answer.completion) {
+                        cache.store(key, Entry::new(completion, answer.json), flight.take());
+                        gw.metrics.cache_stores.inc();
+                    }
+                }
                 return session.write_response_body(None, true).await;
             }
             Err(e) => {
@@ -131,6 +213,95 @@ pub(super) async fn handle(
             }
         }
     }
+}
+
+/// What the cache had for a request.
+enum Found {
+    /// A stored answer, or the answer of the identical request that was in flight.
+    Entry(Arc<Entry>),
+    /// Nothing: go upstream, leading the flight when there is one to lead.
+    Lead(Option<Flight>),
+}
+
+/// Looks a key up, waiting (once, up to the upstream's total time limit) for an identical
+/// request in flight; counts the result.
+async fn look_up(gw: &Gateway, cache: &Cache, key: Key, upstream: &Upstream) -> Found {
+    let count = |result: &str| gw.metrics.cache_lookups.with_label_values(&[result]).inc();
+    match cache.lookup(key) {
+        Lookup::Hit(entry) => {
+            count("hit");
+            Found::Entry(entry)
+        }
+        Lookup::Lead(flight) => {
+            count("miss");
+            Found::Lead(Some(flight))
+        }
+        Lookup::Wait(rx) => {
+            if let Some(entry) = cache::wait(rx, upstream.config.timeouts.total).await {
+                count("coalesced");
+                return Found::Entry(entry);
+            }
+            // The request in flight failed: try on our own, leading if nobody else does now.
+            count("miss");
+            match cache.lookup(key) {
+                Lookup::Hit(entry) => Found::Entry(entry),
+                Lookup::Lead(flight) => Found::Lead(Some(flight)),
+                Lookup::Wait(_) => Found::Lead(None),
+            }
+        }
+    }
+}
+
+/// Answers from a stored entry, as JSON or as an SSE stream, whichever the client asked for.
+#[allow(clippy::too_many_arguments)]
+async fn replay(
+    gw: &Gateway,
+    session: &mut Session,
+    request: &ChatRequest,
+    entry: &Entry,
+    explain: &Explain<'_>,
+    rec: &mut Record,
+    decision: &route::Decision<'_>,
+    started: Instant,
+) -> Result<()> {
+    rec.cache = "hit";
+    let (body, content_type) = if request.stream {
+        let sse = entry.completion.to_sse(request.include_usage);
+        (Bytes::from(sse), "text/event-stream")
+    } else {
+        (entry.json.clone(), "application/json")
+    };
+    let answer = Answer {
+        usage: entry.completion.usage,
+        output_bytes: entry.completion.output_chars(),
+        ..Answer::default()
+    };
+    account(gw, rec, request, decision, &answer, true);
+    let header = response::sized_header(200, content_type, body.len(), explain);
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    rec.first_byte = Some(started.elapsed());
+    session.write_response_body(Some(body), true).await
+}
+
+/// Records an answer's tokens (reported, else estimated) and cost; a cache hit costs nothing.
+fn account(
+    gw: &Gateway,
+    rec: &mut Record,
+    request: &ChatRequest,
+    decision: &route::Decision<'_>,
+    answer: &Answer,
+    hit: bool,
+) {
+    let usage = answer.usage.unwrap_or_else(|| {
+        rec.usage_estimated = true;
+        metrics::estimate_usage(request, answer.output_bytes)
+    });
+    let (cost, baseline) = metrics::cost(&gw.config, decision.upstream, decision.model, usage);
+    rec.usage = Some(usage);
+    rec.cost = if hit { 0.0 } else { cost };
+    rec.baseline_cost = baseline;
 }
 
 /// Logs an upstream failure and counts it by upstream and reason.

@@ -147,11 +147,30 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
 }
 
 /// `GET /metrics`: Prometheus' text format.
-pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+/// Brings the gauges that are read rather than counted up to date.
+fn refresh_gauges(gw: &Gateway) {
     let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);
-    gw.metrics
-        .in_flight
+    let m = &gw.metrics;
+    m.in_flight
         .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    if let Some(cache) = &gw.cache {
+        m.cache_entries
+            .set(i64::try_from(cache.entries()).unwrap_or(i64::MAX));
+        m.cache_bytes
+            .set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
+    }
+}
+
+/// `GET /stats`: a JSON summary for people.
+pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    refresh_gauges(gw);
+    let summary = crate::metrics::stats(&gw.metrics, gw.started.elapsed());
+    let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
+    super::write_json(session, 200, body, &explain(ctx), &[]).await
+}
+
+pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    refresh_gauges(gw);
     let body = gw.metrics.render();
     let header =
         super::response::sized_header(200, crate::metrics::CONTENT_TYPE, body.len(), &explain(ctx));

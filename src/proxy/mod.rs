@@ -27,8 +27,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::api::ApiError;
+use crate::cache::Cache;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{AccessLog, Metrics, Record};
 use crate::upstream::{prepare_headers, Upstream};
 pub use response::Explain;
 pub use server::run;
@@ -43,6 +44,9 @@ pub struct Gateway {
     in_flight: Arc<AtomicUsize>,
     ids: request_id::Generator,
     metrics: Metrics,
+    /// The response cache, when enabled.
+    cache: Option<Cache>,
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
@@ -54,6 +58,16 @@ impl Gateway {
             .cloned()
             .map(Upstream::new)
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let evictions = metrics.cache_evictions.clone();
+        let cache = config.cache.enabled.then(|| {
+            let hook = move |cause: &'static str| evictions.with_label_values(&[cause]).inc();
+            Cache::new(&config.cache, Arc::new(hook))
+        });
+        let access_log = match &config.access_log {
+            Some(target) => Some(AccessLog::open(target).map_err(|e| format!("access log: {e}"))?),
+            None => None,
+        };
         Ok(Gateway {
             config: Arc::new(config),
             upstreams,
@@ -64,7 +78,9 @@ impl Gateway {
                 .map_or(0, |d| d.as_secs()),
             in_flight: Arc::new(AtomicUsize::new(0)),
             ids: request_id::Generator::new(),
-            metrics: Metrics::new().map_err(|e| format!("metrics: {e}"))?,
+            metrics,
+            cache,
+            access_log,
         })
     }
 
@@ -80,16 +96,9 @@ pub struct Ctx {
     started: Instant,
     /// Set for pass-through requests: the upstream pingora forwards to.
     passthrough: Option<usize>,
-    served: Served,
+    /// What is known of the request, for its metrics and access-log line.
+    record: Record,
     _in_flight: Option<InFlight>,
-}
-
-/// Where a request was served, for its metrics.
-pub(super) struct Served {
-    /// `local`, `cloud`, `hybrid`, or `gateway` for answers the gateway gave itself.
-    route: &'static str,
-    /// The upstream, once one was chosen.
-    upstream: Option<usize>,
 }
 
 /// Counts a request as in flight until it is dropped with its context.
@@ -116,7 +125,7 @@ impl Gateway {
         // The gateway's own paths answer one method each.
         let required = match path.as_str() {
             "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
-            "/v1/models" | "/health" | "/metrics" => Some(http::Method::GET),
+            "/v1/models" | "/health" | "/metrics" | "/stats" => Some(http::Method::GET),
             _ => None,
         };
         if let Some(required) = required.filter(|r| *r != method) {
@@ -128,9 +137,10 @@ impl Gateway {
         match path.as_str() {
             "/v1/chat/completions" => {
                 let started = ctx.started;
-                chat::handle(self, session, &ctx.request_id, started, &mut ctx.served).await?
+                chat::handle(self, session, &ctx.request_id, started, &mut ctx.record).await?
             }
             "/metrics" => local::metrics(self, session, ctx).await?,
+            "/stats" => local::stats(self, session, ctx).await?,
             "/v1/route" => local::route(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
@@ -203,10 +213,7 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             started: Instant::now(),
             passthrough: None,
-            served: Served {
-                route: "gateway",
-                upstream: None,
-            },
+            record: Record::new(),
             _in_flight: None,
         }
     }
@@ -219,10 +226,8 @@ impl ProxyHttp for Gateway {
             Handled::Done => Ok(true),
             Handled::Passthrough(upstream) => {
                 ctx.passthrough = Some(upstream);
-                ctx.served = Served {
-                    route: self.upstreams[upstream].config.route.as_str(),
-                    upstream: Some(upstream),
-                };
+                ctx.record.route = self.upstreams[upstream].config.route.as_str();
+                ctx.record.upstream = Some(self.upstreams[upstream].name().to_owned());
                 // The upstream never sees `Expect` (it is hop-by-hop here), so answer it now.
                 if expects_continue(session.req_header()) {
                     session.write_continue_response().await?;
@@ -283,20 +288,21 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session
-            .response_written()
-            .map_or("none", |h| h.status.as_str());
-        let upstream = ctx
-            .served
-            .upstream
-            .map_or("none", |i| self.upstreams[i].name());
-        let m = &self.metrics;
-        m.requests
-            .with_label_values(&[ctx.served.route, upstream, status])
-            .inc();
-        m.duration
-            .with_label_values(&[ctx.served.route, upstream])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        let status = session.response_written().map(|h| h.status);
+        let elapsed = ctx.started.elapsed();
+        let label = status.as_ref().map_or("none", |s| s.as_str());
+        self.metrics.record(&ctx.record, label, elapsed);
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            log.write(crate::metrics::access_log_line(
+                &ctx.request_id,
+                req.method.as_str(),
+                req.uri.path(),
+                status.map_or(0, |s| s.as_u16()),
+                &ctx.record,
+                elapsed,
+            ));
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -33,6 +33,8 @@ pub struct Explain<'a> {
     pub rule: Option<&'a str>,
     /// `x-switchyard-score`: the scorer's score of a classified request.
     pub score: Option<f64>,
+    /// `x-switchyard-cache`: `hit`, `miss` or `bypass`, on chat answers.
+    pub cache: Option<&'a str>,
 }
 
 impl<'a> Explain<'a> {
@@ -44,6 +46,7 @@ impl<'a> Explain<'a> {
             upstream: "none",
             rule: None,
             score: None,
+            cache: None,
         }
     }
 
@@ -55,6 +58,7 @@ impl<'a> Explain<'a> {
             upstream,
             rule: None,
             score: None,
+            cache: None,
         }
     }
 
@@ -65,6 +69,7 @@ impl<'a> Explain<'a> {
             ("x-switchyard-route", Some(self.route)),
             ("x-switchyard-upstream", Some(self.upstream)),
             ("x-switchyard-rule", self.rule),
+            ("x-switchyard-cache", self.cache),
         ] {
             // Values are the request id (checked to be visible ASCII) or configured names.
             if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
@@ -162,6 +167,7 @@ mod tests {
         upstream: "cloud",
         rule: Some("tools"),
         score: None,
+        cache: Some("miss"),
     };
 
     #[test]

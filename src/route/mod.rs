@@ -5,6 +5,7 @@
 //! the default route.
 
 use crate::api::ChatRequest;
+use crate::cache::CachePolicy;
 use crate::classify::Features;
 use crate::config::{Config, ModelEntry, Routing};
 
@@ -64,6 +65,8 @@ pub struct Decision<'a> {
     pub score: Option<f64>,
     /// The request's features, when it was classified.
     pub features: Option<Features>,
+    /// What the deciding rule says about caching the answer.
+    pub cache: CachePolicy,
 }
 
 /// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
@@ -85,16 +88,19 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
     let score = routing.scorer.score(req, &features);
     if let Some(rule) = routing.rules.first_match(req, &features) {
         let model = rule.model.as_deref();
-        return to_route(
-            config,
-            routing,
-            req,
-            rule.route,
-            &rule.name,
-            model,
-            Some(score),
-            Some(features),
-        );
+        return Decision {
+            cache: rule.cache,
+            ..to_route(
+                config,
+                routing,
+                req,
+                rule.route,
+                &rule.name,
+                model,
+                Some(score),
+                Some(features),
+            )
+        };
     }
     let route = if score < routing.local_below {
         Route::Local
@@ -131,6 +137,7 @@ fn from_table<'a>(
         rule,
         score: None,
         features: None,
+        cache: CachePolicy::Auto,
     }
 }
 
@@ -159,6 +166,7 @@ fn to_route<'a>(
         rule,
         score,
         features,
+        cache: CachePolicy::Auto,
     }
 }
 

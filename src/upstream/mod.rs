@@ -4,6 +4,7 @@
 //! values); [`prepare_headers`] turns a client's request header into the one the upstream sees,
 //! for the gateway's own exchange and for pass-through paths alike; [`client`] runs the exchange.
 
+pub mod answer;
 pub mod client;
 mod resolve;
 

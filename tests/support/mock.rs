@@ -413,3 +413,40 @@ pub fn stream_events(model: &str, pieces: &[&str]) -> Vec<String> {
     events.push("[DONE]".to_owned());
     events
 }
+
+/// The usage every [`counting`] answer reports.
+pub const MOCK_USAGE: (u64, u64) = (10, 3);
+
+/// A handler that answers like OpenAI and numbers its answers (`answer N to: …`), so a test can
+/// tell a replayed answer from a fresh one. Streams carry the usage chunk only when the request
+/// asks for it with `stream_options.include_usage`, as OpenAI does. `pause` goes between events.
+pub fn counting(pause: Duration) -> impl Fn(&Recorded) -> Reply + Send + Sync + 'static {
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    move |req: &Recorded| {
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let body = req.json();
+        let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let text = format!("answer {n} to: {}", req.last_message());
+        let (prompt, completion_tokens) = MOCK_USAGE;
+        let usage = serde_json::json!({"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens});
+        if body["stream"] != serde_json::json!(true) {
+            let mut answer = completion(&model, &text);
+            answer["usage"] = usage;
+            return Reply::json(answer);
+        }
+        let (first, second) = text.split_at(text.len() / 2);
+        let mut events = stream_events(&model, &[first, second]);
+        if body["stream_options"]["include_usage"] == serde_json::json!(true) {
+            let chunk = serde_json::json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": model, "choices": [], "usage": usage
+            });
+            events.insert(events.len() - 1, chunk.to_string());
+        }
+        Reply::Sse {
+            events,
+            pause,
+            split: true,
+        }
+    }
+}

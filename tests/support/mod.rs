@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[allow(unused_imports)]
-pub use mock::{completion, refused_addr, stream_events, Mock, Recorded, Reply};
+pub use mock::{
+    completion, counting, refused_addr, stream_events, Mock, Recorded, Reply, MOCK_USAGE,
+};
 
 /// The key clients present to the gateway in tests; it must never reach an upstream.
 pub const CLIENT_KEY: &str = "sk-client-gateway-key-123";

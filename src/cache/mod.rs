@@ -1,0 +1,392 @@
+//! The exact response cache: deterministic answers stored once, replayed as JSON or SSE.
+//!
+//! A request is cacheable when it asks for `temperature: 0` or a routing rule says
+//! `cache: always`; `Cache-Control: no-cache` on the request skips the look-up (the fresh answer
+//! is stored), `no-store` skips the cache entirely. Only complete, successful answers are stored.
+//! Identical misses that arrive together are coalesced: the first goes upstream, the others wait
+//! for its answer (and go upstream themselves if it fails).
+
+mod key;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+
+use crate::api::Completion;
+use crate::config::CacheConfig;
+pub use key::{Key, Keyer};
+
+/// What a routing rule says about caching its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CachePolicy {
+    /// Cache deterministic requests (`temperature: 0`).
+    #[default]
+    Auto,
+    /// Cache every request the rule matches.
+    Always,
+    /// Never cache the rule's requests.
+    Never,
+}
+
+impl CachePolicy {
+    /// Parses `auto`, `always` or `never`.
+    pub fn parse(text: &str) -> Result<CachePolicy, String> {
+        match text {
+            "auto" => Ok(CachePolicy::Auto),
+            "always" => Ok(CachePolicy::Always),
+            "never" => Ok(CachePolicy::Never),
+            other => Err(format!("`{other}` is not auto, always or never")),
+        }
+    }
+}
+
+/// How one request uses the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Use {
+    /// Look for a stored answer.
+    pub lookup: bool,
+    /// Store the fresh answer.
+    pub store: bool,
+}
+
+impl Use {
+    /// Neither look nor store.
+    pub const BYPASS: Use = Use {
+        lookup: false,
+        store: false,
+    };
+
+    /// Decides from the cache being on, the rule's policy, the request's temperature and its
+    /// `Cache-Control` header.
+    pub fn decide(
+        enabled: bool,
+        policy: CachePolicy,
+        temperature: Option<f64>,
+        cache_control: Option<&str>,
+    ) -> Use {
+        let cacheable = match policy {
+            CachePolicy::Always => true,
+            CachePolicy::Never => false,
+            CachePolicy::Auto => temperature == Some(0.0),
+        };
+        if !enabled || !cacheable {
+            return Use::BYPASS;
+        }
+        let directives = cache_control.unwrap_or_default();
+        let has = |d: &str| {
+            directives
+                .split(',')
+                .any(|x| x.trim().eq_ignore_ascii_case(d))
+        };
+        if has("no-store") {
+            Use::BYPASS
+        } else if has("no-cache") {
+            Use {
+                lookup: false,
+                store: true,
+            }
+        } else {
+            Use {
+                lookup: true,
+                store: true,
+            }
+        }
+    }
+
+    /// The `x-switchyard-cache` value of an answer that did not come from the cache.
+    pub fn label(self) -> &'static str {
+        if self.lookup {
+            "miss"
+        } else {
+            "bypass"
+        }
+    }
+}
+
+/// A stored answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// The answer, for an SSE replay.
+    pub completion: Completion,
+    /// The `chat.completion` body a non-streaming client gets.
+    pub json: Bytes,
+}
+
+impl Entry {
+    /// An entry for `completion`; `json` is the upstream's own body when the answer came as JSON.
+    pub fn new(completion: Completion, json: Option<Bytes>) -> Entry {
+        let json = json.unwrap_or_else(|| Bytes::from(completion.to_json()));
+        Entry { completion, json }
+    }
+
+    /// Roughly what the entry occupies: its JSON and its text once more.
+    fn weight(&self) -> u32 {
+        let size = 2 * self.json.len() + 128;
+        u32::try_from(size).unwrap_or(u32::MAX)
+    }
+}
+
+/// The result of a look-up.
+pub enum Lookup {
+    /// A stored answer.
+    Hit(Arc<Entry>),
+    /// No answer: this request goes upstream and hands its answer to others waiting for it.
+    Lead(Flight),
+    /// The same request is upstream already: wait for its answer.
+    Wait(Waiter),
+}
+
+/// Where a waiter hears of the answer of the request in flight (`None` until it lands).
+pub type Waiter = watch::Receiver<Option<Arc<Entry>>>;
+
+/// The requests in flight, by key.
+type Flights = HashMap<Key, Waiter>;
+
+/// Counts evictions by cause.
+pub type EvictionHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// The cache and its in-flight requests.
+pub struct Cache {
+    store: moka::sync::Cache<Key, Arc<Entry>>,
+    flights: Arc<Mutex<Flights>>,
+    keyer: Keyer,
+    max_entry_bytes: u64,
+}
+
+impl Cache {
+    /// A cache with the configured size, lifetime and entry limit; `on_evict` hears of every
+    /// entry that leaves it for a reason other than being replaced.
+    pub fn new(config: &CacheConfig, on_evict: EvictionHook) -> Cache {
+        let store = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|_k: &Key, e: &Arc<Entry>| e.weight())
+            .time_to_live(config.ttl)
+            .eviction_listener(move |_k, _v, cause| {
+                let cause = match cause {
+                    RemovalCause::Expired => "expired",
+                    RemovalCause::Size => "size",
+                    RemovalCause::Explicit => "explicit",
+                    RemovalCause::Replaced => return,
+                };
+                on_evict(cause);
+            })
+            .build();
+        Cache {
+            store,
+            flights: Arc::new(Mutex::new(HashMap::new())),
+            keyer: Keyer::new(),
+            max_entry_bytes: config.max_entry_bytes,
+        }
+    }
+
+    /// The key of a request body for a tenant, upstream and model.
+    pub fn key(&self, tenant: &str, upstream: &str, model: &str, body: &[u8]) -> Option<Key> {
+        self.keyer.key(tenant, upstream, model, body)
+    }
+
+    /// Answers larger than this are not stored; the reader keeps at most this much.
+    pub fn max_entry_bytes(&self) -> usize {
+        usize::try_from(self.max_entry_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Looks `key` up; on a miss, either leads the upstream call or joins one in flight.
+    pub fn lookup(&self, key: Key) -> Lookup {
+        if let Some(entry) = self.store.get(&key) {
+            return Lookup::Hit(entry);
+        }
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = flights.get(&key) {
+            return Lookup::Wait(rx.clone());
+        }
+        // The answer may have landed between the look-up and the lock.
+        if let Some(entry) = self.store.get(&key) {
+            return Lookup::Hit(entry);
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(key, rx);
+        Lookup::Lead(Flight {
+            key,
+            tx,
+            flights: Arc::clone(&self.flights),
+        })
+    }
+
+    /// Stores an answer (when small enough) and hands it to the requests waiting on `flight`.
+    pub fn store(&self, key: Key, entry: Entry, flight: Option<Flight>) {
+        let entry = Arc::new(entry);
+        if entry.json.len() as u64 <= self.max_entry_bytes {
+            self.store.insert(key, Arc::clone(&entry));
+        }
+        if let Some(flight) = flight {
+            flight.tx.send_replace(Some(entry));
+        }
+    }
+
+    /// Entries stored now.
+    pub fn entries(&self) -> u64 {
+        self.store.run_pending_tasks();
+        self.store.entry_count()
+    }
+
+    /// Bytes stored now (as weighed).
+    pub fn bytes(&self) -> u64 {
+        self.store.run_pending_tasks();
+        self.store.weighted_size()
+    }
+}
+
+/// The request that went upstream for a key; waiters hear of its answer, or of its end when it
+/// is dropped without one.
+pub struct Flight {
+    key: Key,
+    tx: watch::Sender<Option<Arc<Entry>>>,
+    flights: Arc<Mutex<Flights>>,
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // Only this flight's own registration is removed.
+        if flights
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+/// Waits up to `limit` for the answer of the request in flight; `None` when it failed, ended
+/// without a storable answer, or took too long.
+pub async fn wait(
+    mut rx: Waiter,
+    limit: Duration,
+) -> Option<Arc<Entry>> {
+    let got = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+    match got {
+        Ok(Ok(entry)) => entry.clone(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Choice, Completion};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn config() -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+            max_entry_bytes: 64 << 10,
+        }
+    }
+
+    fn entry(text: &str) -> Entry {
+        Entry::new(
+            Completion {
+                id: "c".into(),
+                model: "m".into(),
+                choices: vec![Choice {
+                    content: Some(text.into()),
+                    finish_reason: Some("stop".into()),
+                    ..Choice::default()
+                }],
+                ..Completion::default()
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn when_the_cache_is_used() {
+        let auto = CachePolicy::Auto;
+        assert_eq!(Use::decide(true, auto, Some(0.0), None).label(), "miss");
+        assert_eq!(Use::decide(true, auto, Some(0.7), None), Use::BYPASS);
+        assert_eq!(Use::decide(true, auto, None, None), Use::BYPASS);
+        assert_eq!(Use::decide(false, auto, Some(0.0), None), Use::BYPASS);
+        assert_eq!(
+            Use::decide(true, CachePolicy::Always, Some(1.0), None).label(),
+            "miss"
+        );
+        assert_eq!(
+            Use::decide(true, CachePolicy::Never, Some(0.0), None),
+            Use::BYPASS
+        );
+        let no_cache = Use::decide(true, auto, Some(0.0), Some("max-age=0, No-Cache"));
+        assert!(!no_cache.lookup && no_cache.store);
+        assert_eq!(no_cache.label(), "bypass");
+        assert_eq!(
+            Use::decide(true, auto, Some(0.0), Some("no-store")),
+            Use::BYPASS
+        );
+    }
+
+    #[tokio::test]
+    async fn misses_coalesce_and_waiters_get_the_answer() {
+        let cache = Cache::new(&config(), Arc::new(|_| {}));
+        let key = cache.key("t", "u", "m", b"{}").unwrap();
+        let Lookup::Lead(flight) = cache.lookup(key) else {
+            panic!("first look-up leads")
+        };
+        let Lookup::Wait(rx) = cache.lookup(key) else {
+            panic!("second waits")
+        };
+        let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        cache.store(key, entry("hello"), Some(flight));
+        let got = waiter.await.unwrap().expect("the leader's answer");
+        assert_eq!(got.completion.choices[0].content.as_deref(), Some("hello"));
+        assert!(matches!(cache.lookup(key), Lookup::Hit(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_leader_releases_its_waiters() {
+        let cache = Cache::new(&config(), Arc::new(|_| {}));
+        let key = cache.key("t", "u", "m", b"{}").unwrap();
+        let Lookup::Lead(flight) = cache.lookup(key) else {
+            panic!()
+        };
+        let Lookup::Wait(rx) = cache.lookup(key) else {
+            panic!()
+        };
+        drop(flight);
+        assert!(wait(rx, Duration::from_secs(5)).await.is_none());
+        // The next request leads again.
+        assert!(matches!(cache.lookup(key), Lookup::Lead(_)));
+    }
+
+    #[test]
+    fn large_answers_are_not_stored_and_the_budget_evicts() {
+        let evicted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&evicted);
+        let cfg = CacheConfig {
+            max_bytes: 4096,
+            max_entry_bytes: 1500,
+            ..config()
+        };
+        let cache = Cache::new(
+            &cfg,
+            Arc::new(move |cause| {
+                assert_eq!(cause, "size");
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        let big = cache.key("t", "u", "m", b"{\"big\":1}").unwrap();
+        cache.store(big, entry(&"x".repeat(2000)), None);
+        assert!(matches!(cache.lookup(big), Lookup::Lead(_)));
+        for i in 0..20 {
+            let k = cache
+                .key("t", "u", "m", format!("{{\"i\":{i}}}").as_bytes())
+                .unwrap();
+            cache.store(k, entry(&"y".repeat(400)), None);
+        }
+        assert!(cache.bytes() <= 4096, "{}", cache.bytes());
+        assert!(evicted.load(Ordering::SeqCst) > 0);
+    }
+}

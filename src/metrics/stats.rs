@@ -1,0 +1,207 @@
+//! `GET /stats`: the few numbers a person wants from the metrics, as JSON.
+
+use std::time::Duration;
+
+use prometheus::proto::{MetricFamily, MetricType};
+use serde_json::{json, Value};
+
+use super::Metrics;
+
+/// Sums a family's samples whose labels match every `(name, value)` in `filter`; for
+/// histograms, sums the sample counts (`count`) or the sums (`sum`).
+fn total(families: &[MetricFamily], name: &str, filter: &[(&str, &str)], part: Part) -> f64 {
+    let Some(family) = families.iter().find(|f| f.name() == name) else {
+        return 0.0;
+    };
+    family
+        .get_metric()
+        .iter()
+        .filter(|m| {
+            filter.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| match (family.get_field_type(), part) {
+            (MetricType::COUNTER, _) => m.get_counter().get_value(),
+            (MetricType::GAUGE, _) => m.get_gauge().get_value(),
+            (MetricType::HISTOGRAM, Part::Count) => m.get_histogram().get_sample_count() as f64,
+            (MetricType::HISTOGRAM, Part::Sum) => m.get_histogram().get_sample_sum(),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Count,
+    Sum,
+}
+
+/// Distinct values of one label in a family.
+fn label_values(families: &[MetricFamily], name: &str, label: &str) -> Vec<String> {
+    let mut out: Vec<String> = families
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .flat_map(|m| m.get_label())
+        .filter(|l| l.name() == label)
+        .map(|l| l.value().to_owned())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn ratio(part: f64, whole: f64) -> Value {
+    if whole > 0.0 {
+        json!(part / whole)
+    } else {
+        Value::Null
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (v * scale).round() / scale
+}
+
+/// The summary: requests and their share per route, errors, average latency and time to first
+/// token (of requests that reached an upstream or the cache), cache hit rate, tokens, cost and
+/// savings.
+pub fn stats(m: &Metrics, uptime: Duration) -> Value {
+    let f = m.gather();
+    let requests = "switchyard_requests_total";
+    // The gateway's own endpoints (metrics, health) are not traffic; a chat request the gateway
+    // refused (a 400) is, and carries a cache result.
+    let served = |filter: &[(&str, &str)]| {
+        let own: Vec<(&str, &str)> = filter
+            .iter()
+            .copied()
+            .chain([("route", "gateway"), ("cache", "none")])
+            .collect();
+        total(&f, requests, filter, Part::Count) - total(&f, requests, &own, Part::Count)
+    };
+    let all = served(&[]);
+    let mut routes = serde_json::Map::new();
+    for route in label_values(&f, requests, "route") {
+        if route == "gateway" {
+            continue;
+        }
+        let n = served(&[("route", &route)]);
+        routes.insert(route, json!({"requests": n, "share": ratio(n, all)}));
+    }
+    let errors: f64 = label_values(&f, requests, "status")
+        .iter()
+        .filter(|s| s.as_str() >= "400")
+        .map(|s| served(&[("status", s)]))
+        .sum();
+    let hits = served(&[("cache", "hit")]);
+    let misses = served(&[("cache", "miss")]);
+    let bypass = served(&[("cache", "bypass")]);
+    let dur = "switchyard_request_duration_seconds";
+    let ttft = "switchyard_time_to_first_token_seconds";
+    let avg_ms = |name: &str| {
+        let count = total(&f, name, &[], Part::Count)
+            - total(&f, name, &[("route", "gateway")], Part::Count);
+        let sum =
+            total(&f, name, &[], Part::Sum) - total(&f, name, &[("route", "gateway")], Part::Sum);
+        ratio(sum * 1000.0, count)
+    };
+    let tokens = "switchyard_tokens_total";
+    let cost = total(&f, "switchyard_cost_usd_total", &[], Part::Sum);
+    let baseline = total(&f, "switchyard_baseline_cost_usd_total", &[], Part::Sum);
+    json!({
+        "uptime_seconds": uptime.as_secs(),
+        "requests": {
+            "total": all,
+            "errors": errors,
+            "by_route": routes,
+        },
+        "latency_ms": {
+            "average": avg_ms(dur),
+            "first_token_average": avg_ms(ttft),
+        },
+        "cache": {
+            "hits": hits,
+            "misses": misses,
+            "bypassed": bypass,
+            "hit_rate": ratio(hits, hits + misses),
+            "entries": m.cache_entries.get(),
+            "bytes": m.cache_bytes.get(),
+        },
+        "tokens": {
+            "prompt": total(&f, tokens, &[("direction", "prompt")], Part::Sum),
+            "completion": total(&f, tokens, &[("direction", "completion")], Part::Sum),
+            "estimated": total(&f, tokens, &[("source", "estimated")], Part::Sum),
+        },
+        "cost_usd": {
+            "spent": round(cost, 6),
+            "baseline": round(baseline, 6),
+            "saved": round(baseline - cost, 6),
+            "saved_share": ratio(baseline - cost, baseline),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Usage;
+    use crate::metrics::Record;
+
+    #[test]
+    fn sums_what_was_recorded() {
+        let m = Metrics::new().unwrap();
+        let local = Record {
+            route: "local",
+            upstream: Some("local".into()),
+            model: Some("llama".into()),
+            cache: "miss",
+            usage: Some(Usage {
+                prompt_tokens: 100,
+                completion_tokens: 50,
+            }),
+            cost: 0.0,
+            baseline_cost: 0.00075,
+            first_byte: Some(Duration::from_millis(10)),
+            ..Record::new()
+        };
+        m.record(&local, "200", Duration::from_millis(100));
+        m.record(
+            &Record {
+                cache: "hit",
+                ..local.clone()
+            },
+            "200",
+            Duration::from_millis(1),
+        );
+        let cloud = Record {
+            route: "cloud",
+            upstream: Some("cloud".into()),
+            model: Some("gpt-4o".into()),
+            cache: "bypass",
+            cost: 0.00075,
+            ..local.clone()
+        };
+        m.record(&cloud, "502", Duration::from_millis(200));
+        m.record(&Record::new(), "200", Duration::from_millis(1));
+
+        let s = stats(&m, Duration::from_secs(7));
+        assert_eq!(s["requests"]["total"], 3.0);
+        assert_eq!(s["requests"]["errors"], 1.0);
+        assert_eq!(s["requests"]["by_route"]["local"]["requests"], 2.0);
+        let share = s["requests"]["by_route"]["cloud"]["share"]
+            .as_f64()
+            .unwrap();
+        assert!((share - 1.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s["cache"]["hit_rate"], 0.5);
+        assert_eq!(s["tokens"]["prompt"], 200.0, "miss and bypass, not the hit");
+        let avg = s["latency_ms"]["average"].as_f64().unwrap();
+        assert!((avg - 301.0 / 3.0).abs() < 1e-6, "{avg}");
+        assert_eq!(s["cost_usd"]["spent"], 0.00075);
+        assert_eq!(s["cost_usd"]["baseline"], 0.00225);
+        assert_eq!(s["cost_usd"]["saved"], 0.0015);
+    }
+}

@@ -1,0 +1,318 @@
+//! Reading an upstream's answer while it passes to the client.
+//!
+//! The gateway relays bytes as they arrive and, on the side, keeps what accounting and the cache
+//! need: the usage, and the complete answer. A stream is cut into SSE events with a buffer, since
+//! an event may be split across reads; when the gateway asked for the usage chunk on the client's
+//! behalf (`stream_options.include_usage`), that one event is taken out of what the client gets.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::api::{Completion, EventKind, StreamAssembler, Usage};
+
+/// What an answer turned out to be, once it ended.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The complete answer, when it was one (finished, error-free, within the size limit).
+    pub completion: Option<Completion>,
+    /// The usage the upstream reported.
+    pub usage: Option<Usage>,
+    /// Bytes of generated output seen, for estimating tokens when no usage came.
+    pub output_bytes: usize,
+    /// The body as received, for a JSON answer kept whole (what a cache hit replays verbatim).
+    pub json: Option<Bytes>,
+}
+
+/// Watches one answer's body.
+pub struct AnswerReader {
+    mode: Mode,
+}
+
+enum Mode {
+    Json {
+        parts: Vec<Bytes>,
+        len: usize,
+        limit: usize,
+    },
+    Sse {
+        /// Bytes not yet cut into events.
+        pending: BytesMut,
+        assembler: StreamAssembler,
+        /// Drop the usage-only event from what the client gets.
+        strip_usage: bool,
+    },
+}
+
+impl AnswerReader {
+    /// A reader for a JSON answer, kept whole up to `limit` bytes.
+    pub fn json(limit: usize) -> AnswerReader {
+        AnswerReader {
+            mode: Mode::Json {
+                parts: Vec::new(),
+                len: 0,
+                limit,
+            },
+        }
+    }
+
+    /// A reader for an SSE stream, keeping up to `limit` bytes of output text; `strip_usage`
+    /// removes the usage chunk the client did not ask for.
+    pub fn sse(limit: usize, strip_usage: bool) -> AnswerReader {
+        AnswerReader {
+            mode: Mode::Sse {
+                pending: BytesMut::new(),
+                assembler: StreamAssembler::new(limit),
+                strip_usage,
+            },
+        }
+    }
+
+    /// Reads `chunk` and returns what the client gets of it now.
+    pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.mode {
+            Mode::Json { parts, len, limit } => {
+                *len += chunk.len();
+                if *len <= *limit {
+                    parts.push(chunk.clone());
+                }
+                chunk
+            }
+            Mode::Sse {
+                pending,
+                assembler,
+                strip_usage,
+            } => {
+                pending.extend_from_slice(&chunk);
+                if !*strip_usage {
+                    while let Some(event) = next_event(pending) {
+                        read_event(assembler, &event);
+                    }
+                    return chunk;
+                }
+                // Pass on whole events only, so the usage event can be left out.
+                let mut out = BytesMut::new();
+                while let Some(event) = next_event(pending) {
+                    if read_event(assembler, &event) != EventKind::UsageOnly {
+                        out.extend_from_slice(&event);
+                    }
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// Bytes held back at the end of the body (an event with no blank line after it), which
+    /// the client still gets.
+    pub fn rest(&mut self) -> Option<Bytes> {
+        match &mut self.mode {
+            Mode::Sse {
+                pending,
+                strip_usage: true,
+                ..
+            } if !pending.is_empty() => Some(pending.split().freeze()),
+            _ => None,
+        }
+    }
+
+    /// What the answer was, after its last byte.
+    pub fn finish(self) -> Answer {
+        match self.mode {
+            Mode::Json { parts, len, limit } => {
+                if len > limit {
+                    return Answer::default();
+                }
+                let body = match parts.len() {
+                    1 => parts.into_iter().next().unwrap_or_default(),
+                    _ => {
+                        let mut whole = BytesMut::with_capacity(len);
+                        for p in &parts {
+                            whole.extend_from_slice(p);
+                        }
+                        whole.freeze()
+                    }
+                };
+                let completion = Completion::from_json(&body);
+                Answer {
+                    usage: completion.as_ref().and_then(|c| c.usage),
+                    output_bytes: completion.as_ref().map_or(0, Completion::output_chars),
+                    json: completion.as_ref().map(|_| body),
+                    completion,
+                }
+            }
+            Mode::Sse {
+                mut pending,
+                mut assembler,
+                ..
+            } => {
+                // A last event may lack its blank line.
+                if !pending.is_empty() {
+                    pending.extend_from_slice(b"\n\n");
+                    while let Some(event) = next_event(&mut pending) {
+                        read_event(&mut assembler, &event);
+                    }
+                }
+                Answer {
+                    usage: assembler.usage(),
+                    output_bytes: assembler.output_bytes(),
+                    completion: assembler.finish(),
+                    json: None,
+                }
+            }
+        }
+    }
+}
+
+/// Cuts the next complete event (through its blank line) off the front of `buf`.
+fn next_event(buf: &mut BytesMut) -> Option<Bytes> {
+    let end = event_end(buf)?;
+    Some(buf.split_to(end).freeze())
+}
+
+/// The end of the first event in `buf`: just past the first empty line (`\n\n`, `\r\n\r\n`,
+/// or a mix).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(nl) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + nl + 1;
+        match buf.get(at) {
+            Some(b'\n') => return Some(at + 1),
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
+            _ => i = at,
+        }
+    }
+    None
+}
+
+/// Hands an event's data to the assembler.
+fn read_event(assembler: &mut StreamAssembler, event: &[u8]) -> EventKind {
+    let mut data: Option<Vec<u8>> = None;
+    let mut single: Option<&[u8]> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(value) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        // Most events have one data line: read it in place.
+        match (&mut data, single) {
+            (None, None) => single = Some(value),
+            (None, Some(first)) => {
+                let mut joined = first.to_vec();
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+                data = Some(joined);
+            }
+            (Some(joined), _) => {
+                joined.push(b'\n');
+                joined.extend_from_slice(value);
+            }
+        }
+    }
+    match (data, single) {
+        (Some(joined), _) => assembler.event(&joined),
+        (None, Some(one)) => assembler.event(one),
+        (None, None) => EventKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Choice, Completion, Usage};
+
+    fn answer() -> Completion {
+        Completion {
+            id: "chatcmpl-9".into(),
+            created: 5,
+            model: "m".into(),
+            system_fingerprint: None,
+            choices: vec![Choice {
+                index: 0,
+                content: Some("Paris is the capital.".into()),
+                finish_reason: Some("stop".into()),
+                ..Choice::default()
+            }],
+            usage: Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 5,
+            }),
+        }
+    }
+
+    /// Feeds `bytes` in pieces of `size`, returning what the client got and the answer.
+    fn feed_split(mut reader: AnswerReader, bytes: &[u8], size: usize) -> (Vec<u8>, Answer) {
+        let mut out = Vec::new();
+        for piece in bytes.chunks(size) {
+            out.extend_from_slice(&reader.feed(Bytes::copy_from_slice(piece)));
+        }
+        if let Some(rest) = reader.rest() {
+            out.extend_from_slice(&rest);
+        }
+        (out, reader.finish())
+    }
+
+    #[test]
+    fn a_stream_split_anywhere_is_relayed_whole_and_read() {
+        let a = answer();
+        let sse = a.to_sse(true);
+        for size in [1, 2, 7, 64, sse.len()] {
+            let (out, got) = feed_split(AnswerReader::sse(1 << 20, false), &sse, size);
+            assert_eq!(out, sse, "size {size}");
+            assert_eq!(got.completion.as_ref(), Some(&a), "size {size}");
+            assert_eq!(got.usage, a.usage);
+        }
+    }
+
+    #[test]
+    fn the_usage_chunk_the_client_did_not_ask_for_is_removed() {
+        let a = answer();
+        for size in [1, 3, 50, 10_000] {
+            let (out, got) = feed_split(AnswerReader::sse(1 << 20, true), &a.to_sse(true), size);
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("\"choices\":[]"), "{text}");
+            assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+            assert_eq!(got.usage, a.usage, "the gateway still reads it");
+        }
+    }
+
+    #[test]
+    fn crlf_events_and_multi_line_data_are_read() {
+        let a = answer();
+        let sse = String::from_utf8(a.to_sse(false))
+            .unwrap()
+            .replace("\n\n", "\r\n\r\n");
+        let (out, got) = feed_split(AnswerReader::sse(1 << 20, true), sse.as_bytes(), 5);
+        assert_eq!(out, sse.as_bytes());
+        assert_eq!(
+            got.completion.unwrap().choices[0].content,
+            a.choices[0].content
+        );
+
+        let mut asm = StreamAssembler::new(100);
+        let kind = read_event(&mut asm, b"data: [DO\ndata: NE]\n\n");
+        // Two data lines join with a newline, which is not `[DONE]`.
+        assert_eq!(kind, EventKind::Other);
+    }
+
+    #[test]
+    fn a_json_answer_is_kept_whole() {
+        let a = answer();
+        let body = a.to_json();
+        let (out, got) = feed_split(AnswerReader::json(1 << 20), &body, 10);
+        assert_eq!(out, body);
+        assert_eq!(got.json.as_deref(), Some(&body[..]));
+        assert_eq!(got.usage, a.usage);
+        assert_eq!(got.output_bytes, "Paris is the capital.".len());
+        let (_, too_big) = feed_split(AnswerReader::json(10), &body, 10);
+        assert!(too_big.completion.is_none() && too_big.json.is_none());
+    }
+
+    #[test]
+    fn a_stream_without_done_has_usage_but_no_answer() {
+        let a = answer();
+        let sse = a.to_sse(true);
+        let cut = sse.len() - "data: [DONE]\n\n".len();
+        let (_, got) = feed_split(AnswerReader::sse(1 << 20, false), &sse[..cut], 9);
+        assert!(got.completion.is_none());
+        assert_eq!(got.usage, a.usage);
+    }
+}
