@@ -180,6 +180,8 @@ request_body() { # MODEL_AND_FLAGS
 }
 request_body '"model":"gpt-4o"' >"$TMP/request.json"
 request_body '"model":"gpt-4o-stream","stream":true' >"$TMP/request-stream.json"
+# The same request with temperature 0: cacheable, so Switchyard answers it from its cache.
+sed 's/"temperature":0.2/"temperature":0/' "$TMP/request.json" >"$TMP/request-cached.json"
 
 ANSWER="Your shipment left our warehouse on Tuesday and is at the regional depot. It is scheduled for delivery today before six; if nobody can sign on Friday, it will be redelivered on Monday morning."
 
@@ -361,6 +363,8 @@ default_route:
   upstream: mock
 passthrough:
   upstream: mock
+cache:
+  enabled: true
 EOF
   log "starting switchyard on :$SWITCHYARD_PORT"
   "$SWITCHYARD_BIN" --config "$TMP/switchyard.yaml" >"$TMP/switchyard.log" 2>&1 &
@@ -381,7 +385,13 @@ target_url() {
   esac
   echo "http://127.0.0.1:$port/v1/chat/completions"
 }
-body_file() { [[ $1 == stream ]] && echo "$TMP/request-stream.json" || echo "$TMP/request.json"; }
+body_file() {
+  case $1 in
+    stream) echo "$TMP/request-stream.json" ;;
+    cache-hit) echo "$TMP/request-cached.json" ;;
+    *) echo "$TMP/request.json" ;;
+  esac
+}
 
 # Smoke test: every target must answer the exact request wrk will send with a 200 and the
 # expected body, or the numbers below would be measuring error paths.
@@ -489,6 +499,19 @@ for scenario in "${SCENARIOS[@]}"; do
   done
 done
 
+# Cache hits: Switchyard alone answers (the first request stores the answer).
+if [[ $SKIP_SWITCHYARD != 1 ]]; then
+  for _ in 1 2; do
+    hit=$(curl -s -D - -o /dev/null --max-time 10 -H 'Content-Type: application/json' \
+      -H 'Authorization: Bearer sk-client' --data-binary "@$TMP/request-cached.json" \
+      "$(target_url switchyard cache-hit)" | awk -F': ' 'tolower($1) == "x-switchyard-cache" { print $2 }' | tr -d '\r')
+  done
+  [[ $hit == hit ]] || die "cache smoke test: the second request was a cache '$hit', not a hit"
+  for conc in "${CONCURRENCIES[@]}"; do
+    run cache-hit "$conc" switchyard
+  done
+fi
+
 if [[ $SKIP_SWITCHYARD != 1 ]]; then
   RSS_AFTER=$(rss_kib "$SWITCHYARD_PID" VmRSS)
   RSS_PEAK=$(rss_kib "$SWITCHYARD_PID" VmHWM)
@@ -514,6 +537,14 @@ for scenario in "${SCENARIOS[@]}"; do
     done
   done
 done
+
+if [[ $SKIP_SWITCHYARD != 1 ]]; then
+  for conc in "${CONCURRENCIES[@]}"; do
+    k="cache-hit|$conc|switchyard"
+    printf '| %s | %s | %s | %.0f | %s | %s | %s | %s |\n' cache-hit "$conc" switchyard \
+      "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${CPU[$k]}" "${ERRS[$k]}"
+  done
+fi
 
 # ratio A B: A ÷ B with two decimals; diff A B: A − B.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

@@ -262,10 +262,7 @@ impl Drop for Flight {
 
 /// Waits up to `limit` for the answer of the request in flight; `None` when it failed, ended
 /// without a storable answer, or took too long.
-pub async fn wait(
-    mut rx: Waiter,
-    limit: Duration,
-) -> Option<Arc<Entry>> {
+pub async fn wait(mut rx: Waiter, limit: Duration) -> Option<Arc<Entry>> {
     let got = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
     match got {
         Ok(Ok(entry)) => entry.clone(),
