@@ -4,6 +4,8 @@
 //!
 //! Run with `cargo bench --bench cache`.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,23 +16,6 @@ use switchyard::api::{ChatRequest, Choice, Completion, Usage};
 use switchyard::cache::{Cache, Entry, Lookup};
 use switchyard::config::CacheConfig;
 use switchyard::upstream::answer::AnswerReader;
-
-/// A ~1.4 KB deterministic request, like the load benchmark's.
-fn body() -> Bytes {
-    let system =
-        "You are a helpful assistant that answers questions about history concisely. ".repeat(6);
-    let user = "Tell me about the history of the Roman empire, its rise and its fall, in brief. "
-        .repeat(10);
-    Bytes::from(
-        serde_json::json!({
-            "model": "auto",
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": 0,
-            "max_tokens": 256
-        })
-        .to_string(),
-    )
-}
 
 /// A ~1 KB answer.
 fn answer() -> Completion {
@@ -81,7 +66,7 @@ fn token_stream() -> Vec<Bytes> {
 }
 
 fn cache(c: &mut Criterion) {
-    let body = body();
+    let body = common::chat_body("auto", 0.0);
     let config = CacheConfig {
         enabled: true,
         ttl: Duration::from_secs(600),

@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench --bench request_path`.
 
-use bytes::Bytes;
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pingora::http::RequestHeader;
 use std::hint::black_box;
@@ -12,23 +13,6 @@ use switchyard::api::ChatRequest;
 use switchyard::config::Config;
 use switchyard::route;
 use switchyard::upstream::{prepare_headers, Upstream};
-
-/// A ~1.4 KB request like the load benchmark's: a system prompt and a question.
-fn body() -> Bytes {
-    let system =
-        "You are a helpful assistant that answers questions about history concisely. ".repeat(6);
-    let user = "Tell me about the history of the Roman empire, its rise and its fall, in brief. "
-        .repeat(10);
-    Bytes::from(
-        serde_json::json!({
-            "model": "gpt-4o",
-            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-            "temperature": 0.7,
-            "max_tokens": 256
-        })
-        .to_string(),
-    )
-}
 
 /// The header the official Python SDK sends.
 fn client_header() -> RequestHeader {
@@ -70,7 +54,7 @@ default_route: {upstream: cloud}
 }
 
 fn request_path(c: &mut Criterion) {
-    let body = body();
+    let body = common::chat_body("gpt-4o", 0.7);
     let config = config();
     let upstreams: Vec<Upstream> = config
         .upstreams

@@ -35,6 +35,22 @@ UPSTREAM_KEY = "sk-upstream-secret"
 LOCAL_MODEL = "llama-local"
 CLOUD_MODEL = "gpt-4o"
 
+# A function tool as the SDK's users declare one.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0  # SIGTERM drains for at most drain_timeout (2s), then the gateway exits
 

@@ -13,22 +13,8 @@ import uuid
 import openai
 import pytest
 
-from conftest import gateway_config
+from conftest import WEATHER_TOOL, gateway_config
 from mock_openai import TOOL_ARGUMENTS
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream) -> str:

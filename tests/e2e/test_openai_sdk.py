@@ -15,24 +15,8 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import CLIENT_KEY, CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY
+from conftest import CLIENT_KEY, CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY, WEATHER_TOOL
 from mock_openai import ERRORS, MOCK_MODEL_ID, SLOW_STREAM_DELAY, TOOL_ARGUMENTS, embedding_for
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        "strict": True,
-    },
-}
-
 
 def marker() -> str:
     return f"m-{uuid.uuid4().hex[:12]}"
