@@ -228,6 +228,7 @@ impl ProxyHttp for Gateway {
                 ctx.passthrough = Some(upstream);
                 ctx.record.route = self.upstreams[upstream].config.route.as_str();
                 ctx.record.upstream = Some(self.upstreams[upstream].name().to_owned());
+                ctx.record.cache = "bypass";
                 // The upstream never sees `Expect` (it is hop-by-hop here), so answer it now.
                 if expects_continue(session.req_header()) {
                     session.write_continue_response().await?;
@@ -269,11 +270,15 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let index = ctx.passthrough.unwrap_or(self.config.passthrough);
         let upstream = &self.upstreams[index];
-        let explain = Explain::served(
-            &ctx.request_id,
-            upstream.config.route.as_str(),
-            upstream.name(),
-        );
+        // Pass-through answers are never cached.
+        let explain = Explain {
+            cache: Some("bypass"),
+            ..Explain::served(
+                &ctx.request_id,
+                upstream.config.route.as_str(),
+                upstream.name(),
+            )
+        };
         // pingora frames the pass-through body itself: keep its transfer-encoding choice.
         let framing = upstream_response
             .headers
