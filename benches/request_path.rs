@@ -79,7 +79,9 @@ fn request_path(c: &mut Criterion) {
     group.bench_function("upstream_header", |b| {
         b.iter(|| {
             let mut h = black_box(&header).clone();
-            prepare_headers(&mut h, &upstreams[1], "/v1/chat/completions").expect("header");
+            let up = &upstreams[1];
+            prepare_headers(&mut h, up, &up.pool.backends[0], "/v1/chat/completions")
+                .expect("header");
             h
         })
     });
@@ -89,7 +91,8 @@ fn request_path(c: &mut Criterion) {
             let d = route::decide(&config, &req, None);
             let out = req.body_with_model(d.model);
             let mut h = header.clone();
-            prepare_headers(&mut h, &upstreams[d.upstream], "/v1/chat/completions")
+            let up = &upstreams[d.upstream];
+            prepare_headers(&mut h, up, &up.pool.backends[0], "/v1/chat/completions")
                 .expect("header");
             (out, h)
         })

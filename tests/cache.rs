@@ -256,8 +256,11 @@ async fn broken_streams_and_errors_are_not_stored() {
 
     let broken = post(&gw, &streamed(ask("q"), false)).await;
     assert!(broken.text().contains("\"error\""), "{}", broken.text());
+    // The local 500 sends the request to the cloud, which refuses: the client gets the local
+    // upstream's own answer, the more telling of the two.
     let error = post(&gw, &ask("q")).await;
     assert_eq!(error.status, 500);
+    assert_eq!(error.header("x-switchyard-fallback"), Some("local->cloud"));
     let good = post(&gw, &ask("q")).await;
     assert_eq!(good.header("x-switchyard-cache"), Some("miss"));
     assert_eq!(content(&good), "whole");

@@ -324,21 +324,25 @@ async fn bad_requests_get_openai_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_map_to_502_and_504() {
     let hang = Mock::start(|_| Reply::Hang).await;
-    let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}";
+    let timeouts = "    timeouts: {connect: 1s, first_byte: 300ms, idle: 300ms, total: 5s}\n    retry: {attempts: 1}";
     let gw = cloud_only(&hang.url(), timeouts);
 
-    let e = chat(gw.addr(), &json!({"model": "auto", "messages": user("x")}))
-        .await
-        .assert_error(502);
-    assert_eq!(e["code"], "upstream_unreachable");
+    // Local refuses, then its fallback, the cloud, times out: the client gets the last error.
+    let r = chat(gw.addr(), &json!({"model": "auto", "messages": user("x")})).await;
+    let e = r.assert_error(504);
+    assert_eq!(e["code"], "upstream_timeout");
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    // The other way round: the cloud times out, then local refuses.
     let r = chat(
         gw.addr(),
         &json!({"model": "gpt-4o", "messages": user("x")}),
     )
     .await;
-    let e = r.assert_error(504);
-    assert_eq!(e["code"], "upstream_timeout");
-    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    let e = r.assert_error(502);
+    assert_eq!(e["code"], "upstream_unreachable");
+    assert_eq!(r.header("x-switchyard-upstream"), Some("local"));
+    assert_eq!(r.header("x-switchyard-fallback"), Some("cloud->local"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,17 +563,29 @@ async fn models_and_health_are_served_by_the_gateway() {
 
     let h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
     assert_eq!(h["status"], "ok");
+    let port = local.addr.port();
     assert_eq!(
         h["upstreams"][0],
-        json!({"name": "local", "route": "local", "enabled": true, "reachable": true})
+        json!({"name": "local", "route": "local", "kind": "openai", "enabled": true, "available": true,
+               "backends": [{"url": format!("127.0.0.1:{port}"), "state": "up", "outstanding": 0}]})
     );
     drop(local);
 
-    let gw2 = cloud_only(&_cloud.url(), "");
-    let h = request(gw2.addr(), "GET", "/health", &[], b"").await.json();
-    assert_eq!(h["status"], "degraded");
-    assert_eq!(h["upstreams"][0]["reachable"], false);
-    assert_eq!(h["upstreams"][1]["reachable"], true);
+    // With fast health checks, a local upstream that refuses is soon reported down.
+    let checks = "    health: {interval: 100ms, timeout: 500ms}";
+    let gw2 = cloud_only(&_cloud.url(), checks);
+    let mut h = serde_json::Value::Null;
+    for _ in 0..100 {
+        h = request(gw2.addr(), "GET", "/health", &[], b"").await.json();
+        if h["status"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["upstreams"][0]["available"], false);
+    assert_eq!(h["upstreams"][0]["backends"][0]["state"], "down");
+    assert_eq!(h["upstreams"][1]["available"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,31 +858,40 @@ async fn metrics_count_exactly_what_was_served() {
         "the scrape itself is in flight"
     );
 
-    // Failures are counted by upstream and reason.
+    // Failures are counted by upstream and reason; the retry and the fallback too.
     let dead = cloud_only(&format!("http://{}", refused_addr()), "");
-    chat(
+    let r = chat(
         dead.addr(),
         &json!({"model": "gpt-4o", "messages": user("x")}),
     )
-    .await
-    .assert_error(502);
+    .await;
+    r.assert_error(502);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("cloud->local"));
     let text = request(dead.addr(), "GET", "/metrics", &[], b"")
         .await
         .text();
-    assert_eq!(
-        sample(
-            &text,
-            r#"switchyard_upstream_failures_total{reason="unreachable",upstream="cloud"}"#
+    for (series, value) in [
+        (
+            r#"switchyard_upstream_failures_total{reason="unreachable",upstream="cloud"}"#,
+            2.0,
         ),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            r#"switchyard_requests_total{cache="bypass",route="cloud",status="502",upstream="cloud"}"#
+        (
+            r#"switchyard_upstream_failures_total{reason="unreachable",upstream="local"}"#,
+            2.0,
         ),
-        Some(1.0),
-        "{text}"
-    );
+        (
+            r#"switchyard_retries_total{reason="unreachable",upstream="cloud"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_fallbacks_total{from="cloud",reason="unreachable",to="local"}"#,
+            1.0,
+        ),
+        (
+            r#"switchyard_requests_total{cache="bypass",route="local",status="502",upstream="local"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
+    }
 }

@@ -113,6 +113,32 @@ impl ApiError {
         }
     }
 
+    /// A 503: every backend of the upstream is down or ejected.
+    pub fn no_healthy_backend(upstream: &str) -> Self {
+        ApiError {
+            status: 503,
+            message: format!("Upstream `{upstream}` has no healthy backend right now"),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_unavailable"),
+        }
+    }
+
+    /// A 400: the prompt is longer than the model's context window.
+    pub fn context_length_exceeded(upstream: &str, estimated: u64, limit: u64) -> Self {
+        ApiError {
+            status: 400,
+            message: format!(
+                "This model's maximum context length is {limit} tokens on upstream `{upstream}`, \
+                 but the messages take about {estimated} tokens. Shorten the messages, or ask a \
+                 model with a larger context."
+            ),
+            kind: "invalid_request_error",
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        }
+    }
+
     /// A 404 for a model the gateway does not list.
     pub fn model_not_found(model: &str) -> Self {
         ApiError {

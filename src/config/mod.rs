@@ -8,6 +8,7 @@
 mod interpolate;
 mod observe;
 mod raw;
+mod resilience;
 mod routing;
 mod units;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use interpolate::interpolate;
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
+pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER};
 pub use units::{parse_duration, parse_size};
 
@@ -75,6 +77,20 @@ impl fmt::Debug for Secret {
 pub enum UpstreamKind {
     /// Any OpenAI-compatible server (OpenAI, Ollama's `/v1`, vLLM, llama.cpp): forwarded as is.
     OpenAi,
+    /// Ollama's native `POST /api/chat`, translated both ways; sets `num_ctx`, which Ollama's
+    /// OpenAI-compatible endpoint ignores.
+    Ollama,
+    /// A raw completion server: the gateway renders the chat with the Llama 3.1 template.
+    Raw,
+}
+
+/// The completion API of a `raw` upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawApi {
+    /// Ollama's `POST /api/generate` with `raw: true` (NDJSON).
+    OllamaGenerate,
+    /// llama.cpp's server `POST /completion` (JSON, or SSE when streaming).
+    LlamaCpp,
 }
 
 /// Where an upstream lives: scheme, host, port and an optional path prefix.
@@ -186,15 +202,30 @@ pub struct UpstreamConfig {
     pub kind: UpstreamKind,
     /// Which side of the gateway it is.
     pub route: Route,
-    /// Where it is.
-    pub url: UpstreamUrl,
+    /// Where its servers are: one or more, serving the same models.
+    pub backends: Vec<UpstreamUrl>,
+    /// How a request picks a backend.
+    pub balance: Balance,
+    /// Health checking of the backends.
+    pub health: HealthConfig,
+    /// Retries before the first byte went to the client.
+    pub retry: RetryConfig,
+    /// Ollama and raw upstreams: the context size sent (`options.num_ctx`).
+    pub num_ctx: Option<u64>,
+    /// Ollama: how long the model stays loaded after a request (`keep_alive`).
+    pub keep_alive: Option<String>,
+    /// What happens to prompts estimated past `num_ctx`.
+    pub context_overflow: ContextOverflow,
+    /// Raw upstreams: which completion API they speak.
+    pub raw_api: RawApi,
     /// Its default model, used when a model entry names none.
     pub model: Option<String>,
     /// The key sent as `Authorization: Bearer …`; `None` sends no authorization at all.
     pub api_key: Option<Secret>,
     /// False when `require_api_key` is set and the key is empty.
     pub enabled: bool,
-    /// Index of the upstream that takes this one's traffic while it is disabled.
+    /// Index of the upstream that takes this one's traffic while it is disabled, and the
+    /// requests it fails before their first byte.
     pub fallback: Option<usize>,
     /// Its time limits.
     pub timeouts: Timeouts,
@@ -430,14 +461,20 @@ impl Checker<'_> {
             self.error(None, "upstreams: at least one upstream is required");
         }
         let mut fallbacks = Vec::new();
+        let mut explicit_none = Vec::new();
         for (name, up) in &raw.upstreams.0 {
             let field = |f: &str| format!("upstreams.{name}.{f}");
             let kind = match up.kind.as_ref().map(|k| (k, k.value.0.as_str())) {
                 None | Some((_, "openai")) => UpstreamKind::OpenAi,
+                Some((_, "ollama")) => UpstreamKind::Ollama,
+                Some((_, "raw")) => UpstreamKind::Raw,
                 Some((at, other)) => {
                     self.error(
                         Some(at),
-                        format!("{}: unknown kind `{other}` (known: openai)", field("kind")),
+                        format!(
+                            "{}: unknown kind `{other}` (known: openai, ollama, raw)",
+                            field("kind")
+                        ),
                     );
                     UpstreamKind::OpenAi
                 }
@@ -445,9 +482,7 @@ impl Checker<'_> {
             let route = self.parsed(&field("route"), Some(&up.route), Route::Cloud, |t| {
                 Route::parse_upstream_side(t)
             });
-            let url = self.parsed(&field("url"), Some(&up.url), None, |t| {
-                UpstreamUrl::parse(t).map(Some)
-            });
+            let backends = self.backends(name, up);
             let model = up
                 .model
                 .as_ref()
@@ -478,6 +513,7 @@ impl Checker<'_> {
             if let Some(fallback) = &up.fallback {
                 if let Some(target) = self.text(&field("fallback"), fallback) {
                     match names.iter().position(|n| *n == target) {
+                        _ if target == "none" => explicit_none.push(upstreams.len()),
                         Some(i) if names[i] != *name => fallbacks.push((upstreams.len(), i)),
                         Some(_) => self.error(
                             Some(fallback),
@@ -495,18 +531,38 @@ impl Checker<'_> {
             }
             let timeouts = self.timeouts(name, up.timeouts.as_ref());
             let price = up.price.as_ref().map(|p| self.price(&field("price"), p));
-            // An invalid URL was reported above; the placeholder keeps checking the rest.
-            let url = url.unwrap_or_else(|| UpstreamUrl {
-                tls: false,
-                host: String::new(),
-                port: 0,
-                path_prefix: String::new(),
+            let num_ctx = up.num_ctx.as_ref().map(|n| {
+                self.parsed(&field("num_ctx"), Some(n), 0, |t| match t.parse::<u64>() {
+                    Ok(n) if n >= 256 => Ok(n),
+                    _ => Err(format!("`{t}` is not a context size (256 tokens or more)")),
+                })
             });
+            let keep_alive = up
+                .keep_alive
+                .as_ref()
+                .and_then(|k| self.text(&field("keep_alive"), k));
+            let raw_api = self.parsed(
+                &field("raw_api"),
+                up.raw_api.as_ref(),
+                RawApi::OllamaGenerate,
+                |t| match t {
+                    "ollama" => Ok(RawApi::OllamaGenerate),
+                    "llamacpp" => Ok(RawApi::LlamaCpp),
+                    other => Err(format!("`{other}` is not ollama or llamacpp")),
+                },
+            );
             upstreams.push(UpstreamConfig {
                 name: name.clone(),
                 kind,
                 route,
-                url,
+                backends,
+                balance: self.balance(name, up),
+                health: self.health(name, kind, up.health.as_ref()),
+                retry: self.retry(name, up.retry.as_ref()),
+                num_ctx,
+                keep_alive,
+                context_overflow: self.context_overflow(name, up),
+                raw_api,
                 model,
                 api_key: api_key.map(Secret),
                 enabled,
@@ -517,6 +573,13 @@ impl Checker<'_> {
         }
         for (from, to) in fallbacks {
             upstreams[from].fallback = Some(to);
+        }
+        // Local upstreams fall back to the cloud unless told otherwise (`fallback: none`).
+        let first_cloud = upstreams.iter().position(|u| u.route == Route::Cloud);
+        for (i, up) in upstreams.iter_mut().enumerate() {
+            if up.route == Route::Local && up.fallback.is_none() && !explicit_none.contains(&i) {
+                up.fallback = first_cloud;
+            }
         }
 
         let mut warnings = Vec::new();
@@ -659,6 +722,46 @@ impl Checker<'_> {
             idle: one("idle", raw.idle.as_ref(), d.idle),
             total: one("total", raw.total.as_ref(), d.total),
         }
+    }
+
+    /// `url` (one backend) or `backends` (a list), exactly one of them.
+    fn backends(&mut self, name: &str, up: &raw::RawUpstream) -> Vec<UpstreamUrl> {
+        let texts: Vec<(String, &Text)> = match (&up.url, &up.backends) {
+            (Some(url), None) => vec![(format!("upstreams.{name}.url"), url)],
+            (None, Some(list)) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("upstreams.{name}.backends[{i}]"), t))
+                .collect(),
+            (Some(url), Some(_)) => {
+                self.error(
+                    Some(url),
+                    format!("upstreams.{name}: give either url or backends, not both"),
+                );
+                return Vec::new();
+            }
+            _ => {
+                self.error(
+                    None,
+                    format!("upstreams.{name}: url (or a list of backends) is required"),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(texts.len());
+        for (field, text) in texts {
+            let url = self.parsed(&field, Some(text), None, |t| {
+                UpstreamUrl::parse(t).map(Some)
+            });
+            if let Some(url) = url {
+                if out.contains(&url) {
+                    self.error(Some(text), format!("{field}: listed twice"));
+                } else {
+                    out.push(url);
+                }
+            }
+        }
+        out
     }
 
     /// Resolves an upstream reference, following fallbacks past disabled upstreams.

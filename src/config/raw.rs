@@ -167,13 +167,44 @@ pub struct RawLimits {
 pub struct RawUpstream {
     pub kind: Option<Text>,
     pub route: Text,
-    pub url: Text,
+    pub url: Option<Text>,
+    pub backends: Option<Vec<Text>>,
+    pub balance: Option<Text>,
+    pub health: Option<RawHealth>,
+    pub retry: Option<RawRetry>,
+    pub num_ctx: Option<Text>,
+    pub keep_alive: Option<Text>,
+    pub context_overflow: Option<Text>,
+    pub raw_api: Option<Text>,
     pub model: Option<Text>,
     pub api_key: Option<Text>,
     pub require_api_key: Option<Spanned<bool>>,
     pub fallback: Option<Text>,
     pub timeouts: Option<RawTimeouts>,
     pub price: Option<RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub active: Option<Spanned<bool>>,
+    pub path: Option<Text>,
+    pub interval: Option<Text>,
+    pub timeout: Option<Text>,
+    pub healthy_after: Option<Text>,
+    pub unhealthy_after: Option<Text>,
+    pub failures: Option<Text>,
+    pub cooldown: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<Text>,
+    pub backoff: Option<Text>,
+    pub max_backoff: Option<Text>,
+    pub retry_after_cap: Option<Text>,
+    pub budget: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

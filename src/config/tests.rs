@@ -11,7 +11,7 @@ fn embedded_default_runs_without_any_environment() {
     assert_eq!(c.max_body_bytes, 8 << 20);
     let local = &c.upstreams[0];
     assert_eq!((local.name.as_str(), local.route), ("local", Route::Local));
-    assert_eq!(local.url.port, 11434);
+    assert_eq!(local.backends[0].port, 11434);
     assert_eq!(local.model.as_deref(), Some("llama3.1:8b-instruct-q4_K_M"));
     let cloud = &c.upstreams[1];
     assert!(!cloud.enabled, "no OPENAI_API_KEY: cloud is disabled");
@@ -40,12 +40,12 @@ fn default_reads_the_documented_environment() {
     };
     let c = Config::from_yaml(DEFAULT_YAML, env).unwrap();
     assert_eq!(c.listen.port(), 9999);
-    assert_eq!(c.upstreams[0].url.host, "gpu-box");
-    assert!(!c.upstreams[0].url.tls);
+    assert_eq!(c.upstreams[0].backends[0].host, "gpu-box");
+    assert!(!c.upstreams[0].backends[0].tls);
     assert_eq!(c.upstreams[0].model.as_deref(), Some("qwen2.5:7b"));
     let cloud = &c.upstreams[1];
-    assert!(cloud.enabled && cloud.url.tls);
-    assert_eq!(cloud.url.path_prefix, "/openai");
+    assert!(cloud.enabled && cloud.backends[0].tls);
+    assert_eq!(cloud.backends[0].path_prefix, "/openai");
     assert_eq!(cloud.api_key.as_ref().map(Secret::expose), Some("sk-test"));
     assert_eq!(cloud.model.as_deref(), Some("gpt-4.1"));
     assert!(c.warnings.is_empty());

@@ -97,6 +97,14 @@ pub struct Metrics {
     pub cache_stores: prometheus::IntCounter,
     /// Entries that left the cache, by cause (`expired`, `size`, `explicit`).
     pub cache_evictions: IntCounterVec,
+    /// Requests sent down their fallback chain, by the upstream left, the one taken and why.
+    pub fallbacks: IntCounterVec,
+    /// Retries, by upstream and reason.
+    pub retries: IntCounterVec,
+    /// Backends taking requests (1) or not (0), by upstream and backend.
+    pub backend_up: prometheus::IntGaugeVec,
+    /// Prompts estimated past an upstream's context size, by upstream and what was done.
+    pub context_overflows: IntCounterVec,
     /// Entries in the cache now.
     pub cache_entries: IntGauge,
     /// Bytes in the cache now.
@@ -186,6 +194,28 @@ impl Metrics {
                 "Entries that left the response cache",
                 &["cause"],
             )?,
+            fallbacks: int_counter(
+                "switchyard_fallbacks_total",
+                "Requests sent to the next upstream of their fallback chain",
+                &["from", "to", "reason"],
+            )?,
+            retries: int_counter(
+                "switchyard_retries_total",
+                "Upstream requests sent again before the answer started",
+                &["upstream", "reason"],
+            )?,
+            backend_up: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_backend_up",
+                    "Whether a backend takes requests (1) or is down or ejected (0)",
+                ),
+                &["upstream", "backend"],
+            )?,
+            context_overflows: int_counter(
+                "switchyard_context_overflows_total",
+                "Prompts estimated longer than an upstream's num_ctx",
+                &["upstream", "action"],
+            )?,
             cache_entries: IntGauge::new("switchyard_cache_entries", "Entries in the response cache")?,
             cache_bytes: IntGauge::new("switchyard_cache_bytes", "Bytes in the response cache")?,
             registry,
@@ -205,6 +235,10 @@ impl Metrics {
         r.register(Box::new(m.cache_lookups.clone()))?;
         r.register(Box::new(m.cache_stores.clone()))?;
         r.register(Box::new(m.cache_evictions.clone()))?;
+        r.register(Box::new(m.fallbacks.clone()))?;
+        r.register(Box::new(m.retries.clone()))?;
+        r.register(Box::new(m.backend_up.clone()))?;
+        r.register(Box::new(m.context_overflows.clone()))?;
         r.register(Box::new(m.cache_entries.clone()))?;
         r.register(Box::new(m.cache_bytes.clone()))?;
         Ok(m)

@@ -5,24 +5,19 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType, Result};
+use pingora::Result;
 
+use super::forward::{forward, Job};
 use super::response::{self, Explain};
 use super::{expects_continue, write_error, Gateway};
 use crate::api::{ApiError, ChatRequest};
 use crate::auth::Tenant;
 use crate::cache::{self, Cache, Entry, Flight, Key, Lookup, Use};
 use crate::metrics::{self, Record};
-use crate::route::{self, Route};
-use crate::upstream::answer::{Answer, AnswerReader};
-use crate::upstream::client::{Exchange, ExchangeError};
-use crate::upstream::{prepare_headers, Upstream};
-
-/// The largest non-JSON upstream error body read to build an OpenAI-shaped error from it.
-const ERROR_BODY_LIMIT: usize = 64 << 10;
-
-/// How much of an answer is kept to read its usage when the cache keeps less (or is off).
-const KEEP_FOR_USAGE: usize = 4 << 20;
+use crate::route::{self, Route, Step};
+use crate::upstream::answer::Answer;
+use crate::upstream::pool::conversation_key;
+use crate::upstream::Upstream;
 
 pub(super) async fn handle(
     gw: &Gateway,
@@ -105,114 +100,17 @@ pub(super) async fn handle(
         }
     }
     rec.cache = usage_of_cache.label();
-    let explain = Explain {
-        rule: Some(decision.rule),
-        score: decision.score,
-        cache: Some(rec.cache),
-        ..Explain::served(request_id, decision.route.as_str(), upstream.name())
+    let job = Job {
+        gw,
+        request_id,
+        started,
+        request: &request,
+        decision: &decision,
+        client_header: session.req_header().clone(),
+        conversation: conversation_key(&request),
+        store: cached,
     };
-    // Streams are asked for their usage chunk so that tokens and cost are known; the client
-    // gets it only if it asked for it itself.
-    let body = request.upstream_body(decision.model, true);
-
-    let mut header = session.req_header().clone();
-    let path = header
-        .uri
-        .path_and_query()
-        .map_or("/v1/chat/completions", |p| p.as_str())
-        .to_owned();
-    if let Err(e) = prepare_headers(&mut header, upstream, &path) {
-        return write_error(session, &e, &explain, &[]).await;
-    }
-    // The gateway reads the answer (usage, the cache, errors): ask for it uncompressed.
-    header.remove_header(&http::header::ACCEPT_ENCODING);
-    header.remove_header(&http::header::TRANSFER_ENCODING);
-    header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-
-    let sent = Instant::now();
-    let mut exchange = match Exchange::start(&gw.connector, upstream, header, body).await {
-        Ok(x) => x,
-        Err(e) => {
-            record_failure(gw, request_id, upstream, &e, "before the answer");
-            return write_error(session, &e.to_api(upstream.name()), &explain, &[]).await;
-        }
-    };
-    gw.metrics
-        .upstream_latency
-        .with_label_values(&[upstream.name()])
-        .observe(sent.elapsed().as_secs_f64());
-
-    let mut resp = exchange.header().clone();
-    let status = resp.status.as_u16();
-    if status >= 400 && !response::is_json(&resp) {
-        let body = read_error_body(&mut exchange).await;
-        exchange.finish(&gw.connector).await;
-        let error = response::wrap_upstream_error(status, upstream.name(), &body);
-        return write_error(session, &error, &explain, &[]).await;
-    }
-    let streaming = response::is_event_stream(&resp);
-    let keep = gw
-        .cache
-        .as_ref()
-        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
-    let mut reader = if streaming {
-        AnswerReader::sse(keep, request.stream && !request.include_usage)
-    } else {
-        AnswerReader::json(keep)
-    };
-    response::rewrite_upstream_header(&mut resp, &explain);
-    session.write_response_header(Box::new(resp), false).await?;
-
-    loop {
-        match exchange.next().await {
-            Ok(Some(chunk)) => {
-                let out = reader.feed(chunk);
-                if out.is_empty() {
-                    continue;
-                }
-                if rec.first_byte.is_none() {
-                    rec.first_byte = Some(started.elapsed());
-                }
-                if let Err(e) = session.write_response_body(Some(out), false).await {
-                    // The client went away: stop the upstream's work too.
-                    exchange.finish(&gw.connector).await;
-                    return Err(e);
-                }
-            }
-            Ok(None) => {
-                exchange.finish(&gw.connector).await;
-                if let Some(rest) = reader.rest() {
-                    session.write_response_body(Some(rest), false).await?;
-                }
-                let answer = reader.finish();
-                if status == 200 {
-                    account(gw, rec, &request, &decision, &answer, false);
-                    if let (Some((cache, key)), Some(completion)) = (cached, answer.completion) {
-                        cache.store(key, Entry::new(completion, answer.json), flight.take());
-                        gw.metrics.cache_stores.inc();
-                    }
-                }
-                return session.write_response_body(None, true).await;
-            }
-            Err(e) => {
-                record_failure(gw, request_id, upstream, &e, "mid-response");
-                exchange.finish(&gw.connector).await;
-                let error = e.to_api(upstream.name());
-                if streaming {
-                    // A stream ends with an error event the SDKs raise, then a clean end of the
-                    // body; the connection is closed after it.
-                    session.set_keepalive(None);
-                    let event = Bytes::from(error.to_sse_event());
-                    session.write_response_body(Some(event), false).await?;
-                    return session.write_response_body(None, true).await;
-                }
-                // Ending a JSON body "cleanly" would hand the client a truncated answer that
-                // looks complete: fail so that the connection is closed mid-body.
-                return Error::e_explain(ErrorType::ReadError, error.message);
-            }
-        }
-    }
+    forward(&job, session, rec, flight).await
 }
 
 /// What the cache had for a request.
@@ -276,7 +174,11 @@ async fn replay(
         output_bytes: entry.completion.output_chars(),
         ..Answer::default()
     };
-    account(gw, rec, request, decision, &answer, true);
+    let step = Step {
+        upstream: decision.upstream,
+        model: decision.model,
+    };
+    account(gw, rec, request, &step, &answer, true);
     let header = response::sized_header(200, content_type, body.len(), explain);
     session
         .write_response_header(Box::new(header), false)
@@ -286,11 +188,11 @@ async fn replay(
 }
 
 /// Records an answer's tokens (reported, else estimated) and cost; a cache hit costs nothing.
-fn account(
+pub(super) fn account(
     gw: &Gateway,
     rec: &mut Record,
     request: &ChatRequest,
-    decision: &route::Decision<'_>,
+    step: &Step<'_>,
     answer: &Answer,
     hit: bool,
 ) {
@@ -298,28 +200,10 @@ fn account(
         rec.usage_estimated = true;
         metrics::estimate_usage(request, answer.output_bytes)
     });
-    let (cost, baseline) = metrics::cost(&gw.config, decision.upstream, decision.model, usage);
+    let (cost, baseline) = metrics::cost(&gw.config, step.upstream, step.model, usage);
     rec.usage = Some(usage);
     rec.cost = if hit { 0.0 } else { cost };
     rec.baseline_cost = baseline;
-}
-
-/// Logs an upstream failure and counts it by upstream and reason.
-fn record_failure(
-    gw: &Gateway,
-    request_id: &str,
-    upstream: &Upstream,
-    e: &ExchangeError,
-    when: &str,
-) {
-    log::warn!(
-        "request {request_id}: upstream {} failed {when}: {e:?}",
-        upstream.name()
-    );
-    gw.metrics
-        .upstream_failures
-        .with_label_values(&[upstream.name(), e.reason()])
-        .inc();
 }
 
 /// The route a client forces with `x-switchyard-route`, when the configuration allows it
@@ -385,17 +269,4 @@ pub(super) async fn read_body(
         }
     }
     Ok(Ok(first.unwrap_or_else(|| body.freeze())))
-}
-
-/// Reads up to [`ERROR_BODY_LIMIT`] of an upstream's error body; failures leave what was read.
-async fn read_error_body(exchange: &mut Exchange) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = exchange.next().await {
-        out.extend_from_slice(&chunk);
-        if out.len() >= ERROR_BODY_LIMIT {
-            out.truncate(ERROR_BODY_LIMIT);
-            break;
-        }
-    }
-    out
 }

@@ -1,7 +1,5 @@
 //! Endpoints the gateway answers itself: the model list and the health report.
 
-use std::time::Duration;
-
 use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
@@ -9,9 +7,8 @@ use serde::Serialize;
 use super::response::Explain;
 use super::{write_error, write_json, Ctx, Gateway};
 use crate::api::ApiError;
-
-/// How long `/health` waits for each upstream's TCP handshake.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::config::UpstreamKind;
+use crate::upstream::BackendState;
 
 #[derive(Serialize)]
 struct ModelObject<'a> {
@@ -78,31 +75,52 @@ struct Health<'a> {
 struct UpstreamHealth<'a> {
     name: &'a str,
     route: &'static str,
+    kind: &'static str,
     enabled: bool,
-    reachable: bool,
+    /// Some backend takes requests.
+    available: bool,
+    backends: Vec<BackendHealth>,
 }
 
-/// `GET /health`: the gateway's version and uptime, and whether each enabled upstream accepts a
-/// TCP connection now. `status` is `ok` when all of them do, else `degraded` (still 200: the
-/// gateway itself is serving, and falls back where it can).
+#[derive(Serialize)]
+struct BackendHealth {
+    url: String,
+    state: &'static str,
+    outstanding: usize,
+}
+
+/// `GET /health`: the gateway's version and uptime, and each upstream's backends as the health
+/// checks see them (`up`, `down`, `ejected`, `half-open`). `status` is `ok` when every enabled
+/// upstream has a backend taking requests, else `degraded` (still 200: the gateway itself is
+/// serving, and falls back where it can).
 pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    let probes = gw
-        .upstreams
-        .iter()
-        .map(|u| async move { u.config.enabled && u.reachable(PROBE_TIMEOUT).await });
-    let reachable = futures::future::join_all(probes).await;
+    let now = std::time::Instant::now();
     let upstreams: Vec<UpstreamHealth> = gw
         .upstreams
         .iter()
-        .zip(reachable)
-        .map(|(u, reachable)| UpstreamHealth {
+        .map(|u| UpstreamHealth {
             name: u.name(),
             route: u.config.route.as_str(),
+            kind: match u.config.kind {
+                UpstreamKind::OpenAi => "openai",
+                UpstreamKind::Ollama => "ollama",
+                UpstreamKind::Raw => "raw",
+            },
             enabled: u.config.enabled,
-            reachable,
+            available: u.config.enabled && u.pool.any_available(),
+            backends: u
+                .pool
+                .backends
+                .iter()
+                .map(|b| BackendHealth {
+                    url: format!("{}:{}", b.url.host, b.url.port),
+                    state: b.state(now).as_str(),
+                    outstanding: b.outstanding(),
+                })
+                .collect(),
         })
         .collect();
-    let all_up = upstreams.iter().filter(|u| u.enabled).all(|u| u.reachable);
+    let all_up = upstreams.iter().filter(|u| u.enabled).all(|u| u.available);
     let report = Health {
         status: if all_up { "ok" } else { "degraded" },
         version: crate::VERSION,
@@ -153,6 +171,15 @@ fn refresh_gauges(gw: &Gateway) {
     let m = &gw.metrics;
     m.in_flight
         .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    let now = std::time::Instant::now();
+    for u in gw.upstreams.iter().filter(|u| u.config.enabled) {
+        for b in &u.pool.backends {
+            let up = matches!(b.state(now), BackendState::Up | BackendState::HalfOpen);
+            m.backend_up
+                .with_label_values(&[u.name(), &b.label])
+                .set(i64::from(up));
+        }
+    }
     if let Some(cache) = &gw.cache {
         m.cache_entries
             .set(i64::try_from(cache.entries()).unwrap_or(i64::MAX));

@@ -9,6 +9,7 @@
 //! - anything else: 404.
 
 mod chat;
+mod forward;
 mod local;
 mod request_id;
 mod response;
@@ -37,7 +38,7 @@ pub use server::run;
 /// The gateway: configuration, upstreams and the shared upstream connection pool.
 pub struct Gateway {
     config: Arc<Config>,
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Arc<Upstream>>,
     connector: Connector,
     started: Instant,
     started_unix: u64,
@@ -56,7 +57,7 @@ impl Gateway {
             .upstreams
             .iter()
             .cloned()
-            .map(Upstream::new)
+            .map(|u| Upstream::new(u).map(Arc::new))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
         let evictions = metrics.cache_evictions.clone();
@@ -84,6 +85,11 @@ impl Gateway {
         })
     }
 
+    /// The background service that checks the upstreams' backends.
+    pub fn health_checks(&self) -> crate::upstream::health::HealthChecks {
+        crate::upstream::health::HealthChecks::new(self.upstreams.clone())
+    }
+
     /// The number of requests being served now; the drain on SIGTERM waits for it to reach 0.
     pub fn in_flight(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.in_flight)
@@ -96,6 +102,8 @@ pub struct Ctx {
     started: Instant,
     /// Set for pass-through requests: the upstream pingora forwards to.
     passthrough: Option<usize>,
+    /// The backend of a pass-through request, once chosen.
+    lease: Option<crate::upstream::Lease>,
     /// What is known of the request, for its metrics and access-log line.
     record: Record,
     _in_flight: Option<InFlight>,
@@ -213,6 +221,7 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             started: Instant::now(),
             passthrough: None,
+            lease: None,
             record: Record::new(),
             _in_flight: None,
         }
@@ -240,7 +249,13 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let index = ctx.passthrough.unwrap_or(self.config.passthrough);
-        match self.upstreams[index].peer().await {
+        let upstream = &self.upstreams[index];
+        let Some(lease) = upstream.pool.select(0, &[]) else {
+            return Error::e_explain(ErrorType::ConnectError, "no healthy backend");
+        };
+        let peer = upstream.peer(lease.backend()).await;
+        ctx.lease = Some(lease);
+        match peer {
             Ok(peer) => Ok(Box::new(peer)),
             Err(e) => Error::e_explain(ErrorType::ConnectError, e.message),
         }
@@ -258,7 +273,12 @@ impl ProxyHttp for Gateway {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        prepare_headers(upstream_request, &self.upstreams[index], &path)
+        let upstream = &self.upstreams[index];
+        let backend = match &ctx.lease {
+            Some(lease) => lease.backend(),
+            None => &upstream.pool.backends[0],
+        };
+        prepare_headers(upstream_request, upstream, backend, &path)
             .map_err(|e| Error::explain(ErrorType::InternalError, e.message))
     }
 

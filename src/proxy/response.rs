@@ -35,6 +35,8 @@ pub struct Explain<'a> {
     pub score: Option<f64>,
     /// `x-switchyard-cache`: `hit`, `miss` or `bypass`, on chat answers.
     pub cache: Option<&'a str>,
+    /// `x-switchyard-fallback`: `from->to` when the request went down its fallback chain.
+    pub fallback: Option<&'a str>,
 }
 
 impl<'a> Explain<'a> {
@@ -47,6 +49,7 @@ impl<'a> Explain<'a> {
             rule: None,
             score: None,
             cache: None,
+            fallback: None,
         }
     }
 
@@ -59,6 +62,7 @@ impl<'a> Explain<'a> {
             rule: None,
             score: None,
             cache: None,
+            fallback: None,
         }
     }
 
@@ -70,6 +74,7 @@ impl<'a> Explain<'a> {
             ("x-switchyard-upstream", Some(self.upstream)),
             ("x-switchyard-rule", self.rule),
             ("x-switchyard-cache", self.cache),
+            ("x-switchyard-fallback", self.fallback),
         ] {
             // Values are the request id (checked to be visible ASCII) or configured names.
             if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
@@ -122,6 +127,12 @@ pub fn sized_header(
     resp
 }
 
+/// Whether a body is a JSON object (an upstream's error body worth passing on as it is).
+pub fn is_json_body(body: &[u8]) -> bool {
+    body.trim_ascii_start().starts_with(b"{")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// Whether a response is an SSE stream.
 pub fn is_event_stream(resp: &ResponseHeader) -> bool {
     resp.headers
@@ -168,6 +179,7 @@ mod tests {
         rule: Some("tools"),
         score: None,
         cache: Some("miss"),
+        fallback: None,
     };
 
     #[test]

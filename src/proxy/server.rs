@@ -38,6 +38,9 @@ pub fn run(config: Config) -> Result<(), String> {
 
     let gateway = Gateway::new(config)?;
     let in_flight = gateway.in_flight();
+    let checks =
+        pingora::services::background::background_service("health checks", gateway.health_checks());
+    server.add_service(checks);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     let mut service = ProxyServiceBuilder::new(&server.configuration, gateway)

@@ -170,6 +170,42 @@ fn to_route<'a>(
     }
 }
 
+/// One step of a request's plan: an upstream, and the model to ask it for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step<'a> {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// The model name to send.
+    pub model: &'a str,
+}
+
+/// Where a request may go, in order: the decision's upstream, then its fallback chain. A
+/// fallback is asked for its own model (the primary's means nothing to it); disabled upstreams
+/// are skipped and none is visited twice.
+pub fn plan<'a>(config: &'a Config, decision: &Decision<'a>) -> Vec<Step<'a>> {
+    let mut steps = vec![Step {
+        upstream: decision.upstream,
+        model: decision.model,
+    }];
+    let mut visited = vec![decision.upstream];
+    let mut at = decision.upstream;
+    while let Some(next) = config.upstream(at).fallback {
+        if visited.contains(&next) {
+            break;
+        }
+        visited.push(next);
+        at = next;
+        let up = config.upstream(next);
+        if up.enabled {
+            steps.push(Step {
+                upstream: next,
+                model: up.model.as_deref().unwrap_or(decision.model),
+            });
+        }
+    }
+    steps
+}
+
 /// The dry-run answer of `POST /v1/route` and `switchyard route`.
 pub fn explain(config: &Config, decision: &Decision) -> serde_json::Value {
     let features: serde_json::Map<String, serde_json::Value> = decision
@@ -368,6 +404,47 @@ routing:
         let req = chat("auto", "", long);
         let d = decide(&c, &req, None);
         assert_eq!((d.route, d.model), (Route::Local, "small"));
+    }
+
+    #[test]
+    fn plans_follow_the_fallback_chain_once() {
+        let c = config(Some("sk"));
+        let r = req("auto");
+        let local = decide(&c, &r, None);
+        // Local falls back to the cloud by default, with the cloud's own model.
+        assert_eq!(
+            plan(&c, &local),
+            [
+                Step {
+                    upstream: 0,
+                    model: "small"
+                },
+                Step {
+                    upstream: 1,
+                    model: "big"
+                }
+            ]
+        );
+        let r = req("gpt-4o");
+        let cloud = decide(&c, &r, None);
+        // The cloud falls back to local (configured); the chain stops before coming back.
+        assert_eq!(
+            plan(&c, &cloud),
+            [
+                Step {
+                    upstream: 1,
+                    model: "gpt-4o-2024-08-06"
+                },
+                Step {
+                    upstream: 0,
+                    model: "small"
+                }
+            ]
+        );
+        // A disabled cloud is no step at all.
+        let c = config(None);
+        let r = req("auto");
+        assert_eq!(plan(&c, &decide(&c, &r, None)).len(), 1);
     }
 
     #[test]

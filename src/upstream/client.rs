@@ -16,8 +16,9 @@ use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use super::{Upstream, POOL_IDLE};
+use super::POOL_IDLE;
 use crate::api::ApiError;
+use crate::config::Timeouts;
 
 /// How many times a request is sent again when a pooled connection turns out to be closed.
 const STALE_RETRIES: usize = 2;
@@ -93,18 +94,14 @@ impl Exchange {
     /// request sent again: nothing reached the upstream's application in that case.
     pub async fn start(
         connector: &Connector,
-        upstream: &Upstream,
+        peer: HttpPeer,
+        timeouts: Timeouts,
         header: RequestHeader,
         body: Bytes,
     ) -> Result<Exchange, ExchangeError> {
-        let timeouts = upstream.config.timeouts;
         let started = Instant::now();
         let deadline = started + timeouts.total;
         let first_byte_by = (started + timeouts.first_byte).min(deadline);
-        let peer = upstream
-            .peer()
-            .await
-            .map_err(|e| ExchangeError::Unreachable(e.message))?;
         let mut attempt = 0;
         loop {
             let (mut session, reused) = connector
@@ -127,10 +124,7 @@ impl Exchange {
                     })
                 }
                 Err(SendError::Io(e)) if reused && attempt < STALE_RETRIES => {
-                    log::debug!(
-                        "pooled connection to {} was stale ({e}); retrying",
-                        upstream.name()
-                    );
+                    log::debug!("pooled connection to {peer} was stale ({e}); retrying");
                     attempt += 1;
                 }
                 Err(SendError::Io(e)) => return Err(classify(&e, false)),

@@ -6,7 +6,11 @@
 
 pub mod answer;
 pub mod client;
+pub mod health;
+pub mod ollama;
+pub mod pool;
 mod resolve;
+pub mod retry;
 
 use std::sync::Arc;
 
@@ -16,7 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::api::ApiError;
 use crate::config::UpstreamConfig;
-use resolve::Resolver;
+pub use pool::{Backend, BackendState, Lease, Pool};
 
 /// How long an idle upstream connection stays in the pool.
 const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
@@ -46,16 +50,14 @@ const DROPPED: &[&str] = &[
 pub struct Upstream {
     /// What the operator configured.
     pub config: UpstreamConfig,
-    resolver: Arc<Resolver>,
-    host: HeaderValue,
+    /// Its backends and their health.
+    pub pool: Arc<Pool>,
     authorization: Option<HeaderValue>,
 }
 
 impl Upstream {
     /// Prepares the fixed parts of every request to this upstream.
     pub fn new(config: UpstreamConfig) -> Result<Upstream, String> {
-        let host = HeaderValue::from_str(&config.url.host_header())
-            .map_err(|_| format!("upstream `{}`: host is not a valid header", config.name))?;
         let authorization = match &config.api_key {
             None => None,
             Some(key) => {
@@ -67,10 +69,26 @@ impl Upstream {
                 Some(value)
             }
         };
+        let several = config.backends.len() > 1;
+        let backends = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let label = if several {
+                    format!("{}/{}", config.name, i + 1)
+                } else {
+                    config.name.clone()
+                };
+                Backend::new(url.clone(), label)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if backends.is_empty() {
+            return Err(format!("upstream `{}` has no backend", config.name));
+        }
         Ok(Upstream {
-            resolver: Arc::new(Resolver::new(&config.url.host, config.url.port)),
+            pool: Arc::new(Pool::new(backends, config.balance, config.health.clone())),
             config,
-            host,
             authorization,
         })
     }
@@ -80,16 +98,16 @@ impl Upstream {
         &self.config.name
     }
 
-    /// A peer to connect to: the address is resolved off the request path (never blocking a
+    /// A peer for `backend`: the address is resolved off the request path (never blocking a
     /// worker thread), and the connect timeout is the configured one.
-    pub async fn peer(&self) -> Result<HttpPeer, ApiError> {
+    pub async fn peer(&self, backend: &Backend) -> Result<HttpPeer, ApiError> {
         let timeouts = &self.config.timeouts;
-        let addr = self
+        let addr = backend
             .resolver
             .resolve(timeouts.connect)
             .await
             .map_err(|e| ApiError::upstream_unreachable(self.name(), &e))?;
-        let url = &self.config.url;
+        let url = &backend.url;
         let mut peer = HttpPeer::new(addr, url.tls, url.host.clone());
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.total_connection_timeout = Some(timeouts.connect);
@@ -101,20 +119,9 @@ impl Upstream {
         Ok(peer)
     }
 
-    /// Whether a TCP connection to the upstream can be opened within `timeout`.
-    pub async fn reachable(&self, timeout: std::time::Duration) -> bool {
-        let Ok(addr) = self.resolver.resolve(timeout).await else {
-            return false;
-        };
-        matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// The path to request upstream for a client path (the URL's prefix, then the client's path).
-    pub fn path(&self, client_path_and_query: &str) -> String {
-        let mut path = self.config.url.path_prefix.clone();
+    /// The path to request on `backend` for a client path (the URL's prefix, then the path).
+    pub fn path(backend: &Backend, client_path_and_query: &str) -> String {
+        let mut path = backend.url.path_prefix.clone();
         path.push_str(client_path_and_query);
         path
     }
@@ -125,10 +132,10 @@ impl Upstream {
 pub fn prepare_headers(
     req: &mut RequestHeader,
     upstream: &Upstream,
+    backend: &Backend,
     path_and_query: &str,
 ) -> Result<(), ApiError> {
-    let uri = upstream
-        .path(path_and_query)
+    let uri = Upstream::path(backend, path_and_query)
         .parse::<http::Uri>()
         .map_err(|_| ApiError::invalid_request("The request path is not valid", None, None))?;
     req.set_uri(uri);
@@ -158,7 +165,7 @@ pub fn prepare_headers(
     for name in DROPPED {
         req.remove_header(*name);
     }
-    req.insert_header(http::header::HOST, upstream.host.clone())
+    req.insert_header(http::header::HOST, backend.host.clone())
         .map_err(|_| ApiError::internal("cannot set Host"))?;
     if let Some(auth) = &upstream.authorization {
         req.insert_header(http::header::AUTHORIZATION, auth.clone())
@@ -211,7 +218,8 @@ default_route: {upstream: cloud}
     fn cloud_gets_its_own_key_and_host_and_prefix() {
         let ups = upstreams();
         let mut req = client_request();
-        prepare_headers(&mut req, &ups[1], "/v1/chat/completions").unwrap();
+        let backend = &ups[1].pool.backends[0];
+        prepare_headers(&mut req, &ups[1], backend, "/v1/chat/completions").unwrap();
         assert_eq!(req.uri.path(), "/openai/v1/chat/completions");
         assert_eq!(req.version, http::Version::HTTP_11);
         assert_eq!(req.headers["host"], "api.example.test");
@@ -236,7 +244,8 @@ default_route: {upstream: cloud}
     fn local_gets_no_credentials_at_all() {
         let ups = upstreams();
         let mut req = client_request();
-        prepare_headers(&mut req, &ups[0], "/v1/embeddings?x=1").unwrap();
+        let backend = &ups[0].pool.backends[0];
+        prepare_headers(&mut req, &ups[0], backend, "/v1/embeddings?x=1").unwrap();
         assert_eq!(req.uri.to_string(), "/v1/embeddings?x=1");
         assert_eq!(req.headers["host"], "127.0.0.1:11434");
         assert!(req.headers.get("authorization").is_none());

@@ -1,0 +1,554 @@
+//! Ollama's native chat API (`POST /api/chat`), translated to and from OpenAI's.
+//!
+//! Requests: messages keep their roles (`developer` becomes `system`); content parts become text
+//! and base64 `images`; an assistant's tool-call arguments (a JSON string for OpenAI) become
+//! objects; a tool answer names its tool. Sampling parameters and `max_tokens` go into `options`
+//! together with the configured `num_ctx`; `response_format` becomes `format`.
+//!
+//! Answers: a JSON answer becomes a `chat.completion`; a stream of NDJSON lines becomes OpenAI
+//! SSE chunks as the lines arrive (a line split across reads waits for its end). Tool calls get
+//! ids and string arguments. `prompt_eval_count` / `eval_count` become `usage`, always sent as
+//! the stream's last chunk (the caller removes it when the client did not ask for it).
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::api::{ApiError, ChatRequest};
+use crate::config::UpstreamConfig;
+
+/// The request path of Ollama's chat API.
+pub const CHAT_PATH: &str = "/api/chat";
+
+/// The OpenAI request fields the translation reads.
+#[derive(Deserialize)]
+struct OpenAiChat<'a> {
+    #[serde(borrow)]
+    messages: Vec<OpenAiMessage<'a>>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    response_format: Option<Value>,
+    tools: Option<Value>,
+    n: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiMessage<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    content: Option<Value>,
+    tool_calls: Option<Vec<OpenAiToolCall>>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OpenAiToolCall {
+    id: Option<String>,
+    function: OpenAiFunction,
+}
+
+#[derive(Deserialize)]
+struct OpenAiFunction {
+    name: String,
+    arguments: Option<String>,
+}
+
+fn bad(message: impl Into<String>, param: &str) -> ApiError {
+    ApiError::invalid_request(message, Some(param), Some("invalid_value"))
+}
+
+/// The `/api/chat` body for `req`, sent to `model` with the upstream's `num_ctx` and
+/// `keep_alive`.
+pub fn request_body(
+    req: &ChatRequest,
+    model: &str,
+    upstream: &UpstreamConfig,
+) -> Result<Bytes, ApiError> {
+    let chat: OpenAiChat = serde_json::from_slice(req.body())
+        .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}"), None, None))?;
+    if chat.n.is_some_and(|n| n > 1) {
+        return Err(bad(
+            "This model answers one choice per request: 'n' must be 1.",
+            "n",
+        ));
+    }
+    // A tool answer names its tool in Ollama; OpenAI names the call it answers.
+    let mut tool_names: Vec<(String, String)> = Vec::new();
+    let mut messages = Vec::with_capacity(chat.messages.len());
+    for (i, m) in chat.messages.iter().enumerate() {
+        let role = match m.role.as_ref() {
+            "developer" => "system",
+            "function" => "tool",
+            other => other,
+        };
+        let mut out = Map::new();
+        out.insert("role".into(), json!(role));
+        let (text, images) = content(m.content.as_ref(), i)?;
+        out.insert("content".into(), json!(text));
+        if !images.is_empty() {
+            out.insert("images".into(), json!(images));
+        }
+        if let Some(calls) = &m.tool_calls {
+            let mut list = Vec::with_capacity(calls.len());
+            for (j, call) in calls.iter().enumerate() {
+                let args = call.function.arguments.as_deref().unwrap_or("{}");
+                let args: Value = serde_json::from_str(args).map_err(|_| {
+                    bad(
+                        "Tool call arguments must be a JSON object.",
+                        &format!("messages.[{i}].tool_calls.[{j}].function.arguments"),
+                    )
+                })?;
+                if let Some(id) = &call.id {
+                    tool_names.push((id.clone(), call.function.name.clone()));
+                }
+                list.push(json!({"function": {"name": call.function.name, "arguments": args}}));
+            }
+            out.insert("tool_calls".into(), Value::Array(list));
+        }
+        if let Some(id) = &m.tool_call_id {
+            if let Some((_, name)) = tool_names.iter().find(|(known, _)| known == id) {
+                out.insert("tool_name".into(), json!(name));
+            }
+        }
+        messages.push(Value::Object(out));
+    }
+
+    let mut options = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            options.insert(k.into(), v);
+        }
+    };
+    put("temperature", chat.temperature.map(|v| json!(v)));
+    put("top_p", chat.top_p.map(|v| json!(v)));
+    put("seed", chat.seed.map(|v| json!(v)));
+    put(
+        "stop",
+        match chat.stop {
+            Some(Value::String(s)) => Some(json!([s])),
+            Some(v @ Value::Array(_)) => Some(v),
+            _ => None,
+        },
+    );
+    put(
+        "frequency_penalty",
+        chat.frequency_penalty.map(|v| json!(v)),
+    );
+    put("presence_penalty", chat.presence_penalty.map(|v| json!(v)));
+    put(
+        "num_predict",
+        chat.max_completion_tokens
+            .or(chat.max_tokens)
+            .map(|v| json!(v)),
+    );
+    put("num_ctx", upstream.num_ctx.map(|v| json!(v)));
+
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("stream".into(), json!(req.stream));
+    if !options.is_empty() {
+        body.insert("options".into(), Value::Object(options));
+    }
+    if let Some(format) = format(chat.response_format.as_ref())? {
+        body.insert("format".into(), format);
+    }
+    if let Some(tools) = chat.tools.filter(|t| !t.is_null()) {
+        body.insert("tools".into(), tools);
+    }
+    if let Some(keep) = &upstream.keep_alive {
+        body.insert("keep_alive".into(), json!(keep));
+    }
+    serde_json::to_vec(&Value::Object(body))
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(&e.to_string()))
+}
+
+/// A message's text and base64 images.
+fn content(content: Option<&Value>, i: usize) -> Result<(String, Vec<String>), ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok((String::new(), Vec::new())),
+        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            let mut images = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                match part["type"].as_str() {
+                    Some("text") => {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(part["text"].as_str().unwrap_or_default());
+                    }
+                    Some("image_url") => {
+                        let url = part["image_url"]["url"].as_str().unwrap_or_default();
+                        let data = url
+                            .strip_prefix("data:")
+                            .and_then(|rest| rest.split_once(";base64,"))
+                            .map(|(_, data)| data.to_owned())
+                            .ok_or_else(|| {
+                                bad(
+                                    "Images must be sent as base64 data URLs (data:image/...;base64,...) to this model.",
+                                    &format!("messages.[{i}].content.[{j}].image_url.url"),
+                                )
+                            })?;
+                        images.push(data);
+                    }
+                    _ => {}
+                }
+            }
+            Ok((text, images))
+        }
+        Some(_) => Err(bad(
+            "Message content must be a string or an array of parts.",
+            &format!("messages.[{i}].content"),
+        )),
+    }
+}
+
+/// `response_format` as Ollama's `format`: `"json"`, a JSON schema, or nothing.
+fn format(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(rf) = response_format.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match rf["type"].as_str() {
+        Some("text") | None => Ok(None),
+        Some("json_object") => Ok(Some(json!("json"))),
+        Some("json_schema") => match rf["json_schema"].get("schema") {
+            Some(schema) if schema.is_object() => Ok(Some(schema.clone())),
+            _ => Err(bad(
+                "response_format.json_schema.schema must be a JSON schema object.",
+                "response_format.json_schema.schema",
+            )),
+        },
+        Some(other) => Err(bad(
+            format!("Unsupported response_format type '{other}'."),
+            "response_format.type",
+        )),
+    }
+}
+
+/// One Ollama answer object (a whole answer, or one NDJSON line of a stream).
+#[derive(Deserialize)]
+struct OllamaAnswer<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    message: Option<OllamaMessage<'a>>,
+    #[serde(default)]
+    done: bool,
+    #[serde(borrow)]
+    done_reason: Option<Cow<'a, str>>,
+    prompt_eval_count: Option<u64>,
+    eval_count: Option<u64>,
+    #[serde(borrow)]
+    error: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct OllamaMessage<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    tool_calls: Option<Vec<OllamaToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct OllamaToolCall {
+    function: OllamaFunction,
+}
+
+#[derive(Deserialize)]
+struct OllamaFunction {
+    name: String,
+    arguments: Option<Value>,
+}
+
+impl OllamaToolCall {
+    /// The call in OpenAI's form, with a fresh id and the arguments as a JSON string.
+    fn to_openai(&self, index: Option<usize>) -> Value {
+        let args = match &self.function.arguments {
+            Some(Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "{}".to_owned(),
+        };
+        let mut call = json!({
+            "id": format!("call_{}", random_hex(24)),
+            "type": "function",
+            "function": {"name": self.function.name, "arguments": args},
+        });
+        if let Some(i) = index {
+            call["index"] = json!(i);
+        }
+        call
+    }
+}
+
+/// OpenAI's `finish_reason` for Ollama's `done_reason`.
+fn finish_reason(done_reason: Option<&str>, tool_calls: bool) -> &'static str {
+    match done_reason {
+        _ if tool_calls => "tool_calls",
+        Some("length") => "length",
+        _ => "stop",
+    }
+}
+
+fn usage(prompt: Option<u64>, completion: Option<u64>) -> Value {
+    let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `n` random hex digits, for answer and tool-call ids.
+pub fn random_hex(n: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(n + 16);
+    while out.len() < n {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(out.len());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out.truncate(n);
+    out
+}
+
+/// A non-streaming Ollama answer as a `chat.completion` body.
+pub fn completion(body: &[u8], upstream: &str) -> Result<Vec<u8>, ApiError> {
+    let answer: OllamaAnswer = serde_json::from_slice(body).map_err(|e| {
+        ApiError::upstream_broken(upstream, &format!("unreadable Ollama answer: {e}"))
+    })?;
+    if let Some(message) = answer.error {
+        return Err(error(500, &message));
+    }
+    let message = answer.message.unwrap_or(OllamaMessage {
+        content: None,
+        tool_calls: None,
+    });
+    let calls: Vec<Value> = message
+        .tool_calls
+        .iter()
+        .flatten()
+        .map(|c| c.to_openai(None))
+        .collect();
+    let text = message.content.as_deref().unwrap_or_default();
+    // An answer that only calls tools has no content, as OpenAI sends it.
+    let content = if calls.is_empty() || !text.is_empty() {
+        json!(text)
+    } else {
+        Value::Null
+    };
+    let mut msg = json!({"role": "assistant", "content": content, "refusal": null});
+    if !calls.is_empty() {
+        msg["tool_calls"] = Value::Array(calls.clone());
+    }
+    let out = json!({
+        "id": format!("chatcmpl-{}", random_hex(24)),
+        "object": "chat.completion",
+        "created": now(),
+        "model": answer.model.as_deref().unwrap_or_default(),
+        "choices": [{
+            "index": 0,
+            "message": msg,
+            "logprobs": null,
+            "finish_reason": finish_reason(answer.done_reason.as_deref(), !calls.is_empty()),
+        }],
+        "usage": usage(answer.prompt_eval_count, answer.eval_count),
+    });
+    Ok(serde_json::to_vec(&out).unwrap_or_default())
+}
+
+/// The OpenAI error for an Ollama error answer (`{"error": "…"}`) with HTTP `status`.
+pub fn error(status: u16, message: &str) -> ApiError {
+    let lower = message.to_ascii_lowercase();
+    if status == 404 || (lower.contains("model") && lower.contains("not found")) {
+        return ApiError {
+            status: 404,
+            message: message.to_owned(),
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+        };
+    }
+    match status {
+        400..=499 => ApiError {
+            status,
+            message: message.to_owned(),
+            kind: "invalid_request_error",
+            param: None,
+            code: None,
+        },
+        _ => ApiError {
+            status: if status >= 500 { status } else { 500 },
+            message: message.to_owned(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        },
+    }
+}
+
+/// The message of an Ollama error body, or the body itself when it is not one.
+pub fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct E {
+        error: String,
+    }
+    serde_json::from_slice::<E>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned())
+}
+
+/// Turns an NDJSON answer stream into OpenAI SSE, line by line.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    pending: BytesMut,
+    id: String,
+    created: u64,
+    model: String,
+    started: bool,
+    tool_calls: usize,
+    done: bool,
+    failed: bool,
+}
+
+impl StreamTranslator {
+    /// A translator for one answer to a request sent to `model`.
+    pub fn new(model: &str) -> StreamTranslator {
+        StreamTranslator {
+            pending: BytesMut::new(),
+            id: format!("chatcmpl-{}", random_hex(24)),
+            created: now(),
+            model: model.to_owned(),
+            started: false,
+            tool_calls: 0,
+            done: false,
+            failed: false,
+        }
+    }
+
+    /// Translates the complete lines in `chunk` (with what was left of the last one).
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+            let line = self.pending.split_to(nl + 1);
+            self.line(&line[..nl], &mut out);
+        }
+        out.freeze()
+    }
+
+    /// Translates what is left at the end of the body (a last line without its newline).
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if !self.pending.is_empty() {
+            let rest = self.pending.split();
+            self.line(&rest, &mut out);
+        }
+        out.freeze()
+    }
+
+    /// Whether the stream reached Ollama's `done: true` line.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether Ollama reported an error mid-stream (an error event was sent instead of `[DONE]`).
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    fn event(&self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        write_event(out, &chunk);
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut BytesMut) {
+        let line = line.trim_ascii();
+        if line.is_empty() || self.done || self.failed {
+            return;
+        }
+        let answer: OllamaAnswer = match serde_json::from_slice(line) {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail(out, &format!("unreadable line from Ollama: {e}"));
+                return;
+            }
+        };
+        if let Some(message) = &answer.error {
+            self.fail(out, message);
+            return;
+        }
+        if let Some(model) = &answer.model {
+            if !model.is_empty() && !self.started {
+                self.model = model.to_string();
+            }
+        }
+        if !self.started {
+            self.started = true;
+            self.event(out, json!({"role": "assistant", "content": ""}), None);
+        }
+        if let Some(message) = &answer.message {
+            if let Some(text) = message.content.as_deref().filter(|t| !t.is_empty()) {
+                self.event(out, json!({"content": text}), None);
+            }
+            for call in message.tool_calls.iter().flatten() {
+                let delta = json!({"tool_calls": [call.to_openai(Some(self.tool_calls))]});
+                self.tool_calls += 1;
+                self.event(out, delta, None);
+            }
+        }
+        if answer.done {
+            self.done = true;
+            let reason = finish_reason(answer.done_reason.as_deref(), self.tool_calls > 0);
+            self.event(out, json!({}), Some(reason));
+            let usage_chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage(answer.prompt_eval_count, answer.eval_count),
+            });
+            write_event(out, &usage_chunk);
+            out.put_slice(b"data: [DONE]\n\n");
+        }
+    }
+
+    fn fail(&mut self, out: &mut BytesMut, message: &str) {
+        self.failed = true;
+        let e = ApiError {
+            status: 500,
+            message: message.to_owned(),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_error"),
+        };
+        out.put_slice(&e.to_sse_event());
+    }
+}
+
+fn write_event(out: &mut BytesMut, value: &Value) {
+    out.put_slice(b"data: ");
+    out.put_slice(value.to_string().as_bytes());
+    out.put_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests;

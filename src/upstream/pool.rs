@@ -1,0 +1,415 @@
+//! An upstream's backends: which are healthy, and which one a request gets.
+//!
+//! Two judges decide whether a backend takes requests. Active checks (a `GET` every interval)
+//! take it down after `unhealthy_after` failures and bring it back after `healthy_after`
+//! successes. Passive checks watch real requests: `failures` in a row open its circuit for a
+//! cool-down, after which one request probes it (half-open); success closes the circuit, failure
+//! opens it again. A backend known to be down is never chosen, so no request waits on its
+//! connect timeout.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::HeaderValue;
+
+use super::resolve::Resolver;
+use crate::api::ChatRequest;
+use crate::config::{Balance, HealthConfig, UpstreamUrl};
+
+/// One server of an upstream.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where it is.
+    pub url: UpstreamUrl,
+    /// Its name in headers and metrics: the upstream's name, with `/N` (from 1) when the
+    /// upstream has several backends.
+    pub label: String,
+    pub(super) resolver: Arc<Resolver>,
+    pub(super) host: HeaderValue,
+    outstanding: AtomicUsize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Down by active checks.
+    down: bool,
+    checks_ok: u32,
+    checks_failed: u32,
+    /// Failed requests in a row.
+    failures: u32,
+    /// The circuit is open until then; after it, one probe may go.
+    open_until: Option<Instant>,
+    /// A probe is in progress.
+    probing: bool,
+}
+
+/// A backend's state, as `/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendState {
+    /// Takes requests.
+    Up,
+    /// Failed its active health checks.
+    Down,
+    /// Ejected after failed requests, cooling down.
+    Ejected,
+    /// Cooled down; the next request probes it.
+    HalfOpen,
+}
+
+impl BackendState {
+    /// `up`, `down`, `ejected` or `half-open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Ejected => "ejected",
+            BackendState::HalfOpen => "half-open",
+        }
+    }
+}
+
+impl Backend {
+    pub(super) fn new(url: UpstreamUrl, label: String) -> Result<Backend, String> {
+        let host = HeaderValue::from_str(&url.host_header())
+            .map_err(|_| format!("backend {label}: host is not a valid header"))?;
+        Ok(Backend {
+            resolver: Arc::new(Resolver::new(&url.host, url.port)),
+            url,
+            label,
+            host,
+            outstanding: AtomicUsize::new(0),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its state now.
+    pub fn state(&self, now: Instant) -> BackendState {
+        let s = self.lock();
+        if s.down {
+            BackendState::Down
+        } else {
+            match s.open_until {
+                Some(until) if now < until => BackendState::Ejected,
+                Some(_) if s.probing => BackendState::Ejected,
+                Some(_) => BackendState::HalfOpen,
+                None => BackendState::Up,
+            }
+        }
+    }
+
+    /// Requests in progress on it.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Records an active check's result; true when this changed whether it is down.
+    pub fn record_check(&self, ok: bool, health: &HealthConfig) -> bool {
+        let mut s = self.lock();
+        if ok {
+            s.checks_failed = 0;
+            s.checks_ok = s.checks_ok.saturating_add(1);
+            if s.down && s.checks_ok >= health.healthy_after {
+                // Verified healthy: whatever the requests said before is over.
+                *s = State::default();
+                return true;
+            }
+        } else {
+            s.checks_ok = 0;
+            s.checks_failed = s.checks_failed.saturating_add(1);
+            if !s.down && s.checks_failed >= health.unhealthy_after {
+                s.down = true;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A backend lent to one request: counted as outstanding until dropped. Say how the request went
+/// with [`Lease::succeeded`] or [`Lease::failed`]; a lease dropped without a word changes
+/// nothing but frees a probe.
+#[derive(Debug)]
+pub struct Lease {
+    pool: Arc<Pool>,
+    /// The backend's index.
+    pub index: usize,
+    probe: bool,
+    judged: bool,
+}
+
+impl Lease {
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.pool.backends[self.index]
+    }
+
+    /// The request got an answer: the circuit closes.
+    pub fn succeeded(mut self) {
+        self.judged = true;
+        let mut s = self.backend().lock();
+        s.failures = 0;
+        s.open_until = None;
+        s.probing = false;
+    }
+
+    /// The request failed on this backend (refused, reset, timed out, a 5xx): counts towards
+    /// ejection; a failed probe ejects it again at once.
+    pub fn failed(mut self) {
+        self.judged = true;
+        let cooldown = self.pool.health.cooldown;
+        let threshold = self.pool.health.failures;
+        let probe = self.probe;
+        let label = self.backend().label.clone();
+        let mut s = self.backend().lock();
+        s.failures = s.failures.saturating_add(1);
+        s.probing = false;
+        if probe || (s.open_until.is_none() && s.failures >= threshold) {
+            s.open_until = Some(Instant::now() + cooldown);
+            log::warn!(
+                "backend {label} ejected for {cooldown:?} after {} failed request(s)",
+                s.failures
+            );
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend().outstanding.fetch_sub(1, Ordering::AcqRel);
+        if self.probe && !self.judged {
+            self.backend().lock().probing = false;
+        }
+    }
+}
+
+/// An upstream's backends and how one is chosen.
+#[derive(Debug)]
+pub struct Pool {
+    /// The backends, in configuration order.
+    pub backends: Vec<Backend>,
+    balance: Balance,
+    /// Thresholds and cool-down of the passive checks (and the active ones).
+    pub health: HealthConfig,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    /// A pool of `backends`, all up at first.
+    pub fn new(backends: Vec<Backend>, balance: Balance, health: HealthConfig) -> Pool {
+        Pool {
+            backends,
+            balance,
+            health,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A backend for a request: never one that is down or ejected; one not in `tried` when
+    /// there is such a one. `conversation` is the request's conversation key (for
+    /// [`Balance::Conversation`]). `None` when no backend takes requests now.
+    pub fn select(self: &Arc<Self>, conversation: u64, tried: &[usize]) -> Option<Lease> {
+        let now = Instant::now();
+        let states: Vec<BackendState> = self.backends.iter().map(|b| b.state(now)).collect();
+        let usable = |i: &usize| matches!(states[*i], BackendState::Up | BackendState::HalfOpen);
+        let mut candidates: Vec<usize> = (0..self.backends.len())
+            .filter(usable)
+            .filter(|i| !tried.contains(i))
+            .collect();
+        if candidates.is_empty() {
+            candidates = (0..self.backends.len()).filter(usable).collect();
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let index = match self.balance {
+            Balance::RoundRobin => candidates[start % candidates.len()],
+            Balance::LeastOutstanding => {
+                let offset = start % candidates.len();
+                let rotated = candidates[offset..].iter().chain(&candidates[..offset]);
+                *rotated
+                    .min_by_key(|i| self.backends[**i].outstanding())
+                    .unwrap_or(&candidates[0])
+            }
+            Balance::Conversation => *candidates
+                .iter()
+                .max_by_key(|i| rendezvous(conversation, **i))
+                .unwrap_or(&candidates[0]),
+        };
+        self.lease(index, states[index] == BackendState::HalfOpen)
+    }
+
+    fn lease(self: &Arc<Self>, index: usize, probe: bool) -> Option<Lease> {
+        let backend = &self.backends[index];
+        if probe {
+            let mut s = backend.lock();
+            if s.probing {
+                return None;
+            }
+            s.probing = true;
+        }
+        backend.outstanding.fetch_add(1, Ordering::AcqRel);
+        Some(Lease {
+            pool: Arc::clone(self),
+            index,
+            probe,
+            judged: false,
+        })
+    }
+
+    /// Whether some backend takes requests now.
+    pub fn any_available(&self) -> bool {
+        let now = Instant::now();
+        self.backends
+            .iter()
+            .any(|b| matches!(b.state(now), BackendState::Up | BackendState::HalfOpen))
+    }
+}
+
+/// The rendezvous (highest random weight) score of backend `index` for `key`: each key prefers
+/// the backend with the highest score, and losing one backend moves only its own keys.
+fn rendezvous(key: u64, index: usize) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (key, index).hash(&mut h);
+    h.finish()
+}
+
+/// The conversation a request belongs to: a hash of its first system message and first user
+/// message, which stay the same as the conversation grows.
+pub fn conversation_key(req: &ChatRequest) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let first = |role: &str| {
+        req.messages
+            .iter()
+            .find(|m| m.role == role)
+            .map(|m| m.content.text())
+    };
+    first("system").hash(&mut h);
+    first("user").hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn health() -> HealthConfig {
+        HealthConfig {
+            active: true,
+            path: "/api/version".into(),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            healthy_after: 1,
+            unhealthy_after: 2,
+            failures: 2,
+            cooldown: Duration::from_millis(50),
+        }
+    }
+
+    fn pool(n: usize, balance: Balance) -> Arc<Pool> {
+        let backends = (0..n)
+            .map(|i| {
+                let url = UpstreamUrl::parse(&format!("http://10.0.0.{i}:11434")).unwrap();
+                Backend::new(url, format!("local/{}", i + 1)).unwrap()
+            })
+            .collect();
+        Arc::new(Pool::new(backends, balance, health()))
+    }
+
+    fn pick(p: &Arc<Pool>) -> usize {
+        p.select(0, &[]).map(|l| l.index).unwrap()
+    }
+
+    #[test]
+    fn round_robin_takes_turns_and_skips_the_down() {
+        let p = pool(3, Balance::RoundRobin);
+        let picks: Vec<usize> = (0..6).map(|_| pick(&p)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let h = health();
+        assert!(!p.backends[1].record_check(false, &h));
+        assert!(p.backends[1].record_check(false, &h), "down after two");
+        assert!((0..10).all(|_| pick(&p) != 1));
+        assert!(p.backends[1].record_check(true, &h), "back after one");
+        assert!((0..10).any(|_| pick(&p) == 1));
+    }
+
+    #[test]
+    fn least_outstanding_avoids_the_busy() {
+        let p = pool(2, Balance::LeastOutstanding);
+        let busy = p.select(0, &[]).unwrap();
+        let busy_index = busy.index;
+        for _ in 0..5 {
+            assert_ne!(pick(&p), busy_index);
+        }
+        drop(busy);
+    }
+
+    #[test]
+    fn a_conversation_stays_on_its_backend() {
+        let p = pool(4, Balance::Conversation);
+        let at = |key| p.select(key, &[]).unwrap().index;
+        for key in [1u64, 99, 12345] {
+            let first = at(key);
+            assert!((0..5).all(|_| at(key) == first));
+        }
+        let spread: std::collections::HashSet<usize> = (0..64u64).map(at).collect();
+        assert!(spread.len() >= 3, "{spread:?}");
+        // Losing a backend moves only its own conversations.
+        let before: Vec<usize> = (0..64u64).map(at).collect();
+        let h = health();
+        p.backends[0].record_check(false, &h);
+        p.backends[0].record_check(false, &h);
+        for (key, was) in before.iter().enumerate() {
+            if *was != 0 {
+                assert_eq!(at(key as u64), *was);
+            }
+        }
+    }
+
+    #[test]
+    fn failures_eject_then_one_probe_goes() {
+        let p = pool(2, Balance::RoundRobin);
+        for _ in 0..2 {
+            p.select(0, &[1]).unwrap().failed();
+        }
+        assert_eq!(p.backends[0].state(Instant::now()), BackendState::Ejected);
+        assert!((0..6).all(|_| pick(&p) == 1));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(p.backends[0].state(Instant::now()), BackendState::HalfOpen);
+        // One probe at a time.
+        let probe = p.select(0, &[1]).unwrap();
+        assert_eq!(probe.index, 0);
+        assert_eq!(p.select(0, &[1]).unwrap().index, 1);
+        probe.failed();
+        assert_eq!(p.backends[0].state(Instant::now()), BackendState::Ejected);
+        std::thread::sleep(Duration::from_millis(60));
+        p.select(0, &[1]).unwrap().succeeded();
+        assert_eq!(p.backends[0].state(Instant::now()), BackendState::Up);
+    }
+
+    #[test]
+    fn retries_prefer_another_backend_and_none_means_none() {
+        let p = pool(2, Balance::RoundRobin);
+        assert_eq!(p.select(0, &[0]).unwrap().index, 1);
+        assert_eq!(p.select(0, &[1]).unwrap().index, 0);
+        let single = pool(1, Balance::RoundRobin);
+        assert_eq!(
+            single.select(0, &[0]).unwrap().index,
+            0,
+            "the only one again"
+        );
+        let h = health();
+        single.backends[0].record_check(false, &h);
+        single.backends[0].record_check(false, &h);
+        assert!(single.select(0, &[]).is_none());
+        assert!(!single.any_available());
+    }
+}

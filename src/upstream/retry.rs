@@ -1,0 +1,106 @@
+//! When to try again, and when to give up on an upstream: the rules of the retry loop, apart
+//! from its I/O.
+//!
+//! Nothing is retried once a byte of the answer went to the client. Before that, a refused or
+//! reset connection, a timeout, and 502/503/504 go to another backend after a jittered back-off;
+//! 429 waits what `Retry-After` says, up to a cap. What is left of the failures sends the
+//! request down the fallback chain.
+
+use std::time::Duration;
+
+use crate::config::RetryConfig;
+
+/// What to do with an upstream's answer status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Pass it to the client (success, or the client's own mistake).
+    Relay,
+    /// Try again (another backend), then fall back.
+    Retry,
+    /// Do not try this upstream again; fall back when the chain allows.
+    Fallback,
+}
+
+/// The verdict on an answer with `status`.
+pub fn verdict(status: u16) -> Verdict {
+    match status {
+        429 | 502 | 503 | 504 => Verdict::Retry,
+        500 | 408 => Verdict::Fallback,
+        _ => Verdict::Relay,
+    }
+}
+
+/// Whether a status says the backend itself is unwell (counts towards its ejection).
+pub fn backend_failed(status: u16) -> bool {
+    matches!(status, 500 | 502 | 503 | 504)
+}
+
+/// The back-off before retry number `retry` (1 for the first), doubling from `backoff` up to
+/// `max_backoff`, scaled by `jitter` in [0, 1) to between half and all of it.
+pub fn backoff(config: &RetryConfig, retry: u32, jitter: f64) -> Duration {
+    let doubled = config
+        .backoff
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(16));
+    let full = doubled.min(config.max_backoff);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A `Retry-After` value in seconds (the HTTP-date form is not used by model APIs).
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// A number in [0, 1) for jitter, different on every call.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(verdict(200), Verdict::Relay);
+        assert_eq!(verdict(400), Verdict::Relay);
+        assert_eq!(verdict(404), Verdict::Relay);
+        for s in [429, 502, 503, 504] {
+            assert_eq!(verdict(s), Verdict::Retry, "{s}");
+        }
+        assert_eq!(verdict(500), Verdict::Fallback);
+        assert!(backend_failed(503) && !backend_failed(429) && !backend_failed(400));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_under_the_cap() {
+        let c = RetryConfig {
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+            ..RetryConfig::default()
+        };
+        assert_eq!(backoff(&c, 1, 0.999).as_millis(), 99);
+        assert_eq!(backoff(&c, 1, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff(&c, 2, 0.0), Duration::from_millis(100));
+        assert_eq!(
+            backoff(&c, 3, 0.0),
+            Duration::from_millis(150),
+            "capped at 300"
+        );
+        assert_eq!(backoff(&c, 40, 0.0), Duration::from_millis(150));
+        let j: Vec<f64> = (0..8).map(|_| jitter()).collect();
+        assert!(j.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(j.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn retry_after_in_seconds() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after("-1"), None);
+    }
+}
