@@ -78,6 +78,11 @@ pub enum Reply {
     DieMidStream(Vec<String>),
     /// Announces `content-length` of `full` bytes, sends the first half, then closes.
     DieMidBody(String),
+    /// Ollama's NDJSON stream, chunked: one line per write, each cut in two writes (with a
+    /// pause between the halves) when `split`.
+    Ndjson { lines: Vec<String>, split: bool },
+    /// A 429 with `Retry-After: retry_after` and an OpenAI error body.
+    RateLimited { retry_after: String },
 }
 
 impl Reply {
@@ -108,6 +113,8 @@ pub type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 pub struct Mock {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// The accept loop and every connection task, aborted by [`Mock::stop`].
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Mock {
@@ -136,30 +143,58 @@ impl Mock {
         )
     }
 
+    /// Starts a mock on `addr` (a port a stopped mock used: the server comes back).
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Mock {
+        Mock::listen_on(addr, Arc::new(handler), None).await
+    }
+
     async fn listen(handler: Handler, tls: Option<tokio_rustls::TlsAcceptor>) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Mock::listen_on(any, handler, tls).await
+    }
+
+    async fn listen_on(
+        addr: SocketAddr,
+        handler: Handler,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Mock {
+        let listener = TcpListener::bind(addr).await.expect("bind mock");
         let addr = listener.local_addr().expect("mock address");
         let requests = Arc::new(Mutex::new(Vec::new()));
         let recorded = Arc::clone(&requests);
-        tokio::spawn(async move {
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let spawned = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
                 let _ = conn.set_nodelay(true);
                 let (handler, recorded) = (Arc::clone(&handler), Arc::clone(&recorded));
-                match tls.clone() {
-                    None => {
-                        tokio::spawn(serve(conn, handler, recorded));
-                    }
-                    Some(acceptor) => {
-                        tokio::spawn(async move {
-                            if let Ok(conn) = acceptor.accept(conn).await {
-                                serve(conn, handler, recorded).await;
-                            }
-                        });
-                    }
-                }
+                let task = match tls.clone() {
+                    None => tokio::spawn(serve(conn, handler, recorded)),
+                    Some(acceptor) => tokio::spawn(async move {
+                        if let Ok(conn) = acceptor.accept(conn).await {
+                            serve(conn, handler, recorded).await;
+                        }
+                    }),
+                };
+                spawned.lock().expect("lock").push(task);
             }
         });
-        Mock { addr, requests }
+        tasks.lock().expect("lock").push(accept);
+        Mock {
+            addr,
+            requests,
+            tasks,
+        }
+    }
+
+    /// Stops the mock as a crashed server stops: the port refuses, open connections close.
+    pub fn stop(&self) {
+        for task in self.tasks.lock().expect("lock").drain(..) {
+            task.abort();
+        }
     }
 
     /// The mock's base URL.
@@ -267,6 +302,33 @@ async fn answer<S: AsyncWrite + Unpin>(conn: &mut S, reply: Reply) -> std::io::R
             write_events(conn, &events).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
             return Ok(false);
+        }
+        Reply::Ndjson { lines, split } => {
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n",
+            )
+            .await?;
+            for line in lines {
+                let bytes = format!("{line}\n");
+                if split {
+                    let (a, b) = bytes.split_at(bytes.len() / 2);
+                    write_chunk(conn, a.as_bytes()).await?;
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    write_chunk(conn, b.as_bytes()).await?;
+                } else {
+                    write_chunk(conn, bytes.as_bytes()).await?;
+                }
+            }
+            conn.write_all(b"0\r\n\r\n").await?;
+        }
+        Reply::RateLimited { retry_after } => {
+            let body = serde_json::json!({"error": {"message": "Rate limit reached", "type": "rate_limit_error", "param": null, "code": "rate_limit_exceeded"}}).to_string();
+            let head = format!(
+                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {retry_after}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body.as_bytes()).await?;
         }
         Reply::DieMidBody(full) => {
             let head = format!(
@@ -468,4 +530,57 @@ pub fn counting(pause: Duration) -> impl Fn(&Recorded) -> Reply + Send + Sync + 
             split: true,
         }
     }
+}
+
+/// Ollama's native chat API, as Ollama 0.5 speaks it: `POST /api/chat` answered with one JSON
+/// object, or NDJSON lines (each cut across two writes) when the request streams (the default).
+/// The answer echoes the last message; with tools, the model calls the first tool.
+pub fn ollama(req: &Recorded) -> Reply {
+    if req.path != "/api/chat" {
+        return Reply::Full {
+            status: 404,
+            content_type: "text/plain",
+            body: "404 page not found".into(),
+        };
+    }
+    let body = req.json();
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    if model.starts_with("missing") {
+        return Reply::Full {
+            status: 404,
+            content_type: "application/json",
+            body: serde_json::json!({"error": format!("model \"{model}\" not found, try pulling it first")}).to_string(),
+        };
+    }
+    let text = format!("echo: {}", req.last_message());
+    let created = "2024-12-01T10:00:00.000000Z";
+    let tool = body["tools"][0]["function"]["name"]
+        .as_str()
+        .map(str::to_owned);
+    let message = match &tool {
+        Some(name) => serde_json::json!({"role": "assistant", "content": "",
+            "tool_calls": [{"function": {"name": name, "arguments": {"city": "Paris"}}}]}),
+        None => serde_json::json!({"role": "assistant", "content": text}),
+    };
+    let done = |message: serde_json::Value| {
+        serde_json::json!({"model": model, "created_at": created, "message": message,
+            "done_reason": "stop", "done": true, "total_duration": 1000, "load_duration": 10,
+            "prompt_eval_count": 26, "prompt_eval_duration": 100, "eval_count": 7, "eval_duration": 500})
+    };
+    if body["stream"] == serde_json::json!(false) {
+        return Reply::json(done(message));
+    }
+    let mut lines = Vec::new();
+    match tool {
+        Some(_) => lines.push(serde_json::json!({"model": model, "created_at": created, "message": message, "done": false}).to_string()),
+        None => {
+            let (a, b) = text.split_at(text.len() / 2);
+            for piece in [a, b] {
+                lines.push(serde_json::json!({"model": model, "created_at": created,
+                    "message": {"role": "assistant", "content": piece}, "done": false}).to_string());
+            }
+        }
+    }
+    lines.push(done(serde_json::json!({"role": "assistant", "content": ""})).to_string());
+    Reply::Ndjson { lines, split: true }
 }

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 
 #[allow(unused_imports)]
 pub use mock::{
-    completion, counting, refused_addr, stream_events, Mock, Recorded, Reply, MOCK_USAGE,
+    completion, counting, ollama, refused_addr, stream_events, Mock, Recorded, Reply, MOCK_USAGE,
 };
 
 /// The key clients present to the gateway in tests; it must never reach an upstream.

@@ -1,0 +1,420 @@
+//! Upstream kinds and resilience over real sockets: Ollama's native API translated both ways,
+//! several backends with health checks, retries before the first byte, and fallback to the
+//! cloud.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+
+/// A gateway whose `local` upstream has `backends` (Ollama's native API unless `kind` says
+/// otherwise) and whose cloud is at `cloud`; `extra` goes into the local upstream's block.
+fn config(kind: &str, backends: &[String], cloud: &str, extra: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+server:
+  listen: "127.0.0.1:{{PORT}}"
+  drain_timeout: 2s
+upstreams:
+  local:
+    kind: {kind}
+    route: local
+    backends: [{list}]
+    model: "llama3.1:8b"
+    keep_alive: 10m
+    health: {{interval: 100ms, timeout: 500ms, failures: 2, cooldown: 200ms}}
+    retry: {{attempts: 2, backoff: 10ms, max_backoff: 50ms}}
+    timeouts: {{connect: 1s, first_byte: 2s, idle: 2s, total: 10s}}
+{extra}
+  cloud:
+    kind: openai
+    route: cloud
+    url: "{cloud}"
+    model: gpt-4o
+    api_key: "{CLOUD_KEY}"
+    health: {{interval: 100ms}}
+models:
+  - {{name: auto, upstream: local}}
+  - {{name: gpt-4o, upstream: cloud}}
+default_route: {{upstream: cloud}}
+"#
+    )
+}
+
+fn ask(text: &str) -> Value {
+    json!({"model": "auto", "messages": [{"role": "user", "content": text}]})
+}
+
+fn events(r: &Response) -> Vec<Value> {
+    let text = r.text();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    text.split("\n\n")
+        .filter(|e| !e.is_empty() && *e != "data: [DONE]")
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").expect("data event")).expect("JSON"))
+        .collect()
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    request(gw.addr(), "GET", "/metrics", &[], b"").await.text()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_answers_become_openai_answers() {
+    let local = Mock::start(ollama).await;
+    let cloud = Mock::start(|_| Reply::error(500, "server_error", "unused")).await;
+    let extra = "    num_ctx: 8192";
+    let gw = Gateway::start(&config("ollama", &[local.url()], &cloud.url(), extra));
+
+    let mut body = ask("hello");
+    body["temperature"] = json!(0.3);
+    body["max_tokens"] = json!(40);
+    body["response_format"] = json!({"type": "json_object"});
+    let r = chat(gw.addr(), &body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: hello");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 26, "completion_tokens": 7, "total_tokens": 33})
+    );
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json")));
+
+    let sent = &local.requests()[0];
+    assert_eq!(
+        (sent.method.as_str(), sent.path.as_str()),
+        ("POST", "/api/chat")
+    );
+    assert!(sent.header("authorization").is_none());
+    let sent = sent.json();
+    assert_eq!(sent["model"], "llama3.1:8b");
+    assert_eq!(sent["stream"], false);
+    assert_eq!(sent["format"], "json");
+    assert_eq!(sent["keep_alive"], "10m");
+    assert_eq!(
+        sent["options"],
+        json!({"temperature": 0.3, "num_predict": 40, "num_ctx": 8192})
+    );
+
+    // Streamed, with every NDJSON line split across two TCP writes.
+    let mut body = ask("stream me");
+    body["stream"] = json!(true);
+    let r = chat(gw.addr(), &body).await;
+    assert!(r
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("text/event-stream")));
+    let evs = events(&r);
+    let text: String = evs
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "echo: stream me");
+    assert_eq!(evs[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(evs.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(
+        evs.iter()
+            .all(|e| !e["choices"].as_array().unwrap().is_empty()),
+        "no usage chunk unless asked"
+    );
+    body["stream_options"] = json!({"include_usage": true});
+    let evs = events(&chat(gw.addr(), &body).await);
+    let last = evs.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 7);
+
+    let text = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_tokens_total{direction="prompt",model="llama3.1:8b",source="reported",upstream="local"}"#
+        ),
+        3.0 * 26.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_tool_calls_and_errors() {
+    let local = Mock::start(ollama).await;
+    let gw = Gateway::start(&config(
+        "ollama",
+        &[local.url()],
+        &refused_addr().to_string(),
+        "",
+    ));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let mut body = ask("weather?");
+    body["tools"] = tools.clone();
+    let v = chat(gw.addr(), &body).await.json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(local.requests()[0].json()["tools"], tools);
+
+    body["stream"] = json!(true);
+    let evs = events(&chat(gw.addr(), &body).await);
+    let delta = &evs[1]["choices"][0]["delta"]["tool_calls"][0];
+    assert_eq!(delta["index"], 0);
+    assert_eq!(delta["function"]["name"], "get_weather");
+    assert_eq!(
+        evs.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // Ollama's own errors, in OpenAI's shape.
+    let yaml = config("ollama", &[local.url()], &refused_addr().to_string(), "")
+        .replace("model: \"llama3.1:8b\"", "model: \"missing-model\"");
+    let gw = Gateway::start(&yaml);
+    let e = chat(gw.addr(), &ask("x")).await.assert_error(404);
+    assert_eq!(e["code"], "model_not_found");
+    assert!(e["message"].as_str().unwrap().contains("missing-model"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_past_num_ctx_is_never_silently_truncated() {
+    let local = Mock::start(ollama).await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let long = "word ".repeat(2000);
+    let gw = Gateway::start(&config(
+        "ollama",
+        &[local.url()],
+        &cloud.url(),
+        "    num_ctx: 1024",
+    ));
+    let r = chat(gw.addr(), &ask(&long)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+    assert!(local.requests().is_empty());
+    let text = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_context_overflows_total{action="fallback",upstream="local"}"#
+        ),
+        1.0
+    );
+
+    let extra = "    num_ctx: 1024\n    context_overflow: reject";
+    let gw = Gateway::start(&config("ollama", &[local.url()], &cloud.url(), extra));
+    let e = chat(gw.addr(), &ask(&long)).await.assert_error(400);
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert_eq!(e["param"], "messages");
+    assert!(local.requests().is_empty() && cloud.requests().len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_backends_under_load_loses_no_request() {
+    let a = Mock::start(ollama).await;
+    let b = Mock::start(ollama).await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let gw = Arc::new(Gateway::start(&config(
+        "ollama",
+        &[a.url(), b.url()],
+        &cloud.url(),
+        "",
+    )));
+
+    // Sends `n` requests from 8 concurrent clients; every one must succeed.
+    let load = |n: usize| {
+        let gw = Arc::clone(&gw);
+        async move {
+            let done = Arc::new(AtomicUsize::new(0));
+            let mut tasks = Vec::new();
+            for c in 0..8 {
+                let (gw, done) = (Arc::clone(&gw), Arc::clone(&done));
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..n / 8 {
+                        let r = chat(gw.addr(), &ask(&format!("client {c} request {i}"))).await;
+                        assert_eq!(r.status, 200, "{}", r.text());
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.expect("a client failed");
+            }
+            done.load(Ordering::SeqCst)
+        }
+    };
+
+    assert_eq!(load(80).await, 80);
+    let (before_a, before_b) = (a.requests().len(), b.requests().len());
+    assert!(
+        before_a > 10 && before_b > 10,
+        "round robin: {before_a} / {before_b}"
+    );
+
+    // One backend dies under load: every request still succeeds, on the other one.
+    let running = tokio::spawn(load(160));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.stop();
+    assert_eq!(running.await.unwrap(), 160);
+    assert!(cloud.requests().is_empty(), "the other backend took it all");
+
+    // Both die: the cloud answers, and once both are known down no request tries them.
+    b.stop();
+    assert_eq!(load(40).await, 40);
+    let failures = |text: &str| {
+        sample(
+            text,
+            r#"switchyard_upstream_failures_total{reason="unreachable",upstream="local"}"#,
+        )
+    };
+    let mut h = Value::Null;
+    for _ in 0..60 {
+        h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+        if h["upstreams"][0]["available"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h["upstreams"][0]["available"], false, "{h}");
+    let seen = failures(&metrics(&gw).await);
+    let r = chat(gw.addr(), &ask("both down")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(load(40).await, 40);
+    let text = metrics(&gw).await;
+    assert_eq!(failures(&text), seen, "known-down backends are not tried");
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_fallbacks_total{from="local",reason="no_healthy_backend",to="cloud"}"#
+        ) >= 41.0,
+        "{text}"
+    );
+
+    // One comes back: health checks see it, and local traffic returns to it.
+    let back = Mock::start_on(b.addr, ollama).await;
+    let mut served = false;
+    for _ in 0..60 {
+        let r = chat(gw.addr(), &ask("are you back?")).await;
+        assert_eq!(r.status, 200);
+        if r.header("x-switchyard-route") == Some("local") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "traffic returned to the restarted backend");
+    assert!(!back.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_retried_after_retry_after() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let local = Mock::start(move |req: &Recorded| {
+        if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::RateLimited {
+                retry_after: "0.2".into(),
+            }
+        } else {
+            Reply::json(completion("llama3.1:8b", &req.last_message()))
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config(
+        "openai",
+        &[local.url()],
+        &refused_addr().to_string(),
+        "",
+    ));
+    let r = chat(gw.addr(), &ask("again")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(local.requests().len(), 2);
+    assert_eq!(r.header("x-switchyard-fallback"), None);
+    let text = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_retries_total{reason="rate_limited",upstream="local"}"#
+        ),
+        1.0
+    );
+
+    // A Retry-After longer than the cap is not waited for: the request falls back at once.
+    let always = Mock::start(|_| Reply::RateLimited {
+        retry_after: "120".into(),
+    })
+    .await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let gw = Gateway::start(&config("openai", &[always.url()], &cloud.url(), ""));
+    let r = chat(gw.addr(), &ask("busy")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(always.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_local_model_times_out_into_the_cloud() {
+    let local = Mock::start(|_| Reply::Hang).await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let yaml = config("openai", &[local.url()], &cloud.url(), "")
+        .replace("first_byte: 2s", "first_byte: 300ms")
+        .replace("attempts: 2", "attempts: 1");
+    let gw = Gateway::start(&yaml);
+    let r = chat(gw.addr(), &ask("hello?")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "hello?");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_fallbacks_total{from="local",reason="timeout",to="cloud"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_started_is_never_retried() {
+    let local = Mock::start(|_| {
+        Reply::DieMidStream(stream_events("llama3.1:8b", &["par", "tial"])[..3].to_vec())
+    })
+    .await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let gw = Gateway::start(&config("openai", &[local.url()], &cloud.url(), ""));
+    let mut body = ask("go");
+    body["stream"] = json!(true);
+    let r = chat(gw.addr(), &body).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("par") && text.contains("\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(local.requests().len(), 1);
+    assert!(cloud.requests().is_empty());
+}
