@@ -115,22 +115,6 @@ fn content(r: &Response) -> String {
         .to_owned()
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    request(gw.addr(), "GET", "/metrics", &[], b"").await.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deterministic_answer_is_served_again_in_either_form() {
     let (local, gw) = setup(Duration::ZERO, "").await;
@@ -318,7 +302,7 @@ async fn identical_misses_in_flight_make_one_upstream_call() {
     assert_eq!(misses, 1, "{results:?}");
     let text = metrics(&gw).await;
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_cache_lookups_total{result="coalesced"}"#
         ),
@@ -346,30 +330,30 @@ async fn tokens_cost_savings_and_stats_add_up() {
             r#"switchyard_tokens_total{{direction="{dir}",model="llama-local",source="reported",upstream="local"}}"#
         )
     };
-    assert_eq!(sample(&text, &series("prompt")), 2.0 * p as f64, "{text}");
-    assert_eq!(sample(&text, &series("completion")), 2.0 * c as f64);
+    assert_eq!(value(&text, &series("prompt")), 2.0 * p as f64, "{text}");
+    assert_eq!(value(&text, &series("completion")), 2.0 * c as f64);
     let spent = 2.0 * (p as f64 * 0.10 + c as f64 * 0.20) / 1e6;
     let baseline = 3.0 * (p as f64 * 2.50 + c as f64 * 10.00) / 1e6;
     let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
-    let cost = sample(
+    let cost = value(
         &text,
         r#"switchyard_cost_usd_total{model="llama-local",upstream="local"}"#,
     );
     assert!(close(cost, spent), "{cost} vs {spent}\n{text}");
-    let saved = sample(
+    let saved = value(
         &text,
         r#"switchyard_savings_usd{model="llama-local",upstream="local"}"#,
     );
     assert!(close(saved, baseline - spent), "{saved}");
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_requests_total{cache="hit",route="local",status="200",upstream="local"}"#
         ),
         1.0
     );
-    assert_eq!(sample(&text, "switchyard_cache_entries"), 2.0);
-    assert!(sample(&text, "switchyard_cache_bytes") > 0.0);
+    assert_eq!(value(&text, "switchyard_cache_entries"), 2.0);
+    assert!(value(&text, "switchyard_cache_bytes") > 0.0);
 
     let stats = request(gw.addr(), "GET", "/stats", &[], b"").await.json();
     assert_eq!(stats["requests"]["total"], 4.0);
@@ -431,7 +415,7 @@ async fn usage_is_estimated_when_the_upstream_gives_none() {
     body["temperature"] = json!(1);
     assert_eq!(streamed_text(&post(&gw, &body).await), "twelve chars");
     let text = metrics(&gw).await;
-    let estimated = sample(
+    let estimated = value(
         &text,
         r#"switchyard_tokens_total{direction="completion",model="llama-local",source="estimated",upstream="local"}"#,
     );

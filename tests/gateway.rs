@@ -791,17 +791,6 @@ async fn embeddings(addr: std::net::SocketAddr) -> Response {
     .await
 }
 
-/// The value of one sample line of Prometheus text (`name{labels} value`), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_was_served() {
     let (local, _cloud, gw2) = echo_pair().await;

@@ -63,22 +63,6 @@ fn events(r: &Response) -> Vec<Value> {
         .collect()
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    request(gw.addr(), "GET", "/metrics", &[], b"").await.text()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ollama_answers_become_openai_answers() {
     let local = Mock::start(ollama).await;
@@ -148,7 +132,7 @@ async fn ollama_answers_become_openai_answers() {
 
     let text = metrics(&gw).await;
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_tokens_total{direction="prompt",model="llama3.1:8b",source="reported",upstream="local"}"#
         ),
@@ -215,7 +199,7 @@ async fn a_prompt_past_num_ctx_is_never_silently_truncated() {
     assert!(local.requests().is_empty());
     let text = metrics(&gw).await;
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_context_overflows_total{action="fallback",upstream="local"}"#
         ),
@@ -284,7 +268,7 @@ async fn killing_backends_under_load_loses_no_request() {
     b.stop();
     assert_eq!(load(40).await, 40);
     let failures = |text: &str| {
-        sample(
+        value(
             text,
             r#"switchyard_upstream_failures_total{reason="unreachable",upstream="local"}"#,
         )
@@ -306,7 +290,7 @@ async fn killing_backends_under_load_loses_no_request() {
     let text = metrics(&gw).await;
     assert_eq!(failures(&text), seen, "known-down backends are not tried");
     assert!(
-        sample(
+        value(
             &text,
             r#"switchyard_fallbacks_total{from="local",reason="no_healthy_backend",to="cloud"}"#
         ) >= 41.0,
@@ -355,7 +339,7 @@ async fn rate_limits_are_retried_after_retry_after() {
     assert_eq!(r.header("x-switchyard-fallback"), None);
     let text = metrics(&gw).await;
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_retries_total{reason="rate_limited",upstream="local"}"#
         ),
@@ -391,7 +375,7 @@ async fn a_hanging_local_model_times_out_into_the_cloud() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "hello?");
     let text = metrics(&gw).await;
     assert_eq!(
-        sample(
+        value(
             &text,
             r#"switchyard_fallbacks_total{from="local",reason="timeout",to="cloud"}"#
         ),

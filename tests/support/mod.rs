@@ -465,3 +465,29 @@ pub async fn chat(addr: SocketAddr, body: &serde_json::Value) -> Response {
     )
     .await
 }
+
+/// The value of one sample line of Prometheus text (`name{labels} value`), if present.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The value of a sample, 0 when the series is absent (a counter that never moved).
+pub fn value(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics(gw: &Gateway) -> String {
+    request(gw.addr(), "GET", "/metrics", &[], b"").await.text()
+}
+
+/// A cloud mock that answers every chat request with its last message, as `gpt-4o`.
+pub async fn echo_cloud() -> Mock {
+    Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await
+}
