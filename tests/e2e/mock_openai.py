@@ -1,8 +1,11 @@
-"""A mock OpenAI-compatible upstream for the end-to-end tests.
+"""A mock OpenAI-compatible upstream for the end-to-end tests, which also speaks Ollama's native API.
 
 It serves the OpenAI wire formats (chat completions, streamed chat completion chunks, embeddings,
 model list, errors) on 127.0.0.1 from a background thread, and records every request it receives so
-that tests can check what the gateway sent upstream.
+that tests can check what the gateway sent upstream. On the same port it serves Ollama's native
+``POST /api/chat`` (one JSON object, or NDJSON lines when streaming, which is Ollama's default;
+tool-call arguments as objects; ``format`` as ``"json"`` or a JSON schema; ``{"error": "…"}``
+errors) and ``GET /api/version``.
 
 What it answers is chosen from the request, so that a test drives it through the gateway with an
 ordinary SDK call:
@@ -208,6 +211,10 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             else:
                 self._chat(parsed)
+        elif self.command == "POST" and path == "/api/chat" and isinstance(parsed, dict):
+            self._ollama_chat(parsed)
+        elif self.command == "GET" and path == "/api/version":
+            self._send_json(200, {"version": "0.5.7"})
         elif self.command == "POST" and path == "/v1/embeddings" and isinstance(parsed, dict):
             self._embeddings(parsed)
         elif self.command == "GET" and path == "/v1/models":
@@ -357,6 +364,87 @@ class _Handler(BaseHTTPRequestHandler):
                 "system_fingerprint": "fp_mock",
             },
         )
+
+    # -- /api/chat (Ollama) ------------------------------------------------------------------
+
+    def _ollama_chat(self, req: dict) -> None:
+        messages = req.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        user_text = _last_user_text(messages)
+        model = req.get("model")
+        if str(model).startswith("missing"):
+            self._send_json(404, {"error": f'model "{model}" not found, try pulling it first'})
+            return
+        fail = _FAIL_RE.search(user_text)
+        if fail:
+            self._send_json(int(fail.group(1)), {"error": "mock Ollama: failing as asked"})
+            return
+
+        content = ""
+        tool_calls: Optional[list[dict]] = None
+        fmt = req.get("format")
+        if last.get("role") == "tool":
+            content = f"The tool {last.get('tool_name')} returned: {last.get('content')}"
+        elif req.get("tools") and last.get("role") == "user":
+            name = _first_tool_name(req["tools"])
+            tool_calls = [{"function": {"name": name, "arguments": dict(TOOL_ARGUMENTS)}}]
+        elif isinstance(fmt, dict):
+            content = json.dumps(example_for_schema(fmt))
+        elif fmt == "json":
+            content = json.dumps({"echo": user_text})
+        else:
+            content = f"echo: {user_text}"
+
+        created_at = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        prompt_tokens = max(1, sum(_count_tokens(str(m.get("content", ""))) for m in messages))
+        completion_tokens = max(1, _count_tokens(content or json.dumps(TOOL_ARGUMENTS)))
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        done = {
+            "model": model,
+            "created_at": created_at,
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": "stop",
+            "done": True,
+            "total_duration": 5000000,
+            "load_duration": 100000,
+            "prompt_eval_count": prompt_tokens,
+            "prompt_eval_duration": 1000000,
+            "eval_count": completion_tokens,
+            "eval_duration": 3000000,
+        }
+        if req.get("stream") is False:
+            self._send_json(200, {**done, "message": message})
+            return
+        lines = []
+        if tool_calls:
+            lines.append({"model": model, "created_at": created_at, "message": message, "done": False})
+        else:
+            for piece in _pieces(content, 7):
+                lines.append(
+                    {
+                        "model": model,
+                        "created_at": created_at,
+                        "message": {"role": "assistant", "content": piece},
+                        "done": False,
+                    }
+                )
+        lines.append(done)
+        self._recorded.response_status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for line in lines:
+            data = (json.dumps(line) + "\n").encode()
+            self._recorded.response_body += data
+            # Each line in two HTTP chunks: the gateway must wait for a line's end.
+            for part in (data[: len(data) // 2], data[len(data) // 2 :]):
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     # -- /v1/embeddings ----------------------------------------------------------------------
 
