@@ -402,3 +402,61 @@ async fn a_stream_that_started_is_never_retried() {
     assert_eq!(local.requests().len(), 1);
     assert!(cloud.requests().is_empty());
 }
+
+/// llama.cpp's server: `POST /completion` answers JSON, or SSE (without `[DONE]`) when streaming.
+fn llama_cpp(req: &Recorded) -> Reply {
+    if req.path != "/completion" {
+        return Reply::error(404, "not_found_error", "File Not Found");
+    }
+    let body = req.json();
+    let last = " the answer";
+    if body["stream"] != json!(true) {
+        return Reply::json(json!({"content": last, "stop": true, "stop_type": "eos",
+            "tokens_predicted": 2, "tokens_evaluated": 30, "truncated": false}));
+    }
+    Reply::Sse {
+        events: vec![
+            json!({"content": " the", "stop": false}).to_string(),
+            json!({"content": " answer", "stop": false}).to_string(),
+            json!({"content": "", "stop": true, "stop_type": "limit", "tokens_predicted": 2, "tokens_evaluated": 30})
+                .to_string(),
+        ],
+        pause: Duration::ZERO,
+        split: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_upstreams_get_a_rendered_llama_prompt() {
+    let local = Mock::start(llama_cpp).await;
+    let extra = "    raw_api: llamacpp";
+    let gw = Gateway::start(&config(
+        "raw",
+        &[local.url()],
+        &refused_addr().to_string(),
+        extra,
+    ));
+    let body = json!({"model": "auto", "max_tokens": 8, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}]});
+    let v = chat(gw.addr(), &body).await.json();
+    assert_eq!(v["choices"][0]["message"]["content"], " the answer");
+    assert_eq!(v["usage"]["prompt_tokens"], 30);
+    let sent = local.requests()[0].json();
+    assert_eq!(
+        sent["prompt"],
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>\
+         <|start_header_id|>user<|end_header_id|>\n\nWhy?<|eot_id|>\
+         <|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    assert_eq!(sent["n_predict"], 8);
+
+    let mut body = body;
+    body["stream"] = json!(true);
+    let evs = events(&chat(gw.addr(), &body).await);
+    let text: String = evs
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, " the answer");
+    assert_eq!(evs.last().unwrap()["choices"][0]["finish_reason"], "length");
+}

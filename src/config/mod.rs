@@ -557,7 +557,7 @@ impl Checker<'_> {
                 route,
                 backends,
                 balance: self.balance(name, up),
-                health: self.health(name, kind, up.health.as_ref()),
+                health: self.health(name, kind, raw_api, up.health.as_ref()),
                 retry: self.retry(name, up.retry.as_ref()),
                 num_ctx,
                 keep_alive,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::raw::{RawHealth, RawRetry, RawUpstream};
-use super::{parse_duration, Checker, UpstreamKind};
+use super::{parse_duration, Checker, RawApi, UpstreamKind};
 
 /// How a request picks one of an upstream's backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +102,15 @@ impl Checker<'_> {
         &mut self,
         name: &str,
         kind: UpstreamKind,
+        raw_api: RawApi,
         raw: Option<&RawHealth>,
     ) -> HealthConfig {
-        let default_path = match kind {
-            UpstreamKind::OpenAi => "/v1/models",
-            UpstreamKind::Ollama => "/api/version",
-            UpstreamKind::Raw => "/health",
+        let default_path = match (kind, raw_api) {
+            (UpstreamKind::OpenAi, _) => "/v1/models",
+            (UpstreamKind::Ollama, _) | (UpstreamKind::Raw, RawApi::OllamaGenerate) => {
+                "/api/version"
+            }
+            (UpstreamKind::Raw, RawApi::LlamaCpp) => "/health",
         };
         let field = |f: &str| format!("upstreams.{name}.health.{f}");
         let d = HealthConfig {

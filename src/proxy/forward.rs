@@ -20,7 +20,7 @@ use crate::route::{self, Decision, Step};
 use crate::upstream::answer::{Answer, AnswerReader};
 use crate::upstream::client::{Exchange, ExchangeError};
 use crate::upstream::retry::{self, Verdict};
-use crate::upstream::{ollama, prepare_headers, Lease, Upstream};
+use crate::upstream::{ollama, prepare_headers, raw, Lease, Upstream};
 
 /// The largest upstream error body kept (to pass on, or to build an OpenAI error from).
 const ERROR_BODY_LIMIT: usize = 64 << 10;
@@ -362,9 +362,13 @@ fn upstream_request(
                 .map_or("/v1/chat/completions", |p| p.as_str());
             (path, job.request.upstream_body(model, true))
         }
-        UpstreamKind::Ollama | UpstreamKind::Raw => (
+        UpstreamKind::Ollama => (
             ollama::CHAT_PATH,
             ollama::request_body(job.request, model, &upstream.config)?,
+        ),
+        UpstreamKind::Raw => (
+            raw::path(upstream.config.raw_api),
+            raw::request_body(job.request, model, &upstream.config)?,
         ),
     };
     let mut header = job.client_header.clone();

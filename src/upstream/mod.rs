@@ -9,6 +9,7 @@ pub mod client;
 pub mod health;
 pub mod ollama;
 pub mod pool;
+pub mod raw;
 mod resolve;
 pub mod retry;
 

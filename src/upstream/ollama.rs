@@ -1,4 +1,5 @@
-//! Ollama's native chat API (`POST /api/chat`), translated to and from OpenAI's.
+//! Ollama's native chat API (`POST /api/chat`), translated to and from OpenAI's; the answer side
+//! also reads Ollama's generate API and llama.cpp's completion API, which `raw` upstreams use.
 //!
 //! Requests: messages keep their roles (`developer` becomes `system`); content parts become text
 //! and base64 `images`; an assistant's tool-call arguments (a JSON string for OpenAI) become
@@ -24,9 +25,9 @@ pub const CHAT_PATH: &str = "/api/chat";
 
 /// The OpenAI request fields the translation reads.
 #[derive(Deserialize)]
-struct OpenAiChat<'a> {
+pub(super) struct OpenAiChat<'a> {
     #[serde(borrow)]
-    messages: Vec<OpenAiMessage<'a>>,
+    pub messages: Vec<OpenAiMessage<'a>>,
     temperature: Option<f64>,
     top_p: Option<f64>,
     seed: Option<i64>,
@@ -35,33 +36,83 @@ struct OpenAiChat<'a> {
     presence_penalty: Option<f64>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
-    response_format: Option<Value>,
-    tools: Option<Value>,
+    pub response_format: Option<Value>,
+    pub tools: Option<Value>,
     n: Option<u64>,
 }
 
+/// One message of the request.
 #[derive(Deserialize)]
-struct OpenAiMessage<'a> {
+pub(super) struct OpenAiMessage<'a> {
     #[serde(borrow)]
-    role: Cow<'a, str>,
-    content: Option<Value>,
-    tool_calls: Option<Vec<OpenAiToolCall>>,
-    tool_call_id: Option<String>,
+    pub role: Cow<'a, str>,
+    pub content: Option<Value>,
+    pub tool_calls: Option<Vec<OpenAiToolCall>>,
+    pub tool_call_id: Option<String>,
 }
 
+/// A tool call of an assistant message.
 #[derive(Deserialize)]
-struct OpenAiToolCall {
+pub(super) struct OpenAiToolCall {
     id: Option<String>,
-    function: OpenAiFunction,
+    pub function: OpenAiFunction,
 }
 
+/// The function a tool call calls.
 #[derive(Deserialize)]
-struct OpenAiFunction {
-    name: String,
-    arguments: Option<String>,
+pub(super) struct OpenAiFunction {
+    pub name: String,
+    pub arguments: Option<String>,
 }
 
-fn bad(message: impl Into<String>, param: &str) -> ApiError {
+/// Reads the fields the translations need from the request's body.
+pub(super) fn read_chat(req: &ChatRequest) -> Result<OpenAiChat<'_>, ApiError> {
+    let chat: OpenAiChat = serde_json::from_slice(req.body())
+        .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}"), None, None))?;
+    if chat.n.is_some_and(|n| n > 1) {
+        return Err(bad(
+            "This model answers one choice per request: 'n' must be 1.",
+            "n",
+        ));
+    }
+    Ok(chat)
+}
+
+/// Sampling parameters and `max_tokens` as Ollama's `options`, with the context size.
+pub(super) fn options(chat: &OpenAiChat, num_ctx: Option<u64>) -> Map<String, Value> {
+    let mut options = Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            options.insert(k.into(), v);
+        }
+    };
+    put("temperature", chat.temperature.map(|v| json!(v)));
+    put("top_p", chat.top_p.map(|v| json!(v)));
+    put("seed", chat.seed.map(|v| json!(v)));
+    put(
+        "stop",
+        match &chat.stop {
+            Some(Value::String(s)) => Some(json!([s])),
+            Some(v @ Value::Array(_)) => Some(v.clone()),
+            _ => None,
+        },
+    );
+    put(
+        "frequency_penalty",
+        chat.frequency_penalty.map(|v| json!(v)),
+    );
+    put("presence_penalty", chat.presence_penalty.map(|v| json!(v)));
+    put(
+        "num_predict",
+        chat.max_completion_tokens
+            .or(chat.max_tokens)
+            .map(|v| json!(v)),
+    );
+    put("num_ctx", num_ctx.map(|v| json!(v)));
+    options
+}
+
+pub(super) fn bad(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::invalid_request(message, Some(param), Some("invalid_value"))
 }
 
@@ -72,14 +123,7 @@ pub fn request_body(
     model: &str,
     upstream: &UpstreamConfig,
 ) -> Result<Bytes, ApiError> {
-    let chat: OpenAiChat = serde_json::from_slice(req.body())
-        .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}"), None, None))?;
-    if chat.n.is_some_and(|n| n > 1) {
-        return Err(bad(
-            "This model answers one choice per request: 'n' must be 1.",
-            "n",
-        ));
-    }
+    let chat = read_chat(req)?;
     // A tool answer names its tool in Ollama; OpenAI names the call it answers.
     let mut tool_names: Vec<(String, String)> = Vec::new();
     let mut messages = Vec::with_capacity(chat.messages.len());
@@ -121,35 +165,7 @@ pub fn request_body(
         messages.push(Value::Object(out));
     }
 
-    let mut options = Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            options.insert(k.into(), v);
-        }
-    };
-    put("temperature", chat.temperature.map(|v| json!(v)));
-    put("top_p", chat.top_p.map(|v| json!(v)));
-    put("seed", chat.seed.map(|v| json!(v)));
-    put(
-        "stop",
-        match chat.stop {
-            Some(Value::String(s)) => Some(json!([s])),
-            Some(v @ Value::Array(_)) => Some(v),
-            _ => None,
-        },
-    );
-    put(
-        "frequency_penalty",
-        chat.frequency_penalty.map(|v| json!(v)),
-    );
-    put("presence_penalty", chat.presence_penalty.map(|v| json!(v)));
-    put(
-        "num_predict",
-        chat.max_completion_tokens
-            .or(chat.max_tokens)
-            .map(|v| json!(v)),
-    );
-    put("num_ctx", upstream.num_ctx.map(|v| json!(v)));
+    let options = options(&chat, upstream.num_ctx);
 
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
@@ -173,7 +189,10 @@ pub fn request_body(
 }
 
 /// A message's text and base64 images.
-fn content(content: Option<&Value>, i: usize) -> Result<(String, Vec<String>), ApiError> {
+pub(super) fn content(
+    content: Option<&Value>,
+    i: usize,
+) -> Result<(String, Vec<String>), ApiError> {
     match content {
         None | Some(Value::Null) => Ok((String::new(), Vec::new())),
         Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
@@ -215,7 +234,7 @@ fn content(content: Option<&Value>, i: usize) -> Result<(String, Vec<String>), A
 }
 
 /// `response_format` as Ollama's `format`: `"json"`, a JSON schema, or nothing.
-fn format(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
+pub(super) fn format(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
     let Some(rf) = response_format.filter(|v| !v.is_null()) else {
         return Ok(None);
     };
@@ -236,20 +255,77 @@ fn format(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
     }
 }
 
-/// One Ollama answer object (a whole answer, or one NDJSON line of a stream).
+/// One answer object of a local model server: a whole answer, or one line of a stream. The
+/// fields of three dialects meet here: Ollama's chat (`message`) and generate (`response`) APIs,
+/// and llama.cpp's completion API (`content`, `stop`, `tokens_*`).
 #[derive(Deserialize)]
 struct OllamaAnswer<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     message: Option<OllamaMessage<'a>>,
+    #[serde(borrow)]
+    response: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
     #[serde(default)]
     done: bool,
+    stop: Option<bool>,
     #[serde(borrow)]
     done_reason: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    stop_type: Option<Cow<'a, str>>,
+    stopped_limit: Option<bool>,
     prompt_eval_count: Option<u64>,
     eval_count: Option<u64>,
-    #[serde(borrow)]
-    error: Option<Cow<'a, str>>,
+    tokens_evaluated: Option<u64>,
+    tokens_predicted: Option<u64>,
+    error: Option<Value>,
+}
+
+impl OllamaAnswer<'_> {
+    /// The text this object adds.
+    fn text(&self) -> Option<&str> {
+        self.message
+            .as_ref()
+            .and_then(|m| m.content.as_deref())
+            .or(self.response.as_deref())
+            .or(self.content.as_deref())
+    }
+
+    /// Whether this object ends the answer.
+    fn is_done(&self) -> bool {
+        self.done || self.stop == Some(true)
+    }
+
+    /// Ollama's `done_reason`, or llama.cpp's stop type in Ollama's words.
+    fn reason(&self) -> Option<&str> {
+        let limit = self.stop_type.as_deref() == Some("limit") || self.stopped_limit == Some(true);
+        if limit {
+            Some("length")
+        } else {
+            self.done_reason.as_deref()
+        }
+    }
+
+    fn usage(&self) -> Value {
+        usage(
+            self.prompt_eval_count.or(self.tokens_evaluated),
+            self.eval_count.or(self.tokens_predicted),
+        )
+    }
+
+    /// The error it reports: Ollama sends a string, llama.cpp an object with a message.
+    fn error_message(&self) -> Option<String> {
+        match self.error.as_ref()? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(
+                other["message"]
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_owned),
+            ),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -328,20 +404,16 @@ pub fn completion(body: &[u8], upstream: &str) -> Result<Vec<u8>, ApiError> {
     let answer: OllamaAnswer = serde_json::from_slice(body).map_err(|e| {
         ApiError::upstream_broken(upstream, &format!("unreadable Ollama answer: {e}"))
     })?;
-    if let Some(message) = answer.error {
+    if let Some(message) = answer.error_message() {
         return Err(error(500, &message));
     }
-    let message = answer.message.unwrap_or(OllamaMessage {
-        content: None,
-        tool_calls: None,
-    });
-    let calls: Vec<Value> = message
-        .tool_calls
+    let calls: Vec<Value> = answer
+        .message
         .iter()
-        .flatten()
+        .flat_map(|m| m.tool_calls.iter().flatten())
         .map(|c| c.to_openai(None))
         .collect();
-    let text = message.content.as_deref().unwrap_or_default();
+    let text = answer.text().unwrap_or_default();
     // An answer that only calls tools has no content, as OpenAI sends it.
     let content = if calls.is_empty() || !text.is_empty() {
         json!(text)
@@ -361,9 +433,9 @@ pub fn completion(body: &[u8], upstream: &str) -> Result<Vec<u8>, ApiError> {
             "index": 0,
             "message": msg,
             "logprobs": null,
-            "finish_reason": finish_reason(answer.done_reason.as_deref(), !calls.is_empty()),
+            "finish_reason": finish_reason(answer.reason(), !calls.is_empty()),
         }],
-        "usage": usage(answer.prompt_eval_count, answer.eval_count),
+        "usage": answer.usage(),
     });
     Ok(serde_json::to_vec(&out).unwrap_or_default())
 }
@@ -481,6 +553,8 @@ impl StreamTranslator {
 
     fn line(&mut self, line: &[u8], out: &mut BytesMut) {
         let line = line.trim_ascii();
+        // llama.cpp streams SSE: its lines are `data: {…}` and blank separators.
+        let line = line.strip_prefix(b"data:").unwrap_or(line).trim_ascii();
         if line.is_empty() || self.done || self.failed {
             return;
         }
@@ -491,8 +565,8 @@ impl StreamTranslator {
                 return;
             }
         };
-        if let Some(message) = &answer.error {
-            self.fail(out, message);
+        if let Some(message) = answer.error_message() {
+            self.fail(out, &message);
             return;
         }
         if let Some(model) = &answer.model {
@@ -504,19 +578,19 @@ impl StreamTranslator {
             self.started = true;
             self.event(out, json!({"role": "assistant", "content": ""}), None);
         }
+        if let Some(text) = answer.text().filter(|t| !t.is_empty()) {
+            self.event(out, json!({"content": text}), None);
+        }
         if let Some(message) = &answer.message {
-            if let Some(text) = message.content.as_deref().filter(|t| !t.is_empty()) {
-                self.event(out, json!({"content": text}), None);
-            }
             for call in message.tool_calls.iter().flatten() {
                 let delta = json!({"tool_calls": [call.to_openai(Some(self.tool_calls))]});
                 self.tool_calls += 1;
                 self.event(out, delta, None);
             }
         }
-        if answer.done {
+        if answer.is_done() {
             self.done = true;
-            let reason = finish_reason(answer.done_reason.as_deref(), self.tool_calls > 0);
+            let reason = finish_reason(answer.reason(), self.tool_calls > 0);
             self.event(out, json!({}), Some(reason));
             let usage_chunk = json!({
                 "id": self.id,
@@ -524,7 +598,7 @@ impl StreamTranslator {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": usage(answer.prompt_eval_count, answer.eval_count),
+                "usage": answer.usage(),
             });
             write_event(out, &usage_chunk);
             out.put_slice(b"data: [DONE]\n\n");

@@ -266,3 +266,66 @@ fn ollama_errors_become_openai_errors() {
     let e = error(500, &error_message(b"<html>oops</html>"));
     assert_eq!((e.status, e.kind), (500, "server_error"));
 }
+
+#[test]
+fn generate_and_llama_cpp_answers_translate_too() {
+    // Ollama's generate API, streamed.
+    let generate = concat!(
+        r#"{"model":"llama3.1:8b","created_at":"t","response":"Hel","done":false}"#,
+        "\n",
+        r#"{"model":"llama3.1:8b","created_at":"t","response":"lo","done":false}"#,
+        "\n",
+        r#"{"model":"llama3.1:8b","created_at":"t","response":"","done":true,"done_reason":"length","context":[1,2],"prompt_eval_count":9,"eval_count":2}"#,
+        "\n",
+    );
+    let mut t = StreamTranslator::new("x");
+    let events = sse_events(&t.feed(generate.as_bytes()));
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello");
+    assert_eq!(events[3]["choices"][0]["finish_reason"], "length");
+    assert_eq!(events[4]["usage"]["prompt_tokens"], 9);
+
+    // llama.cpp's completion API, streamed as SSE without [DONE].
+    let llama = concat!(
+        "data: {\"content\":\"Hi\",\"stop\":false}\n\n",
+        "data: {\"content\":\" there\",\"stop\":false}\n\n",
+        "data: {\"content\":\"\",\"stop\":true,\"stop_type\":\"eos\",\"tokens_predicted\":2,\"tokens_evaluated\":14}\n\n",
+    );
+    for size in [1, 7, 1000] {
+        let mut t = StreamTranslator::new("x");
+        let mut out = Vec::new();
+        for piece in llama.as_bytes().chunks(size) {
+            out.extend_from_slice(&t.feed(piece));
+        }
+        out.extend_from_slice(&t.finish());
+        let events = sse_events(&out);
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Hi there", "size {size}");
+        assert_eq!(events[3]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(
+            events[4]["usage"],
+            json!({"prompt_tokens": 14, "completion_tokens": 2, "total_tokens": 16})
+        );
+    }
+
+    // Whole answers of both.
+    let out: Value = serde_json::from_slice(
+        &completion(br#"{"content":"Hi","stop":true,"stop_type":"limit","tokens_predicted":1,"tokens_evaluated":5}"#, "local")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(out["choices"][0]["message"]["content"], "Hi");
+    assert_eq!(out["choices"][0]["finish_reason"], "length");
+    let err = completion(
+        br#"{"error":{"code":500,"message":"slot unavailable","type":"server_error"}}"#,
+        "local",
+    )
+    .unwrap_err();
+    assert!(err.message.contains("slot unavailable"));
+}
