@@ -460,3 +460,52 @@ async fn raw_upstreams_get_a_rendered_llama_prompt() {
     assert_eq!(text, " the answer");
     assert_eq!(evs.last().unwrap()["choices"][0]["finish_reason"], "length");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_request_counts_as_outstanding_until_it_ends() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let handler = |gate: Arc<tokio::sync::Notify>| {
+        move |req: &Recorded| {
+            if req.json()["stream"] == json!(true) {
+                Reply::Gated {
+                    first: stream_events("llama3.1:8b", &["slow"])[..2].to_vec(),
+                    gate: Arc::clone(&gate),
+                    rest: stream_events("llama3.1:8b", &["slow"])[2..].to_vec(),
+                }
+            } else {
+                Reply::json(completion("llama3.1:8b", &req.last_message()))
+            }
+        }
+    };
+    let a = Mock::start(handler(Arc::clone(&gate))).await;
+    let b = Mock::start(handler(Arc::clone(&gate))).await;
+    let yaml = config(
+        "openai",
+        &[a.url(), b.url()],
+        &refused_addr().to_string(),
+        "    balance: least_outstanding",
+    );
+    let gw = Gateway::start(&yaml);
+    let mut body = ask("stream");
+    body["stream"] = json!(true);
+    let mut stream = open(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert!(stream.next_event().await.is_some(), "the stream started");
+    let busy = if a.requests().len() == 1 { &a } else { &b };
+    for i in 0..4 {
+        assert_eq!(chat(gw.addr(), &ask(&format!("q{i}"))).await.status, 200);
+    }
+    assert_eq!(
+        busy.requests().len(),
+        1,
+        "the streaming backend got nothing more"
+    );
+    gate.notify_waiters();
+    while stream.next_event().await.is_some() {}
+}

@@ -239,7 +239,7 @@ async fn attempt(
     let mut tried = Vec::new();
     let mut last: Option<(Failure, &'static str)> = None;
     for attempt in 1.. {
-        let Some(lease) = upstream.pool.select(job.conversation, &tried) else {
+        let Some(mut lease) = upstream.pool.select(job.conversation, &tried) else {
             let (last, reason) = last.unwrap_or((
                 Failure::Api(ApiError::no_healthy_backend(upstream.name())),
                 "no_healthy_backend",
@@ -274,8 +274,12 @@ async fn attempt(
                 let verdict = retry::verdict(status);
                 if verdict == Verdict::Relay {
                     lease.succeeded();
-                    let label = upstream.pool.backends[tried[tried.len() - 1]].label.clone();
-                    relay(job, session, rec, leg, &label, exchange, flight).await?;
+                    let label = lease.backend().label.clone();
+                    // The lease lives until the answer has been relayed: a streaming request
+                    // stays outstanding on its backend.
+                    let relayed = relay(job, session, rec, leg, &label, exchange, flight).await;
+                    drop(lease);
+                    relayed?;
                     return Ok(Tried::Answered);
                 }
                 let retry_after = exchange

@@ -132,9 +132,9 @@ impl Backend {
     }
 }
 
-/// A backend lent to one request: counted as outstanding until dropped. Say how the request went
-/// with [`Lease::succeeded`] or [`Lease::failed`]; a lease dropped without a word changes
-/// nothing but frees a probe.
+/// A backend lent to one request: counted as outstanding until dropped (keep it for as long as
+/// the answer streams). Say how the request went with [`Lease::succeeded`] or [`Lease::failed`];
+/// a lease dropped without a word changes nothing but frees a probe.
 #[derive(Debug)]
 pub struct Lease {
     pool: Arc<Pool>,
@@ -151,7 +151,7 @@ impl Lease {
     }
 
     /// The request got an answer: the circuit closes.
-    pub fn succeeded(mut self) {
+    pub fn succeeded(&mut self) {
         self.judged = true;
         let mut s = self.backend().lock();
         s.failures = 0;
@@ -161,7 +161,7 @@ impl Lease {
 
     /// The request failed on this backend (refused, reset, timed out, a 5xx): counts towards
     /// ejection; a failed probe ejects it again at once.
-    pub fn failed(mut self) {
+    pub fn failed(&mut self) {
         self.judged = true;
         let cooldown = self.pool.health.cooldown;
         let threshold = self.pool.health.failures;
@@ -385,7 +385,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(p.backends[0].state(Instant::now()), BackendState::HalfOpen);
         // One probe at a time.
-        let probe = p.select(0, &[1]).unwrap();
+        let mut probe = p.select(0, &[1]).unwrap();
         assert_eq!(probe.index, 0);
         assert_eq!(p.select(0, &[1]).unwrap().index, 1);
         probe.failed();
