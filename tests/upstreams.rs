@@ -509,3 +509,28 @@ async fn a_streaming_request_counts_as_outstanding_until_it_ends() {
     gate.notify_waiters();
     while stream.next_event().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_its_health_path_with_an_error_below_500_stays_up() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let local = Mock::start(move |req: &Recorded| {
+        if req.path == "/not-here" {
+            seen.fetch_add(1, Ordering::SeqCst);
+            return Reply::error(404, "invalid_request_error", "Not found");
+        }
+        Reply::json(completion("llama3.1:8b", &req.last_message()))
+    })
+    .await;
+    let yaml = config("openai", &[local.url()], &refused_addr().to_string(), "").replace(
+        "health: {interval: 100ms,",
+        "health: {path: /not-here, interval: 50ms,",
+    );
+    let gw = Gateway::start(&yaml);
+    while calls.load(Ordering::SeqCst) < 4 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+    assert_eq!(h["upstreams"][0]["backends"][0]["state"], "up", "{h}");
+    assert_eq!(chat(gw.addr(), &ask("hi")).await.status, 200);
+}

@@ -65,7 +65,7 @@ impl BackgroundService for HealthChecks {
     }
 }
 
-/// One check: the health path answers 2xx within the timeout.
+/// One check: the health path answers, below 500, within the timeout.
 pub async fn check(connector: &Connector, upstream: &Upstream, backend: &Backend) -> bool {
     let health = &upstream.config.health;
     let Ok(peer) = upstream.peer(backend).await else {
@@ -90,7 +90,9 @@ pub async fn check(connector: &Connector, upstream: &Upstream, backend: &Backend
     else {
         return false;
     };
-    let ok = exchange.header().status.is_success();
+    // Any answer below 500 means the server is up: a 404 says the health path is wrong, a 401
+    // that the key is, and requests would get those answers too; only 5xx means it is failing.
+    let ok = exchange.header().status.as_u16() < 500;
     // Read the (small) body so that the connection can serve the next check.
     while let Ok(Some(_)) = exchange.next().await {}
     exchange.finish(connector).await;
