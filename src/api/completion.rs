@@ -443,6 +443,11 @@ impl StreamAssembler {
         EventKind::Chunk
     }
 
+    /// Stops keeping the answer (it will not be complete); usage still counts.
+    pub fn give_up(&mut self) {
+        self.overflow = true;
+    }
+
     /// The usage the stream reported, if any.
     pub fn usage(&self) -> Option<Usage> {
         self.completion.usage

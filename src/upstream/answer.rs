@@ -9,6 +9,10 @@ use bytes::{Bytes, BytesMut};
 
 use crate::api::{Completion, EventKind, StreamAssembler, Usage};
 
+/// The longest SSE event buffered; a stream whose event grows past it is relayed without being
+/// read, so a misbehaving upstream cannot make the gateway hold unbounded memory.
+const MAX_EVENT: usize = 8 << 20;
+
 /// What an answer turned out to be, once it ended.
 #[derive(Debug, Default)]
 pub struct Answer {
@@ -86,6 +90,11 @@ impl AnswerReader {
                     while let Some(event) = next_event(pending) {
                         read_event(assembler, &event);
                     }
+                    if pending.len() > MAX_EVENT {
+                        // Nothing is held back here: forget the unreadable event.
+                        pending.clear();
+                        assembler.give_up();
+                    }
                     return chunk;
                 }
                 // Pass on whole events only, so the usage event can be left out.
@@ -94,6 +103,13 @@ impl AnswerReader {
                     if read_event(assembler, &event) != EventKind::UsageOnly {
                         out.extend_from_slice(&event);
                     }
+                }
+                if pending.len() > MAX_EVENT {
+                    // An event this long is no chat chunk: pass it on as it is, and stop
+                    // holding bytes back.
+                    *strip_usage = false;
+                    assembler.give_up();
+                    out.extend_from_slice(&pending.split());
                 }
                 out.freeze()
             }
@@ -304,6 +320,22 @@ mod tests {
         assert_eq!(got.output_bytes, "Paris is the capital.".len());
         let (_, too_big) = feed_split(AnswerReader::json(10), &body, 10);
         assert!(too_big.completion.is_none() && too_big.json.is_none());
+    }
+
+    #[test]
+    fn an_endless_event_is_relayed_unread() {
+        let mut reader = AnswerReader::sse(1 << 20, true);
+        let start = Bytes::from_static(b"data: {\"x\":\"");
+        let mut out = reader.feed(start.clone());
+        assert!(out.is_empty(), "held back until the event is whole");
+        let junk = Bytes::from(vec![b'a'; MAX_EVENT]);
+        out = reader.feed(junk);
+        assert_eq!(out.len(), start.len() + MAX_EVENT, "passed on once it is too long");
+        assert_eq!(
+            reader.feed(Bytes::from_static(b"b")),
+            Bytes::from_static(b"b")
+        );
+        assert!(reader.finish().completion.is_none());
     }
 
     #[test]

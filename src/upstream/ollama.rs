@@ -20,6 +20,9 @@ use serde_json::{json, Map, Value};
 use crate::api::{ApiError, ChatRequest};
 use crate::config::UpstreamConfig;
 
+/// The longest answer line read; a longer one fails the stream rather than grow without bound.
+const MAX_LINE: usize = 8 << 20;
+
 /// The request path of Ollama's chat API.
 pub const CHAT_PATH: &str = "/api/chat";
 
@@ -38,6 +41,7 @@ pub(super) struct OpenAiChat<'a> {
     max_completion_tokens: Option<u64>,
     pub response_format: Option<Value>,
     pub tools: Option<Value>,
+    tool_choice: Option<Value>,
     n: Option<u64>,
 }
 
@@ -177,7 +181,9 @@ pub fn request_body(
     if let Some(format) = format(chat.response_format.as_ref())? {
         body.insert("format".into(), format);
     }
-    if let Some(tools) = chat.tools.filter(|t| !t.is_null()) {
+    // Ollama has no tool_choice; `none` is honoured by not offering the tools.
+    let no_tools = chat.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    if let Some(tools) = chat.tools.filter(|t| !t.is_null() && !no_tools) {
         body.insert("tools".into(), tools);
     }
     if let Some(keep) = &upstream.keep_alive {
@@ -516,6 +522,10 @@ impl StreamTranslator {
         while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
             let line = self.pending.split_to(nl + 1);
             self.line(&line[..nl], &mut out);
+        }
+        if self.pending.len() > MAX_LINE && !self.failed {
+            self.pending.clear();
+            self.fail(&mut out, "the model server sent a line too long to read");
         }
         out.freeze()
     }

@@ -92,6 +92,16 @@ fn tools_and_their_answers_translate() {
         json!({"role": "tool", "content": "18°C", "tool_name": "get_weather"})
     );
     assert!(got.get("options").is_none());
+
+    let none = translate(
+        json!({"model": "auto", "tools": tools, "tool_choice": "none",
+               "messages": [{"role": "user", "content": "Just talk."}]}),
+        "",
+    );
+    assert!(
+        none.get("tools").is_none(),
+        "tool_choice none offers no tools"
+    );
 }
 
 #[test]
