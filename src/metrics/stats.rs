@@ -39,6 +39,50 @@ enum Part {
     Sum,
 }
 
+/// A quantile of a histogram family (all series but the gateway's own), estimated by linear
+/// interpolation inside the bucket where it falls, as Prometheus' `histogram_quantile` does.
+fn quantile(families: &[MetricFamily], name: &str, q: f64) -> Option<f64> {
+    let family = families.iter().find(|f| f.name() == name)?;
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    let mut count = 0u64;
+    for m in family.get_metric() {
+        let own = m
+            .get_label()
+            .iter()
+            .any(|l| l.name() == "route" && l.value() == "gateway");
+        if own {
+            continue;
+        }
+        let h = m.get_histogram();
+        count += h.get_sample_count();
+        for (i, b) in h.get_bucket().iter().enumerate() {
+            match buckets.get_mut(i) {
+                Some(slot) => slot.1 += b.cumulative_count(),
+                None => buckets.push((b.upper_bound(), b.cumulative_count())),
+            }
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    let rank = q * count as f64;
+    let mut lower = (0.0, 0u64);
+    for &(bound, cumulative) in &buckets {
+        if cumulative as f64 >= rank {
+            let inside = (cumulative - lower.1) as f64;
+            let share = if inside > 0.0 {
+                (rank - lower.1 as f64) / inside
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (bound - lower.0) * share);
+        }
+        lower = (bound, cumulative);
+    }
+    // Beyond the last bucket: its bound is all that is known.
+    Some(lower.0)
+}
+
 /// Distinct values of one label in a family.
 fn label_values(families: &[MetricFamily], name: &str, label: &str) -> Vec<String> {
     let mut out: Vec<String> = families
@@ -67,9 +111,9 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * scale).round() / scale
 }
 
-/// The summary: requests and their share per route, errors, average latency and time to first
-/// token (of requests that reached an upstream or the cache), cache hit rate, tokens, cost and
-/// savings.
+/// The summary: requests and their share per route, errors, latency and time to first token
+/// (average and estimated percentiles, of requests that reached an upstream or the cache), cache
+/// hit rate, tokens, cost and savings.
 pub fn stats(m: &Metrics, uptime: Duration) -> Value {
     let f = m.gather();
     let requests = "switchyard_requests_total";
@@ -121,7 +165,10 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
         },
         "latency_ms": {
             "average": avg_ms(dur),
+            "p50": quantile(&f, dur, 0.5).map(|v| round(v * 1e3, 3)),
+            "p95": quantile(&f, dur, 0.95).map(|v| round(v * 1e3, 3)),
             "first_token_average": avg_ms(ttft),
+            "first_token_p50": quantile(&f, ttft, 0.5).map(|v| round(v * 1e3, 3)),
         },
         "cache": {
             "hits": hits,
@@ -200,6 +247,12 @@ mod tests {
         assert_eq!(s["tokens"]["prompt"], 200.0, "miss and bypass, not the hit");
         let avg = s["latency_ms"]["average"].as_f64().unwrap();
         assert!((avg - 301.0 / 3.0).abs() < 1e-6, "{avg}");
+        // Samples 1, 100 and 200 ms: the median falls in the (50, 100] ms bucket, p95 in
+        // (100, 250].
+        let p50 = s["latency_ms"]["p50"].as_f64().unwrap();
+        assert!(p50 > 50.0 && p50 <= 100.0, "{p50}");
+        let p95 = s["latency_ms"]["p95"].as_f64().unwrap();
+        assert!(p95 > 100.0 && p95 <= 250.0, "{p95}");
         assert_eq!(s["cost_usd"]["spent"], 0.00075);
         assert_eq!(s["cost_usd"]["baseline"], 0.00225);
         assert_eq!(s["cost_usd"]["saved"], 0.0015);

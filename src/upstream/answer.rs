@@ -330,7 +330,11 @@ mod tests {
         assert!(out.is_empty(), "held back until the event is whole");
         let junk = Bytes::from(vec![b'a'; MAX_EVENT]);
         out = reader.feed(junk);
-        assert_eq!(out.len(), start.len() + MAX_EVENT, "passed on once it is too long");
+        assert_eq!(
+            out.len(),
+            start.len() + MAX_EVENT,
+            "passed on once it is too long"
+        );
         assert_eq!(
             reader.feed(Bytes::from_static(b"b")),
             Bytes::from_static(b"b")
