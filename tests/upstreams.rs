@@ -534,3 +534,32 @@ async fn a_server_that_answers_its_health_path_with_an_error_below_500_stays_up(
     assert_eq!(h["upstreams"][0]["backends"][0]["state"], "up", "{h}");
     assert_eq!(chat(gw.addr(), &ask("hi")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_too_small_for_the_prompt_is_skipped() {
+    // The cloud is primary and fails; its fallback, a local model with a small context, cannot
+    // take the prompt: the client hears of the cloud's failure, not of the local context.
+    let local = Mock::start(ollama).await;
+    let cloud = Mock::start(|_| Reply::error(503, "server_error", "The cloud is overloaded")).await;
+    let yaml = config("ollama", &[local.url()], &cloud.url(), "    num_ctx: 1024").replace(
+        "    health: {interval: 100ms}\n",
+        "    fallback: local\n    retry: {attempts: 1}\n",
+    );
+    let gw = Gateway::start(&yaml);
+    let long = "word ".repeat(2000);
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": long}]});
+    let r = chat(gw.addr(), &body).await;
+    let e = r.assert_error(503);
+    assert_eq!(e["message"], "The cloud is overloaded");
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    assert_eq!(r.header("x-switchyard-fallback"), Some("cloud->local"));
+    assert!(local.requests().is_empty());
+    let text = metrics(&gw).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"switchyard_context_overflows_total{action="reject",upstream="local"}"#
+        ),
+        1.0
+    );
+}

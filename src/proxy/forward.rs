@@ -82,9 +82,13 @@ pub(super) async fn forward(
 ) -> Result<()> {
     let gw = job.gw;
     let plan = route::plan(&gw.config, job.decision);
-    let mut last = Failure::Api(ApiError::no_healthy_backend(
-        gw.upstreams[job.decision.upstream].name(),
-    ));
+    // The last failure and the plan step it came from.
+    let mut last = (
+        Failure::Api(ApiError::no_healthy_backend(
+            gw.upstreams[job.decision.upstream].name(),
+        )),
+        0,
+    );
     // The last error an upstream answered itself (a 429, a 503 with its message) tells the
     // client more than a later fallback's refused connection.
     let mut answered: Option<(Failure, usize)> = None;
@@ -115,8 +119,12 @@ pub(super) async fn forward(
                     .with_label_values(&[upstream.name(), action])
                     .inc();
                 let error = ApiError::context_length_exceeded(upstream.name(), estimated, limit);
-                if can_fall_back {
-                    last = Failure::Api(error);
+                if can_fall_back || n > 0 {
+                    // A fallback that cannot take the prompt is skipped: the client then gets
+                    // the earlier upstream's failure, which is what went wrong.
+                    if n == 0 {
+                        last = (Failure::Api(error), n);
+                    }
                     reason = "context_overflow";
                     continue;
                 }
@@ -142,16 +150,13 @@ pub(super) async fn forward(
                 reason = r;
                 match l {
                     Failure::Answer { .. } => answered = Some((l, n)),
-                    Failure::Api(_) => last = l,
+                    Failure::Api(_) => last = (l, n),
                 }
             }
         }
     }
     // Nothing answered: the client gets the last word an upstream said, else the last error.
-    let (last, at) = match answered {
-        Some((failure, n)) => (failure, n),
-        None => (last, plan.len() - 1),
-    };
+    let (last, at) = answered.unwrap_or(last);
     let at = &gw.upstreams[plan[at].upstream];
     let fallback = (plan.len() > 1)
         .then(|| format!("{}->{}", plan[0].name(gw), plan[plan.len() - 1].name(gw)));
