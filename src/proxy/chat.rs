@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`: read the body, parse it once, decide, rewrite, exchange, relay.
+//! `POST /v1/chat/completions`: read the body, parse it once, decide, answer from the cache when
+//! it can, else hand the request to [`super::forward`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use crate::upstream::answer::Answer;
 use crate::upstream::pool::conversation_key;
 use crate::upstream::Upstream;
 
+/// Serves one chat request; `rec` collects what its metrics and access-log line report.
 pub(super) async fn handle(
     gw: &Gateway,
     session: &mut Session,
