@@ -258,7 +258,7 @@ impl Completion {
 
     /// The answer as an SSE stream, the way OpenAI streams it: a first delta with the role, the
     /// content, each tool call, a last delta with the finish reason, the usage chunk when
-    /// `include_usage`, then `[DONE]`.
+    /// `include_usage` (and the usage is known), then `[DONE]`.
     pub fn to_sse(&self, include_usage: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(512 + self.output_chars() * 2);
         let chunk = |choices: Value, usage: Option<Value>, out: &mut Vec<u8>| {
@@ -307,9 +307,9 @@ impl Completion {
             let finish = c.finish_reason.as_deref();
             chunk(delta(c.index, json!({}), finish), None, &mut out);
         }
-        if include_usage {
-            let usage = self.usage.unwrap_or_default().to_json();
-            chunk(json!([]), Some(usage), &mut out);
+        // An answer whose upstream reported no usage replays without it, as it first came.
+        if let Some(usage) = self.usage.filter(|_| include_usage) {
+            chunk(json!([]), Some(usage.to_json()), &mut out);
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
         out
@@ -537,6 +537,21 @@ mod tests {
         // Without include_usage there is no usage chunk and no `usage` key at all.
         let plain = a.to_sse(false);
         assert!(!String::from_utf8_lossy(&plain).contains("usage"));
+        // Unknown usage is not made up.
+        let unknown = Completion {
+            usage: None,
+            ..a.clone()
+        };
+        let evs = events(&unknown.to_sse(true));
+        assert!(
+            evs.iter().all(|e| !e.starts_with(b"{\"choices\":[]")),
+            "no usage chunk"
+        );
+        let mut asm = StreamAssembler::new(1 << 20);
+        for e in &evs {
+            asm.event(e);
+        }
+        assert_eq!(asm.finish(), Some(unknown));
     }
 
     #[test]
