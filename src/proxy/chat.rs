@@ -109,7 +109,12 @@ pub(super) async fn handle(
         request: &request,
         decision: &decision,
         client_header: session.req_header().clone(),
-        conversation: conversation_key(&request),
+        // Hashing the first messages is work only conversation balancing needs.
+        conversation: if gw.upstreams.iter().any(|u| u.pool.wants_conversation()) {
+            conversation_key(&request)
+        } else {
+            0
+        },
         store: cached,
     };
     forward(&job, session, rec, flight).await

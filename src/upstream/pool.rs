@@ -216,6 +216,14 @@ impl Pool {
     /// [`Balance::Conversation`]). `None` when no backend takes requests now.
     pub fn select(self: &Arc<Self>, conversation: u64, tried: &[usize]) -> Option<Lease> {
         let now = Instant::now();
+        if let [only] = &self.backends[..] {
+            // The common case needs no list of candidates.
+            return match only.state(now) {
+                BackendState::Up => self.lease(0, false),
+                BackendState::HalfOpen => self.lease(0, true),
+                BackendState::Down | BackendState::Ejected => None,
+            };
+        }
         let states: Vec<BackendState> = self.backends.iter().map(|b| b.state(now)).collect();
         let usable = |i: &usize| matches!(states[*i], BackendState::Up | BackendState::HalfOpen);
         let mut candidates: Vec<usize> = (0..self.backends.len())
@@ -262,6 +270,12 @@ impl Pool {
             probe,
             judged: false,
         })
+    }
+
+    /// Whether requests must bring a conversation key: only for conversation balancing over
+    /// several backends.
+    pub fn wants_conversation(&self) -> bool {
+        self.balance == Balance::Conversation && self.backends.len() > 1
     }
 
     /// Whether some backend takes requests now.
