@@ -84,6 +84,17 @@ pub enum UpstreamKind {
     Raw,
 }
 
+impl UpstreamKind {
+    /// `openai`, `ollama` or `raw`, as the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::OpenAi => "openai",
+            UpstreamKind::Ollama => "ollama",
+            UpstreamKind::Raw => "raw",
+        }
+    }
+}
+
 /// The completion API of a `raw` upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawApi {

@@ -1,4 +1,5 @@
-//! Endpoints the gateway answers itself: the model list and the health report.
+//! Endpoints the gateway answers itself: the model list, the health report, the routing dry
+//! run, `/metrics` and `/stats`.
 
 use pingora::proxy::Session;
 use pingora::Result;
@@ -7,7 +8,6 @@ use serde::Serialize;
 use super::response::Explain;
 use super::{write_error, write_json, Ctx, Gateway};
 use crate::api::ApiError;
-use crate::config::UpstreamKind;
 use crate::upstream::BackendState;
 
 #[derive(Serialize)]
@@ -101,11 +101,7 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
         .map(|u| UpstreamHealth {
             name: u.name(),
             route: u.config.route.as_str(),
-            kind: match u.config.kind {
-                UpstreamKind::OpenAi => "openai",
-                UpstreamKind::Ollama => "ollama",
-                UpstreamKind::Raw => "raw",
-            },
+            kind: u.config.kind.as_str(),
             enabled: u.config.enabled,
             available: u.config.enabled && u.pool.any_available(),
             backends: u
@@ -164,7 +160,6 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     write_json(session, 200, body, &answer, &[]).await
 }
 
-/// `GET /metrics`: Prometheus' text format.
 /// Brings the gauges that are read rather than counted up to date.
 fn refresh_gauges(gw: &Gateway) {
     let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);
@@ -193,9 +188,10 @@ pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     refresh_gauges(gw);
     let summary = crate::metrics::stats(&gw.metrics, gw.started.elapsed());
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-    super::write_json(session, 200, body, &explain(ctx), &[]).await
+    write_json(session, 200, body, &explain(ctx), &[]).await
 }
 
+/// `GET /metrics`: Prometheus' text format.
 pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     refresh_gauges(gw);
     let body = gw.metrics.render();

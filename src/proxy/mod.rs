@@ -1,9 +1,10 @@
 //! The pingora glue: one `ProxyHttp` implementation that dispatches each request.
 //!
-//! - `POST /v1/chat/completions`: read, parse, decide and exchange in [`chat`], answered from
-//!   `request_filter` (pingora's own forwarding is not used for these; see `upstream::client`).
-//! - `GET /v1/models`, `GET /health`, `GET /metrics`, `POST /v1/route`: answered by the gateway
-//!   itself ([`local`]).
+//! - `POST /v1/chat/completions`: read, parse, decide and answer from the cache in [`chat`], or
+//!   send down the fallback plan in [`forward`]; answered from `request_filter` (pingora's own
+//!   forwarding is not used for these; see `upstream::client`).
+//! - `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /stats`, `POST /v1/route`: answered
+//!   by the gateway itself ([`local`]).
 //! - any other `/v1/` path: pingora's ordinary proxy path to the pass-through upstream, with the
 //!   client's credentials replaced.
 //! - anything else: 404.
