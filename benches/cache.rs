@@ -6,14 +6,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use switchyard::api::{ChatRequest, Choice, Completion, Usage};
-use switchyard::cache::{Cache, Entry, Lookup};
+use switchyard::cache::{Cache, CacheMetrics, Entry, Lookup};
 use switchyard::config::CacheConfig;
 use switchyard::upstream::answer::AnswerReader;
 
@@ -73,7 +72,8 @@ fn cache(c: &mut Criterion) {
         max_bytes: 64 << 20,
         max_entry_bytes: 1 << 20,
     };
-    let cache = Cache::new(&config, Arc::new(|_| {}));
+    let metrics = CacheMetrics::register(&prometheus::Registry::new()).expect("new registry");
+    let cache = Cache::new(&config, metrics);
     let key = cache
         .key("key-0123456789abcdef", "local", "llama3.1:8b", &body)
         .expect("a JSON object");

@@ -7,16 +7,16 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pingora::http::RequestHeader;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::hint::black_box;
 use switchyard::api::ChatRequest;
 use switchyard::config::Config;
 use switchyard::route;
-use switchyard::upstream::{prepare_headers, Upstream};
+use switchyard::upstream::{request_head, Upstream};
 
-/// The header the official Python SDK sends.
-fn client_header() -> RequestHeader {
-    let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).expect("header");
+/// The headers the official Python SDK sends.
+fn client_header() -> HeaderMap {
+    let mut req = HeaderMap::new();
     for (k, v) in [
         ("host", "127.0.0.1:8080"),
         ("accept-encoding", "gzip, deflate"),
@@ -35,7 +35,7 @@ fn client_header() -> RequestHeader {
         ("x-stainless-retry-count", "0"),
         ("content-length", "1409"),
     ] {
-        req.append_header(k, v).expect("header value");
+        req.append(HeaderName::from_static(k), HeaderValue::from_static(v));
     }
     req
 }
@@ -76,13 +76,12 @@ fn request_path(c: &mut Criterion) {
             parsed.body_with_model(d.model)
         })
     });
+    let post = Method::POST;
+    let path = "/v1/chat/completions";
     group.bench_function("upstream_header", |b| {
         b.iter(|| {
-            let mut h = black_box(&header).clone();
             let up = &upstreams[1];
-            prepare_headers(&mut h, up, &up.pool.backends[0], "/v1/chat/completions")
-                .expect("header");
-            h
+            request_head(&post, black_box(&header), up, &up.pool.backends[0], path).expect("header")
         })
     });
     group.bench_function("all", |b| {
@@ -90,10 +89,8 @@ fn request_path(c: &mut Criterion) {
             let req = ChatRequest::parse(black_box(body.clone())).expect("valid");
             let d = route::decide(&config, &req, None);
             let out = req.body_with_model(d.model);
-            let mut h = header.clone();
             let up = &upstreams[d.upstream];
-            prepare_headers(&mut h, up, &up.pool.backends[0], "/v1/chat/completions")
-                .expect("header");
+            let h = request_head(&post, &header, up, &up.pool.backends[0], path).expect("header");
             (out, h)
         })
     });

@@ -13,9 +13,11 @@ pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxy;
 pub mod route;
 pub mod upstream;
+pub mod vocab;
 
 /// The version reported by `/health` and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,6 +7,7 @@
 //! for its answer (and go upstream themselves if it fails).
 
 mod key;
+mod metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,31 +19,10 @@ use tokio::sync::watch;
 
 use crate::api::Completion;
 use crate::config::CacheConfig;
+use crate::vocab::{CacheOutcome, CachePolicy};
 pub use key::{Key, Keyer};
-
-/// What a routing rule says about caching its requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CachePolicy {
-    /// Cache deterministic requests (`temperature: 0`).
-    #[default]
-    Auto,
-    /// Cache every request the rule matches.
-    Always,
-    /// Never cache the rule's requests.
-    Never,
-}
-
-impl CachePolicy {
-    /// Parses `auto`, `always` or `never`.
-    pub fn parse(text: &str) -> Result<CachePolicy, String> {
-        match text {
-            "auto" => Ok(CachePolicy::Auto),
-            "always" => Ok(CachePolicy::Always),
-            "never" => Ok(CachePolicy::Never),
-            other => Err(format!("`{other}` is not auto, always or never")),
-        }
-    }
-}
+pub use metrics::CacheMetrics;
+use metrics::Looked;
 
 /// How one request uses the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,12 +77,12 @@ impl Use {
         }
     }
 
-    /// The `x-switchyard-cache` value of an answer that did not come from the cache.
-    pub fn label(self) -> &'static str {
+    /// The `x-switchyard-cache` of an answer that did not come from the cache.
+    pub fn outcome(self) -> CacheOutcome {
         if self.lookup {
-            "miss"
+            CacheOutcome::Miss
         } else {
-            "bypass"
+            CacheOutcome::Bypass
         }
     }
 }
@@ -146,8 +126,13 @@ pub type Waiter = watch::Receiver<Option<Arc<Entry>>>;
 /// The requests in flight, by key.
 type Flights = HashMap<Key, Waiter>;
 
-/// Counts evictions by cause.
-pub type EvictionHook = Arc<dyn Fn(&'static str) + Send + Sync>;
+/// What a look-up found, once any identical request in flight has been waited for.
+pub enum Found {
+    /// A stored answer, or the answer of the identical request that was in flight.
+    Entry(Arc<Entry>),
+    /// Nothing: go upstream, leading the flight when there is one to lead.
+    Lead(Option<Flight>),
+}
 
 /// The cache and its in-flight requests.
 pub struct Cache {
@@ -155,12 +140,13 @@ pub struct Cache {
     flights: Arc<Mutex<Flights>>,
     keyer: Keyer,
     max_entry_bytes: u64,
+    metrics: CacheMetrics,
 }
 
 impl Cache {
-    /// A cache with the configured size, lifetime and entry limit; `on_evict` hears of every
-    /// entry that leaves it for a reason other than being replaced.
-    pub fn new(config: &CacheConfig, on_evict: EvictionHook) -> Cache {
+    /// A cache with the configured size, lifetime and entry limit, counting into `metrics`.
+    pub fn new(config: &CacheConfig, metrics: CacheMetrics) -> Cache {
+        let on_evict = metrics.clone();
         let store = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
             .weigher(|_k: &Key, e: &Arc<Entry>| e.weight())
@@ -172,7 +158,7 @@ impl Cache {
                     RemovalCause::Explicit => "explicit",
                     RemovalCause::Replaced => return,
                 };
-                on_evict(cause);
+                on_evict.evicted(cause);
             })
             .build();
         Cache {
@@ -180,6 +166,7 @@ impl Cache {
             flights: Arc::new(Mutex::new(HashMap::new())),
             keyer: Keyer::new(),
             max_entry_bytes: config.max_entry_bytes,
+            metrics,
         }
     }
 
@@ -215,11 +202,40 @@ impl Cache {
         })
     }
 
+    /// Looks `key` up and counts the result, waiting (once, up to `patience`) for an
+    /// identical request in flight.
+    pub async fn find(&self, key: Key, patience: Duration) -> Found {
+        match self.lookup(key) {
+            Lookup::Hit(entry) => {
+                self.metrics.lookup(Looked::Hit);
+                Found::Entry(entry)
+            }
+            Lookup::Lead(flight) => {
+                self.metrics.lookup(Looked::Miss);
+                Found::Lead(Some(flight))
+            }
+            Lookup::Wait(rx) => {
+                if let Some(entry) = wait(rx, patience).await {
+                    self.metrics.lookup(Looked::Coalesced);
+                    return Found::Entry(entry);
+                }
+                // The request in flight failed: try on our own, leading if nobody else does.
+                self.metrics.lookup(Looked::Miss);
+                match self.lookup(key) {
+                    Lookup::Hit(entry) => Found::Entry(entry),
+                    Lookup::Lead(flight) => Found::Lead(Some(flight)),
+                    Lookup::Wait(_) => Found::Lead(None),
+                }
+            }
+        }
+    }
+
     /// Stores an answer (when small enough) and hands it to the requests waiting on `flight`.
     pub fn store(&self, key: Key, entry: Entry, flight: Option<Flight>) {
         let entry = Arc::new(entry);
         if entry.json.len() as u64 <= self.max_entry_bytes {
             self.store.insert(key, Arc::clone(&entry));
+            self.metrics.stored();
         }
         if let Some(flight) = flight {
             flight.tx.send_replace(Some(entry));
@@ -236,6 +252,11 @@ impl Cache {
     pub fn bytes(&self) -> u64 {
         self.store.run_pending_tasks();
         self.store.weighted_size()
+    }
+
+    /// Brings the entry and byte gauges up to date.
+    pub fn refresh(&self) {
+        self.metrics.size(self.entries(), self.bytes());
     }
 }
 
@@ -274,7 +295,10 @@ pub async fn wait(mut rx: Waiter, limit: Duration) -> Option<Arc<Entry>> {
 mod tests {
     use super::*;
     use crate::api::{Choice, Completion};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn test_metrics() -> CacheMetrics {
+        CacheMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
 
     fn config() -> CacheConfig {
         CacheConfig {
@@ -304,13 +328,16 @@ mod tests {
     #[test]
     fn when_the_cache_is_used() {
         let auto = CachePolicy::Auto;
-        assert_eq!(Use::decide(true, auto, Some(0.0), None).label(), "miss");
+        assert_eq!(
+            Use::decide(true, auto, Some(0.0), None).outcome(),
+            CacheOutcome::Miss
+        );
         assert_eq!(Use::decide(true, auto, Some(0.7), None), Use::BYPASS);
         assert_eq!(Use::decide(true, auto, None, None), Use::BYPASS);
         assert_eq!(Use::decide(false, auto, Some(0.0), None), Use::BYPASS);
         assert_eq!(
-            Use::decide(true, CachePolicy::Always, Some(1.0), None).label(),
-            "miss"
+            Use::decide(true, CachePolicy::Always, Some(1.0), None).outcome(),
+            CacheOutcome::Miss
         );
         assert_eq!(
             Use::decide(true, CachePolicy::Never, Some(0.0), None),
@@ -318,7 +345,7 @@ mod tests {
         );
         let no_cache = Use::decide(true, auto, Some(0.0), Some("max-age=0, No-Cache"));
         assert!(!no_cache.lookup && no_cache.store);
-        assert_eq!(no_cache.label(), "bypass");
+        assert_eq!(no_cache.outcome(), CacheOutcome::Bypass);
         assert_eq!(
             Use::decide(true, auto, Some(0.0), Some("no-store")),
             Use::BYPASS
@@ -327,7 +354,7 @@ mod tests {
 
     #[tokio::test]
     async fn misses_coalesce_and_waiters_get_the_answer() {
-        let cache = Cache::new(&config(), Arc::new(|_| {}));
+        let cache = Cache::new(&config(), test_metrics());
         let key = cache.key("t", "u", "m", b"{}").unwrap();
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!("first look-up leads")
@@ -344,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_leader_releases_its_waiters() {
-        let cache = Cache::new(&config(), Arc::new(|_| {}));
+        let cache = Cache::new(&config(), test_metrics());
         let key = cache.key("t", "u", "m", b"{}").unwrap();
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!()
@@ -360,20 +387,13 @@ mod tests {
 
     #[test]
     fn large_answers_are_not_stored_and_the_budget_evicts() {
-        let evicted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&evicted);
+        let registry = prometheus::Registry::new();
         let cfg = CacheConfig {
             max_bytes: 4096,
             max_entry_bytes: 1500,
             ..config()
         };
-        let cache = Cache::new(
-            &cfg,
-            Arc::new(move |cause| {
-                assert_eq!(cause, "size");
-                counter.fetch_add(1, Ordering::SeqCst);
-            }),
-        );
+        let cache = Cache::new(&cfg, CacheMetrics::register(&registry).unwrap());
         let big = cache.key("t", "u", "m", b"{\"big\":1}").unwrap();
         cache.store(big, entry(&"x".repeat(2000)), None);
         assert!(matches!(cache.lookup(big), Lookup::Lead(_)));
@@ -384,6 +404,23 @@ mod tests {
             cache.store(k, entry(&"y".repeat(400)), None);
         }
         assert!(cache.bytes() <= 4096, "{}", cache.bytes());
-        assert!(evicted.load(Ordering::SeqCst) > 0);
+        let families = registry.gather();
+        let count = |name: &str, cause: Option<&str>| -> f64 {
+            families
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric())
+                .filter(|m| cause.is_none_or(|c| m.get_label().iter().any(|l| l.value() == c)))
+                .map(|m| m.get_counter().get_value())
+                .sum()
+        };
+        let evictions = "switchyard_cache_evictions_total";
+        assert!(count(evictions, Some("size")) > 0.0);
+        assert_eq!(count(evictions, None), count(evictions, Some("size")));
+        assert_eq!(
+            count("switchyard_cache_stores_total", None),
+            20.0,
+            "the large answer was not stored"
+        );
     }
 }

@@ -7,7 +7,7 @@ use regex::RegexSet;
 
 use super::features::{Feature, Features};
 use crate::api::ChatRequest;
-use crate::route::Route;
+use crate::vocab::Route;
 
 /// The text a regex condition looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,7 @@ pub struct Rule {
     /// The model to send, instead of the route's upstream's own.
     pub model: Option<String>,
     /// Whether matching requests' answers are cached.
-    pub cache: crate::cache::CachePolicy,
+    pub cache: crate::vocab::CachePolicy,
 }
 
 /// Collects regex patterns per target while rules are built.
@@ -231,7 +231,7 @@ mod tests {
             when,
             route,
             model: None,
-            cache: crate::cache::CachePolicy::Auto,
+            cache: crate::vocab::CachePolicy::Auto,
         }
     }
 

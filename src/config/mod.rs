@@ -24,7 +24,7 @@ pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER};
 pub use units::{parse_duration, parse_size};
 
-use crate::route::Route;
+use crate::vocab::Route;
 use raw::{RawConfig, RawTimeouts, Text};
 
 /// The default configuration, compiled into the binary so that it runs with no file at all.
@@ -491,7 +491,7 @@ impl Checker<'_> {
                 }
             };
             let route = self.parsed(&field("route"), Some(&up.route), Route::Cloud, |t| {
-                Route::parse_upstream_side(t)
+                Route::side(t)
             });
             let backends = self.backends(name, up);
             let model = up

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use super::raw::{RawCond, RawRouting, Text};
 use super::{Checker, Target as UpstreamTarget, UpstreamConfig};
-use crate::cache::CachePolicy;
 use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, Target};
-use crate::route::Route;
+use crate::vocab::CachePolicy;
+use crate::vocab::Route;
 use serde_saphyr::Spanned;
 
 /// The scorer compiled into the binary: hand-set weights over features standardized with the
@@ -138,7 +138,7 @@ impl Checker<'_> {
                 &format!("{field}.route"),
                 Some(&r.route),
                 Route::Cloud,
-                Route::parse,
+                str::parse::<Route>,
             );
             let model = r
                 .model
@@ -148,7 +148,7 @@ impl Checker<'_> {
                 &format!("{field}.cache"),
                 r.cache.as_ref(),
                 CachePolicy::Auto,
-                CachePolicy::parse,
+                str::parse::<CachePolicy>,
             );
             let when = match &r.when {
                 None => None,

@@ -85,11 +85,11 @@ pub fn line(
         "method": method,
         "path": path,
         "status": status,
-        "route": rec.route,
+        "route": rec.route_label(),
         "rule": rec.rule,
         "upstream": rec.upstream,
         "model": rec.model,
-        "cache": rec.cache,
+        "cache": rec.cache_label(),
         "prompt_tokens": rec.usage.map(|u| u.prompt_tokens),
         "completion_tokens": rec.usage.map(|u| u.completion_tokens),
         "usage_estimated": rec.usage.map(|_| rec.usage_estimated),
@@ -105,15 +105,16 @@ pub fn line(
 mod tests {
     use super::*;
     use crate::api::Usage;
+    use crate::vocab::{CacheOutcome, Route};
 
     #[test]
     fn a_line_is_one_json_object_with_the_fields() {
         let rec = Record {
-            route: "local",
+            route: Some(Route::Local),
             upstream: Some("local".into()),
             rule: Some("greeting".into()),
             tenant: Some("key-0123456789abcdef".into()),
-            cache: "miss",
+            cache: Some(CacheOutcome::Miss),
             usage: Some(Usage {
                 prompt_tokens: 12,
                 completion_tokens: 3,

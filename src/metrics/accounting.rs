@@ -1,6 +1,7 @@
 //! Tokens and dollars of one answer: the usage the upstream reported or an estimate of it, and
 //! what it cost against what the baseline model would have cost.
 
+use super::Record;
 use crate::api::{ChatRequest, Usage};
 use crate::classify::estimate_tokens;
 use crate::config::Config;
@@ -32,6 +33,26 @@ pub fn cost(config: &Config, upstream: usize, model: &str, usage: Usage) -> (f64
         p.cost(usage.prompt_tokens, usage.completion_tokens)
     });
     (spent, baseline)
+}
+
+/// Records an answer's tokens (`usage` as reported, else estimated from the request and the
+/// `output_bytes` seen) and its cost on `model` at `upstream`; a cache hit costs nothing.
+pub fn account(
+    config: &Config,
+    rec: &mut Record,
+    request: &ChatRequest,
+    (upstream, model): (usize, &str),
+    (usage, output_bytes): (Option<Usage>, usize),
+    hit: bool,
+) {
+    let usage = usage.unwrap_or_else(|| {
+        rec.usage_estimated = true;
+        estimate_usage(request, output_bytes)
+    });
+    let (spent, baseline) = cost(config, upstream, model, usage);
+    rec.usage = Some(usage);
+    rec.cost = if hit { 0.0 } else { spent };
+    rec.baseline_cost = baseline;
 }
 
 #[cfg(test)]

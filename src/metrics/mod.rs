@@ -16,8 +16,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::vocab::{CacheOutcome, Route};
+
 pub use access_log::{line as access_log_line, AccessLog};
-pub use accounting::{cost, estimate_usage};
+pub use accounting::{account, cost, estimate_usage};
 pub use stats::stats;
 
 /// Latency buckets in seconds: from 1 ms (a cached or local answer) to 2 minutes (a long stream).
@@ -28,8 +30,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Everything the gateway learnt about one request, recorded when it ends.
 #[derive(Debug, Clone, Default)]
 pub struct Record {
-    /// `local`, `cloud`, `hybrid`, or `gateway` for answers the gateway gave itself.
-    pub route: &'static str,
+    /// The route that served it; `None` for answers the gateway gave itself.
+    pub route: Option<Route>,
     /// The upstream's name, once one was chosen.
     pub upstream: Option<String>,
     /// What decided the route (a rule name, `scorer`, `model-table`, …).
@@ -38,8 +40,8 @@ pub struct Record {
     pub model: Option<String>,
     /// The tenant's id.
     pub tenant: Option<String>,
-    /// `hit`, `miss` or `bypass` for chat requests; `none` otherwise.
-    pub cache: &'static str,
+    /// How the cache took part, for chat requests.
+    pub cache: Option<CacheOutcome>,
     /// Tokens of the answer, reported by the upstream or estimated.
     pub usage: Option<crate::api::Usage>,
     /// The usage was estimated by the gateway, not reported by the upstream.
@@ -55,64 +57,35 @@ pub struct Record {
 impl Record {
     /// A record for a request nothing is known of yet.
     pub fn new() -> Record {
-        Record {
-            route: "gateway",
-            cache: "none",
-            ..Record::default()
-        }
+        Record::default()
+    }
+
+    /// The `route` label.
+    pub fn route_label(&self) -> &'static str {
+        crate::vocab::route_label(self.route)
+    }
+
+    /// The `cache` label: `none` for requests that are not chat requests.
+    pub fn cache_label(&self) -> &'static str {
+        self.cache.map_or("none", CacheOutcome::as_str)
     }
 }
 
-/// The gateway's metrics and the registry that renders them.
+/// The request metrics and the registry that every module registers its own metrics in.
 pub struct Metrics {
     registry: Registry,
-    /// Requests answered, by route, upstream, status and cache result.
-    pub requests: IntCounterVec,
-    /// Time from the request's arrival to the end of its answer, by route and upstream.
-    pub duration: HistogramVec,
-    /// Time from the request's arrival to the first body byte sent back (for a stream, the
-    /// first token), by route and upstream.
-    pub first_token: HistogramVec,
-    /// Time from sending a request upstream to its response header, by upstream.
-    pub upstream_latency: HistogramVec,
-    /// Requests being served now.
-    pub in_flight: IntGauge,
-    /// Routing decisions, by route and what decided (rule name, `scorer`, `model-table`, …).
-    pub decisions: IntCounterVec,
-    /// Upstream exchanges that failed, by upstream and reason (`unreachable`, `timeout`, `broken`).
-    pub upstream_failures: IntCounterVec,
-    /// Tokens, by upstream, model, direction (`prompt`, `completion`) and source (`reported`,
-    /// `estimated`).
-    pub tokens: IntCounterVec,
-    /// Spent, in US dollars, by upstream and model.
-    pub cost: CounterVec,
-    /// What the same requests would have cost on the baseline model, by upstream and model.
-    pub baseline_cost: CounterVec,
-    /// Baseline cost minus cost, by upstream and model (negative when a request cost more than
-    /// the baseline would have).
-    pub savings: GaugeVec,
-    /// Cache look-ups by result: `hit`, `miss`, or `coalesced` (answered by a request in flight).
-    pub cache_lookups: IntCounterVec,
-    /// Answers stored in the cache.
-    pub cache_stores: prometheus::IntCounter,
-    /// Entries that left the cache, by cause (`expired`, `size`, `explicit`).
-    pub cache_evictions: IntCounterVec,
-    /// Requests sent down their fallback chain, by the upstream left, the one taken and why.
-    pub fallbacks: IntCounterVec,
-    /// Retries, by upstream and reason.
-    pub retries: IntCounterVec,
-    /// Backends taking requests (1) or not (0), by upstream and backend.
-    pub backend_up: prometheus::IntGaugeVec,
-    /// Prompts estimated past an upstream's context size, by upstream and what was done.
-    pub context_overflows: IntCounterVec,
-    /// Entries in the cache now.
-    pub cache_entries: IntGauge,
-    /// Bytes in the cache now.
-    pub cache_bytes: IntGauge,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    first_token: HistogramVec,
+    in_flight: IntGauge,
+    tokens: IntCounterVec,
+    cost: CounterVec,
+    baseline_cost: CounterVec,
+    savings: GaugeVec,
 }
 
 impl Metrics {
-    /// Registers every metric in a new registry.
+    /// Registers the request metrics in a new registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let histogram = |name: &str, help: &str, labels: &[&str]| {
@@ -121,14 +94,10 @@ impl Metrics {
                 labels,
             )
         };
-        let int_counter = |name: &str, help: &str, labels: &[&str]| {
-            IntCounterVec::new(Opts::new(name, help), labels)
-        };
         let by_model = ["upstream", "model"];
         let m = Metrics {
-            requests: int_counter(
-                "switchyard_requests_total",
-                "Requests answered",
+            requests: IntCounterVec::new(
+                Opts::new("switchyard_requests_total", "Requests answered"),
                 &["route", "upstream", "status", "cache"],
             )?,
             duration: histogram(
@@ -141,25 +110,9 @@ impl Metrics {
                 "Time from a request's arrival to the first byte of its answer (a stream's first token)",
                 &["route", "upstream"],
             )?,
-            upstream_latency: histogram(
-                "switchyard_upstream_latency_seconds",
-                "Time from sending a request upstream to its response header",
-                &["upstream"],
-            )?,
             in_flight: IntGauge::new("switchyard_in_flight_requests", "Requests being served")?,
-            decisions: int_counter(
-                "switchyard_routing_decisions_total",
-                "Routing decisions",
-                &["route", "rule"],
-            )?,
-            upstream_failures: int_counter(
-                "switchyard_upstream_failures_total",
-                "Failed upstream exchanges",
-                &["upstream", "reason"],
-            )?,
-            tokens: int_counter(
-                "switchyard_tokens_total",
-                "Tokens processed upstream",
+            tokens: IntCounterVec::new(
+                Opts::new("switchyard_tokens_total", "Tokens processed upstream"),
                 &["upstream", "model", "direction", "source"],
             )?,
             cost: CounterVec::new(
@@ -180,88 +133,49 @@ impl Metrics {
                 ),
                 &by_model,
             )?,
-            cache_lookups: int_counter(
-                "switchyard_cache_lookups_total",
-                "Response cache look-ups",
-                &["result"],
-            )?,
-            cache_stores: prometheus::IntCounter::new(
-                "switchyard_cache_stores_total",
-                "Answers stored in the response cache",
-            )?,
-            cache_evictions: int_counter(
-                "switchyard_cache_evictions_total",
-                "Entries that left the response cache",
-                &["cause"],
-            )?,
-            fallbacks: int_counter(
-                "switchyard_fallbacks_total",
-                "Requests sent to the next upstream of their fallback chain",
-                &["from", "to", "reason"],
-            )?,
-            retries: int_counter(
-                "switchyard_retries_total",
-                "Upstream requests sent again before the answer started",
-                &["upstream", "reason"],
-            )?,
-            backend_up: prometheus::IntGaugeVec::new(
-                Opts::new(
-                    "switchyard_backend_up",
-                    "Whether a backend takes requests (1) or is down or ejected (0)",
-                ),
-                &["upstream", "backend"],
-            )?,
-            context_overflows: int_counter(
-                "switchyard_context_overflows_total",
-                "Prompts estimated longer than an upstream's num_ctx",
-                &["upstream", "action"],
-            )?,
-            cache_entries: IntGauge::new("switchyard_cache_entries", "Entries in the response cache")?,
-            cache_bytes: IntGauge::new("switchyard_cache_bytes", "Bytes in the response cache")?,
             registry,
         };
         let r = &m.registry;
         r.register(Box::new(m.requests.clone()))?;
         r.register(Box::new(m.duration.clone()))?;
         r.register(Box::new(m.first_token.clone()))?;
-        r.register(Box::new(m.upstream_latency.clone()))?;
         r.register(Box::new(m.in_flight.clone()))?;
-        r.register(Box::new(m.decisions.clone()))?;
-        r.register(Box::new(m.upstream_failures.clone()))?;
         r.register(Box::new(m.tokens.clone()))?;
         r.register(Box::new(m.cost.clone()))?;
         r.register(Box::new(m.baseline_cost.clone()))?;
         r.register(Box::new(m.savings.clone()))?;
-        r.register(Box::new(m.cache_lookups.clone()))?;
-        r.register(Box::new(m.cache_stores.clone()))?;
-        r.register(Box::new(m.cache_evictions.clone()))?;
-        r.register(Box::new(m.fallbacks.clone()))?;
-        r.register(Box::new(m.retries.clone()))?;
-        r.register(Box::new(m.backend_up.clone()))?;
-        r.register(Box::new(m.context_overflows.clone()))?;
-        r.register(Box::new(m.cache_entries.clone()))?;
-        r.register(Box::new(m.cache_bytes.clone()))?;
         Ok(m)
+    }
+
+    /// The registry the other modules register their metrics in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Sets the number of requests being served.
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Counts a finished request: status, latency, tokens, cost and savings.
     pub fn record(&self, rec: &Record, status: &str, elapsed: Duration) {
         let upstream = rec.upstream.as_deref().unwrap_or("none");
+        let route = rec.route_label();
         self.requests
-            .with_label_values(&[rec.route, upstream, status, rec.cache])
+            .with_label_values(&[route, upstream, status, rec.cache_label()])
             .inc();
         self.duration
-            .with_label_values(&[rec.route, upstream])
+            .with_label_values(&[route, upstream])
             .observe(elapsed.as_secs_f64());
         if let Some(first) = rec.first_byte {
             self.first_token
-                .with_label_values(&[rec.route, upstream])
+                .with_label_values(&[route, upstream])
                 .observe(first.as_secs_f64());
         }
         let Some(usage) = rec.usage else { return };
         let model = rec.model.as_deref().unwrap_or("other");
         // Tokens count work done upstream: a cache hit did none.
-        if rec.cache != "hit" {
+        if rec.cache != Some(CacheOutcome::Hit) {
             let source = if rec.usage_estimated {
                 "estimated"
             } else {
@@ -310,9 +224,9 @@ mod tests {
     fn renders_the_text_format() {
         let m = Metrics::new().unwrap();
         let rec = Record {
-            route: "local",
+            route: Some(Route::Local),
             upstream: Some("local".into()),
-            cache: "bypass",
+            cache: Some(CacheOutcome::Bypass),
             ..Record::new()
         };
         m.record(&rec, "200", Duration::from_millis(3));
@@ -335,10 +249,10 @@ mod tests {
     fn tokens_cost_and_savings_move_by_what_was_recorded() {
         let m = Metrics::new().unwrap();
         let rec = Record {
-            route: "cloud",
+            route: Some(Route::Cloud),
             upstream: Some("cloud".into()),
             model: Some("gpt-4o-mini".into()),
-            cache: "miss",
+            cache: Some(CacheOutcome::Miss),
             usage: Some(Usage {
                 prompt_tokens: 1000,
                 completion_tokens: 200,
@@ -349,7 +263,7 @@ mod tests {
         };
         m.record(&rec, "200", Duration::from_millis(30));
         let hit = Record {
-            cache: "hit",
+            cache: Some(CacheOutcome::Hit),
             cost: 0.0,
             ..rec.clone()
         };

@@ -175,8 +175,8 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
             "misses": misses,
             "bypassed": bypass,
             "hit_rate": ratio(hits, hits + misses),
-            "entries": m.cache_entries.get(),
-            "bytes": m.cache_bytes.get(),
+            "entries": total(&f, "switchyard_cache_entries", &[], Part::Sum),
+            "bytes": total(&f, "switchyard_cache_bytes", &[], Part::Sum),
         },
         "tokens": {
             "prompt": total(&f, tokens, &[("direction", "prompt")], Part::Sum),
@@ -197,15 +197,16 @@ mod tests {
     use super::*;
     use crate::api::Usage;
     use crate::metrics::Record;
+    use crate::vocab::{CacheOutcome, Route};
 
     #[test]
     fn sums_what_was_recorded() {
         let m = Metrics::new().unwrap();
         let local = Record {
-            route: "local",
+            route: Some(Route::Local),
             upstream: Some("local".into()),
             model: Some("llama".into()),
-            cache: "miss",
+            cache: Some(CacheOutcome::Miss),
             usage: Some(Usage {
                 prompt_tokens: 100,
                 completion_tokens: 50,
@@ -218,17 +219,17 @@ mod tests {
         m.record(&local, "200", Duration::from_millis(100));
         m.record(
             &Record {
-                cache: "hit",
+                cache: Some(CacheOutcome::Hit),
                 ..local.clone()
             },
             "200",
             Duration::from_millis(1),
         );
         let cloud = Record {
-            route: "cloud",
+            route: Some(Route::Cloud),
             upstream: Some("cloud".into()),
             model: Some("gpt-4o".into()),
-            cache: "bypass",
+            cache: Some(CacheOutcome::Bypass),
             cost: 0.00075,
             ..local.clone()
         };

@@ -5,10 +5,10 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Serialize;
 
-use super::response::Explain;
-use super::{write_error, write_json, Ctx, Gateway};
+use super::session::read_body;
+use super::{write_error, write_json, write_whole, Ctx, Gateway};
 use crate::api::ApiError;
-use crate::upstream::BackendState;
+use crate::pipeline::{explain, Explain};
 
 #[derive(Serialize)]
 struct ModelObject<'a> {
@@ -42,22 +42,22 @@ pub(super) async fn models(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     let list = ModelList {
         object: "list",
         data: gw
-            .config
+            .config()
             .models
             .iter()
             .map(|m| model_object(gw, &m.name))
             .collect(),
     };
     let body = serde_json::to_vec(&list).unwrap_or_default();
-    write_json(session, 200, body, &explain(ctx), &[]).await
+    write_json(session, 200, body, &explain(ctx)).await
 }
 
 /// `GET /v1/models/{id}`: one model, or 404 as OpenAI answers for an unknown one.
 pub(super) async fn model(gw: &Gateway, session: &mut Session, ctx: &Ctx, id: &str) -> Result<()> {
-    match gw.config.models.iter().find(|m| m.name == id) {
+    match gw.config().models.iter().find(|m| m.name == id) {
         Some(m) => {
             let body = serde_json::to_vec(&model_object(gw, &m.name)).unwrap_or_default();
-            write_json(session, 200, body, &explain(ctx), &[]).await
+            write_json(session, 200, body, &explain(ctx)).await
         }
         None => write_error(session, &ApiError::model_not_found(id), &explain(ctx), &[]).await,
     }
@@ -96,6 +96,7 @@ struct BackendHealth {
 pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let now = std::time::Instant::now();
     let upstreams: Vec<UpstreamHealth> = gw
+        .pipeline
         .upstreams
         .iter()
         .map(|u| UpstreamHealth {
@@ -124,13 +125,13 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
         upstreams,
     };
     let body = serde_json::to_vec(&report).unwrap_or_default();
-    write_json(session, 200, body, &explain(ctx), &[]).await
+    write_json(session, 200, body, &explain(ctx)).await
 }
 
 /// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
 pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let gateway = explain(ctx);
-    let body = match super::chat::read_body(session, gw.config.max_body_bytes).await? {
+    let body = match read_body(session, gw.config().max_body_bytes).await? {
         Ok(body) => body,
         Err(e) => {
             session.set_keepalive(None);
@@ -141,66 +142,45 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
         Ok(r) => r,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
-    let forced = match super::chat::forced_route(gw, session.req_header()) {
-        Ok(f) => f,
+    let headers = &session.req_header().headers;
+    let decision = match gw.pipeline.decide(headers, &request) {
+        Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
-    let decision = crate::route::decide(&gw.config, &request, forced);
     let body =
-        serde_json::to_vec(&crate::route::explain(&gw.config, &decision)).unwrap_or_default();
+        serde_json::to_vec(&crate::route::explain(gw.config(), &decision)).unwrap_or_default();
     let answer = Explain {
         rule: Some(decision.rule),
         score: decision.score,
         ..Explain::served(
             &ctx.request_id,
-            decision.route.as_str(),
-            gw.upstreams[decision.upstream].name(),
+            decision.route,
+            gw.upstream(decision.upstream).name(),
         )
     };
-    write_json(session, 200, body, &answer, &[]).await
+    write_json(session, 200, body, &answer).await
 }
 
 /// Brings the gauges that are read rather than counted up to date.
 fn refresh_gauges(gw: &Gateway) {
     let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);
-    let m = &gw.metrics;
-    m.in_flight
-        .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
-    let now = std::time::Instant::now();
-    for u in gw.upstreams.iter().filter(|u| u.config.enabled) {
-        for b in &u.pool.backends {
-            let up = matches!(b.state(now), BackendState::Up | BackendState::HalfOpen);
-            m.backend_up
-                .with_label_values(&[u.name(), &b.label])
-                .set(i64::from(up));
-        }
-    }
-    if let Some(cache) = &gw.cache {
-        m.cache_entries
-            .set(i64::try_from(cache.entries()).unwrap_or(i64::MAX));
-        m.cache_bytes
-            .set(i64::try_from(cache.bytes()).unwrap_or(i64::MAX));
-    }
+    gw.pipeline.metrics.set_in_flight(in_flight);
+    gw.pipeline.refresh_gauges();
 }
 
 /// `GET /stats`: a JSON summary for people.
 pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     refresh_gauges(gw);
-    let summary = crate::metrics::stats(&gw.metrics, gw.started.elapsed());
+    let summary = crate::metrics::stats(&gw.pipeline.metrics, gw.started.elapsed());
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
-    write_json(session, 200, body, &explain(ctx), &[]).await
+    write_json(session, 200, body, &explain(ctx)).await
 }
 
 /// `GET /metrics`: Prometheus' text format.
 pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     refresh_gauges(gw);
-    let body = gw.metrics.render();
-    let header =
-        super::response::sized_header(200, crate::metrics::CONTENT_TYPE, body.len(), &explain(ctx));
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(bytes::Bytes::from(body)), true)
-        .await
+    let body = gw.pipeline.metrics.render();
+    let content_type = crate::metrics::CONTENT_TYPE;
+    let head = explain::sized_head(200, content_type, body.len(), &explain(ctx));
+    write_whole(session, head, bytes::Bytes::from(body)).await
 }

@@ -1,20 +1,19 @@
 //! The pingora glue: one `ProxyHttp` implementation that dispatches each request.
 //!
-//! - `POST /v1/chat/completions`: read, parse, decide and answer from the cache in [`chat`], or
-//!   send down the fallback plan in [`forward`]; answered from `request_filter` (pingora's own
-//!   forwarding is not used for these; see `upstream::client`).
+//! - `POST /v1/chat/completions`: the body is read here, then the [`pipeline`](crate::pipeline)
+//!   serves the request and writes its answer through a [`session::SessionDownstream`];
+//!   answered from `request_filter` (pingora's own forwarding is not used for these; see
+//!   `upstream::client`).
 //! - `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /stats`, `POST /v1/route`: answered
 //!   by the gateway itself ([`local`]).
 //! - any other `/v1/` path: pingora's ordinary proxy path to the pass-through upstream, with the
 //!   client's credentials replaced.
 //! - anything else: 404.
 
-mod chat;
-mod forward;
 mod local;
 mod request_id;
-mod response;
 mod server;
+mod session;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,78 +21,68 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use http::HeaderName;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::api::ApiError;
-use crate::cache::Cache;
 use crate::config::Config;
-use crate::metrics::{AccessLog, Metrics, Record};
-use crate::upstream::{prepare_headers, Upstream};
-pub use response::Explain;
+use crate::metrics::{AccessLog, Record};
+use crate::pipeline::{explain, Explain, Incoming, Pipeline};
+use crate::upstream::client::Pooled;
+use crate::upstream::{request_head, Upstream};
+use crate::vocab::CacheOutcome;
 pub use server::run;
+use session::{expects_continue, read_body, SessionDownstream};
 
-/// The gateway: configuration, upstreams and the shared upstream connection pool.
+/// The gateway: the chat pipeline on pingora's client connections, and what the glue itself
+/// keeps (request ids, the requests in flight, the access log).
 pub struct Gateway {
-    config: Arc<Config>,
-    upstreams: Vec<Arc<Upstream>>,
-    connector: Connector,
+    pipeline: Pipeline<Pooled>,
     started: Instant,
     started_unix: u64,
     in_flight: Arc<AtomicUsize>,
     ids: request_id::Generator,
-    metrics: Metrics,
-    /// The response cache, when enabled.
-    cache: Option<Cache>,
     access_log: Option<AccessLog>,
 }
 
 impl Gateway {
     /// Builds the gateway for a validated configuration.
     pub fn new(config: Config) -> std::result::Result<Gateway, String> {
-        let upstreams = config
-            .upstreams
-            .iter()
-            .cloned()
-            .map(|u| Upstream::new(u).map(Arc::new))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
-        let evictions = metrics.cache_evictions.clone();
-        let cache = config.cache.enabled.then(|| {
-            let hook = move |cause: &'static str| evictions.with_label_values(&[cause]).inc();
-            Cache::new(&config.cache, Arc::new(hook))
-        });
         let access_log = match &config.access_log {
             Some(target) => Some(AccessLog::open(target).map_err(|e| format!("access log: {e}"))?),
             None => None,
         };
         Ok(Gateway {
-            config: Arc::new(config),
-            upstreams,
-            connector: Connector::new(None),
+            pipeline: Pipeline::new(config, Pooled::new())?,
             started: Instant::now(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             in_flight: Arc::new(AtomicUsize::new(0)),
             ids: request_id::Generator::new(),
-            metrics,
-            cache,
             access_log,
         })
     }
 
     /// The background service that checks the upstreams' backends.
     pub fn health_checks(&self) -> crate::upstream::health::HealthChecks {
-        crate::upstream::health::HealthChecks::new(self.upstreams.clone())
+        crate::upstream::health::HealthChecks::new(self.pipeline.upstreams.clone())
     }
 
     /// The number of requests being served now; the drain on SIGTERM waits for it to reach 0.
     pub fn in_flight(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.in_flight)
+    }
+
+    fn config(&self) -> &Config {
+        &self.pipeline.config
+    }
+
+    fn upstream(&self, index: usize) -> &Upstream {
+        &self.pipeline.upstreams[index]
     }
 }
 
@@ -139,15 +128,12 @@ impl Gateway {
         };
         if let Some(required) = required.filter(|r| *r != method) {
             let error = ApiError::method_not_allowed(method.as_str(), &path, required.as_str());
-            return self
-                .reject(session, ctx, error, Some(required.as_str()))
-                .await;
+            let allow = [(http::header::ALLOW, required.as_str())];
+            write_error(session, &error, &Explain::gateway(&ctx.request_id), &allow).await?;
+            return Ok(Handled::Done);
         }
         match path.as_str() {
-            "/v1/chat/completions" => {
-                let started = ctx.started;
-                chat::handle(self, session, &ctx.request_id, started, &mut ctx.record).await?
-            }
+            "/v1/chat/completions" => self.chat(session, ctx).await?,
             "/metrics" => local::metrics(self, session, ctx).await?,
             "/stats" => local::stats(self, session, ctx).await?,
             "/v1/route" => local::route(self, session, ctx).await?,
@@ -157,30 +143,65 @@ impl Gateway {
             p if p.starts_with("/v1/models/") && method == http::Method::GET => {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
             }
-            p if p.starts_with("/v1/") => return Ok(Handled::Passthrough(self.config.passthrough)),
+            p if p.starts_with("/v1/") => {
+                return Ok(Handled::Passthrough(self.config().passthrough))
+            }
             _ => {
                 let error = ApiError::unknown_path(method.as_str(), &path);
-                return self.reject(session, ctx, error, None).await;
+                write_error(session, &error, &Explain::gateway(&ctx.request_id), &[]).await?;
             }
         }
         Ok(Handled::Done)
     }
 
-    async fn reject(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-        error: ApiError,
-        allow: Option<&str>,
-    ) -> Result<Handled> {
-        let explain = Explain::gateway(&ctx.request_id);
-        let mut extra = Vec::new();
-        if let Some(allow) = allow {
-            extra.push(("allow", allow));
-        }
-        write_error(session, &error, &explain, &extra).await?;
-        Ok(Handled::Done)
+    /// `POST /v1/chat/completions`: reads the body, then the pipeline answers.
+    async fn chat(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.record.cache = Some(CacheOutcome::Bypass);
+        let body = match read_body(session, self.config().max_body_bytes).await? {
+            Ok(body) => body,
+            Err(e) => {
+                // The rest of an oversized body is not read: the connection cannot be reused.
+                session.set_keepalive(None);
+                let explain = Explain {
+                    cache: Some(CacheOutcome::Bypass),
+                    ..Explain::gateway(&ctx.request_id)
+                };
+                return write_error(session, &e, &explain, &[]).await;
+            }
+        };
+        // The pipeline writes to the session while it reads the request's head: keep a copy.
+        let head = session.req_header();
+        let headers = head.headers.clone();
+        let path = head
+            .uri
+            .path_and_query()
+            .map_or("/v1/chat/completions", |p| p.as_str())
+            .to_owned();
+        let incoming = Incoming {
+            request_id: &ctx.request_id,
+            started: ctx.started,
+            headers: &headers,
+            path: &path,
+        };
+        let mut down = SessionDownstream::new(session);
+        let served = self
+            .pipeline
+            .chat(incoming, body, &mut down, &mut ctx.record)
+            .await;
+        down.into_result(served)
     }
+}
+
+/// Writes a complete response.
+async fn write_whole(
+    session: &mut Session,
+    head: crate::pipeline::Head,
+    body: Bytes,
+) -> Result<()> {
+    session
+        .write_response_header(Box::new(ResponseHeader::from(head)), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
 }
 
 /// Writes a complete JSON response.
@@ -189,18 +210,9 @@ async fn write_json(
     status: u16,
     body: Vec<u8>,
     explain: &Explain<'_>,
-    extra: &[(&'static str, &str)],
 ) -> Result<()> {
-    let mut header = response::json_header(status, body.len(), explain);
-    for (name, value) in extra {
-        header.insert_header(*name, *value)?;
-    }
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+    let head = explain::json_head(status, body.len(), explain);
+    write_whole(session, head, Bytes::from(body)).await
 }
 
 /// Writes an OpenAI-shaped error response.
@@ -208,9 +220,10 @@ async fn write_error(
     session: &mut Session,
     error: &ApiError,
     explain: &Explain<'_>,
-    extra: &[(&'static str, &str)],
+    extra: &[(HeaderName, &str)],
 ) -> Result<()> {
-    write_json(session, error.status, error.to_json(), explain, extra).await
+    let (head, body) = explain::error_answer(error, explain, extra);
+    write_whole(session, head, body).await
 }
 
 #[async_trait]
@@ -234,13 +247,14 @@ impl ProxyHttp for Gateway {
         ctx.request_id = self.ids.for_request(session.req_header());
         match self.dispatch(session, ctx).await? {
             Handled::Done => Ok(true),
-            Handled::Passthrough(upstream) => {
-                ctx.passthrough = Some(upstream);
-                ctx.record.route = self.upstreams[upstream].config.route.as_str();
-                ctx.record.upstream = Some(self.upstreams[upstream].name().to_owned());
-                ctx.record.cache = "bypass";
+            Handled::Passthrough(index) => {
+                let upstream = self.upstream(index);
+                ctx.passthrough = Some(index);
+                ctx.record.route = Some(upstream.config.route);
+                ctx.record.upstream = Some(upstream.name().to_owned());
+                ctx.record.cache = Some(CacheOutcome::Bypass);
                 // The upstream never sees `Expect` (it is hop-by-hop here), so answer it now.
-                if expects_continue(session.req_header()) {
+                if expects_continue(session) {
                     session.write_continue_response().await?;
                 }
                 Ok(false)
@@ -249,8 +263,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
-        let upstream = &self.upstreams[index];
+        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
+        let upstream = self.upstream(index);
         let Some(lease) = upstream.pool.select(0, &[]) else {
             return Error::e_explain(ErrorType::ConnectError, "no healthy backend");
         };
@@ -268,19 +282,22 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
+        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
         let path = upstream_request
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let upstream = &self.upstreams[index];
+        let upstream = self.upstream(index);
         let backend = match &ctx.lease {
             Some(lease) => lease.backend(),
             None => &upstream.pool.backends[0],
         };
-        prepare_headers(upstream_request, upstream, backend, &path)
-            .map_err(|e| Error::explain(ErrorType::InternalError, e.message))
+        let method = upstream_request.method.clone();
+        let head = request_head(&method, &upstream_request.headers, upstream, backend, &path)
+            .map_err(|e| Error::explain(ErrorType::InternalError, e.message))?;
+        *upstream_request = RequestHeader::from(head);
+        Ok(())
     }
 
     async fn response_filter(
@@ -289,27 +306,25 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let index = ctx.passthrough.unwrap_or(self.config.passthrough);
-        let upstream = &self.upstreams[index];
+        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
+        let upstream = self.upstream(index);
         // Pass-through answers are never cached.
         let explain = Explain {
-            cache: Some("bypass"),
-            ..Explain::served(
-                &ctx.request_id,
-                upstream.config.route.as_str(),
-                upstream.name(),
-            )
+            cache: Some(CacheOutcome::Bypass),
+            ..Explain::served(&ctx.request_id, upstream.config.route, upstream.name())
         };
         // pingora frames the pass-through body itself: keep its transfer-encoding choice.
         let framing = upstream_response
             .headers
             .get(http::header::TRANSFER_ENCODING)
             .cloned();
-        response::rewrite_upstream_header(upstream_response, &explain);
-        upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+        let mut head = upstream_response.as_owned_parts();
+        explain::rewrite_upstream_head(&mut head, &explain);
+        head.headers.remove(http::header::TRANSFER_ENCODING);
         if let Some(te) = framing {
-            upstream_response.insert_header(http::header::TRANSFER_ENCODING, te)?;
+            head.headers.insert(http::header::TRANSFER_ENCODING, te);
         }
+        *upstream_response = ResponseHeader::from(head);
         Ok(())
     }
 
@@ -317,7 +332,7 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map(|h| h.status);
         let elapsed = ctx.started.elapsed();
         let label = status.as_ref().map_or("none", |s| s.as_str());
-        self.metrics.record(&ctx.record, label, elapsed);
+        self.pipeline.metrics.record(&ctx.record, label, elapsed);
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             log.write(crate::metrics::access_log_line(
@@ -334,7 +349,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let upstream = ctx
             .passthrough
-            .map(|i| self.upstreams[i].name())
+            .map(|i| self.upstream(i).name())
             .unwrap_or("none");
         let error = match e.etype() {
             ErrorType::HTTPStatus(code) => ApiError {
@@ -360,7 +375,10 @@ impl ProxyHttp for Gateway {
             }
         };
         if session.response_written().is_none() {
-            let explain = Explain::served(&ctx.request_id, "gateway", upstream);
+            let explain = Explain {
+                upstream,
+                ..Explain::gateway(&ctx.request_id)
+            };
             if let Err(write) = write_error(session, &error, &explain, &[]).await {
                 log::debug!("could not send the error response: {write}");
             }
@@ -370,12 +388,4 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
-}
-
-/// Whether the client waits for `100 Continue` before sending its body.
-fn expects_continue(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
 }

@@ -5,50 +5,10 @@
 //! the default route.
 
 use crate::api::ChatRequest;
-use crate::cache::CachePolicy;
 use crate::classify::Features;
 use crate::config::{Config, ModelEntry, Routing};
-
-/// The side of the gateway a request is served on; reported in `x-switchyard-route`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Route {
-    /// The local model (Ollama or another server on the operator's hardware).
-    Local,
-    /// The cloud model (OpenAI or another hosted API).
-    Cloud,
-    /// The local model shortens the request (long context, old turns), the cloud model answers.
-    Hybrid,
-}
-
-impl Route {
-    /// The header and log spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Local => "local",
-            Route::Cloud => "cloud",
-            Route::Hybrid => "hybrid",
-        }
-    }
-
-    /// Parses the route of a rule.
-    pub fn parse(text: &str) -> Result<Route, String> {
-        match text {
-            "local" => Ok(Route::Local),
-            "cloud" => Ok(Route::Cloud),
-            "hybrid" => Ok(Route::Hybrid),
-            other => Err(format!("`{other}` is not a route (local, hybrid or cloud)")),
-        }
-    }
-
-    /// Parses the `route` field of an upstream.
-    pub fn parse_upstream_side(text: &str) -> Result<Route, String> {
-        match text {
-            "local" => Ok(Route::Local),
-            "cloud" => Ok(Route::Cloud),
-            other => Err(format!("`{other}` is not a route (local or cloud)")),
-        }
-    }
-}
+use crate::vocab::CachePolicy;
+pub use crate::vocab::Route;
 
 /// Where one request goes, and why.
 #[derive(Debug, Clone)]

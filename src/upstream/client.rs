@@ -6,53 +6,78 @@
 //! requests (connections are pooled and reused), explicit timeouts on every step, and a body
 //! reader that hands over everything already received in one piece.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use super::POOL_IDLE;
-use crate::api::ApiError;
+use super::call::{Exchange, ExchangeError, Transport};
+use super::{Backend, Upstream, POOL_IDLE};
 use crate::config::Timeouts;
+
+/// The real transport: pingora's client, with one pool of connections shared by all requests.
+pub struct Pooled {
+    connector: Arc<Connector>,
+}
+
+impl Default for Pooled {
+    fn default() -> Self {
+        Pooled::new()
+    }
+}
+
+impl Pooled {
+    /// A transport with an empty connection pool.
+    pub fn new() -> Pooled {
+        Pooled {
+            connector: Arc::new(Connector::new(None)),
+        }
+    }
+}
+
+impl Pooled {
+    /// Sends `head` and `body` to `backend` of `upstream` within `timeouts`, and waits for the
+    /// answer's head.
+    pub async fn exchange(
+        &self,
+        upstream: &Upstream,
+        backend: &Backend,
+        head: http::request::Parts,
+        body: Bytes,
+        timeouts: Timeouts,
+    ) -> Result<PooledExchange, ExchangeError> {
+        let peer = upstream
+            .peer(backend)
+            .await
+            .map_err(|e| ExchangeError::Unreachable(e.message))?;
+        let header = RequestHeader::from(head);
+        PooledExchange::start(&self.connector, peer, timeouts, header, body).await
+    }
+}
+
+impl Transport for Pooled {
+    type Exchange = PooledExchange;
+
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        backend: &Backend,
+        head: http::request::Parts,
+        body: Bytes,
+    ) -> Result<PooledExchange, ExchangeError> {
+        let timeouts = upstream.config.timeouts;
+        self.exchange(upstream, backend, head, body, timeouts).await
+    }
+}
 
 /// How many times a request is sent again when a pooled connection turns out to be closed.
 const STALE_RETRIES: usize = 2;
-
-/// Why an exchange failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExchangeError {
-    /// No connection could be made, or it was refused or reset before any answer.
-    Unreachable(String),
-    /// A time limit passed; names which one.
-    Timeout(&'static str),
-    /// The connection failed after the answer had started.
-    Broken(String),
-}
-
-impl ExchangeError {
-    /// A short fixed name for metrics: `unreachable`, `timeout` or `broken`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ExchangeError::Unreachable(_) => "unreachable",
-            ExchangeError::Timeout(_) => "timeout",
-            ExchangeError::Broken(_) => "broken",
-        }
-    }
-
-    /// The error the client sees.
-    pub fn to_api(&self, upstream: &str) -> ApiError {
-        match self {
-            ExchangeError::Unreachable(detail) => ApiError::upstream_unreachable(upstream, detail),
-            ExchangeError::Timeout(what) => ApiError::upstream_timeout(upstream, what),
-            ExchangeError::Broken(detail) => ApiError::upstream_broken(upstream, detail),
-        }
-    }
-}
 
 fn classify(e: &Error, started: bool) -> ExchangeError {
     match e.etype() {
@@ -76,8 +101,9 @@ fn describe(etype: &ErrorType) -> String {
     }
 }
 
-/// An exchange whose response header has arrived; the body is read with [`Exchange::next`].
-pub struct Exchange {
+/// An exchange on a pooled connection whose response header has arrived.
+pub struct PooledExchange {
+    connector: Arc<Connector>,
     session: HttpSession,
     peer: HttpPeer,
     idle: Duration,
@@ -87,18 +113,18 @@ pub struct Exchange {
     ended: bool,
 }
 
-impl Exchange {
-    /// Sends `header` and `body` to `upstream` and waits for the response header.
+impl PooledExchange {
+    /// Sends `header` and `body` to `peer` and waits for the response header.
     ///
     /// A pooled connection that the upstream had already closed is replaced by a new one and the
     /// request sent again: nothing reached the upstream's application in that case.
-    pub async fn start(
-        connector: &Connector,
+    async fn start(
+        connector: &Arc<Connector>,
         peer: HttpPeer,
         timeouts: Timeouts,
         header: RequestHeader,
         body: Bytes,
-    ) -> Result<Exchange, ExchangeError> {
+    ) -> Result<PooledExchange, ExchangeError> {
         let started = Instant::now();
         let deadline = started + timeouts.total;
         let first_byte_by = (started + timeouts.first_byte).min(deadline);
@@ -114,7 +140,8 @@ impl Exchange {
             session.set_read_timeout(None);
             match send(&mut session, header.clone(), body.clone(), first_byte_by).await {
                 Ok(()) => {
-                    return Ok(Exchange {
+                    return Ok(PooledExchange {
+                        connector: Arc::clone(connector),
                         session,
                         peer,
                         idle: timeouts.idle,
@@ -139,16 +166,34 @@ impl Exchange {
         }
     }
 
-    /// The upstream's response header.
-    pub fn header(&self) -> &ResponseHeader {
+    async fn read_one(&mut self) -> Result<Option<Bytes>, ExchangeError> {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Err(ExchangeError::Timeout("total"));
+        }
+        let left = self.deadline - now;
+        let (limit, which) = if left < self.idle {
+            (left, "total")
+        } else {
+            (self.idle, "idle")
+        };
+        match tokio::time::timeout(limit, self.session.read_response_body()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(classify(&e, true)),
+            Err(_) => Err(ExchangeError::Timeout(which)),
+        }
+    }
+}
+
+impl Exchange for PooledExchange {
+    fn head(&self) -> &http::response::Parts {
         // `start` returns only after the header was read.
         self.session
             .response_header()
             .expect("response header is read in start")
     }
 
-    /// The next piece of the body (everything that has arrived by now), or `None` at its end.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, ExchangeError> {
+    async fn next(&mut self) -> Result<Option<Bytes>, ExchangeError> {
         if let Some(e) = self.pending.take() {
             return Err(e);
         }
@@ -182,28 +227,9 @@ impl Exchange {
         Ok(Some(more.map_or(first, BytesMut::freeze)))
     }
 
-    async fn read_one(&mut self) -> Result<Option<Bytes>, ExchangeError> {
-        let now = Instant::now();
-        if now >= self.deadline {
-            return Err(ExchangeError::Timeout("total"));
-        }
-        let left = self.deadline - now;
-        let (limit, which) = if left < self.idle {
-            (left, "total")
-        } else {
-            (self.idle, "idle")
-        };
-        match tokio::time::timeout(limit, self.session.read_response_body()).await {
-            Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(e)) => Err(classify(&e, true)),
-            Err(_) => Err(ExchangeError::Timeout(which)),
-        }
-    }
-
-    /// Returns the connection to the pool when the response was read to its end, else closes it.
-    pub async fn finish(mut self, connector: &Connector) {
+    async fn finish(mut self) {
         if self.ended && self.pending.is_none() && self.session.response_done() {
-            connector
+            self.connector
                 .release_http_session(self.session, &self.peer, Some(POOL_IDLE))
                 .await;
         } else {

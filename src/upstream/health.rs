@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use http::HeaderValue;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::client::Exchange;
-use super::{prepare_headers, Backend, Upstream};
+use super::call::Exchange;
+use super::client::Pooled;
+use super::{request_head, Backend, Upstream};
 use crate::config::Timeouts;
 
 /// The `User-Agent` of health checks.
@@ -32,7 +32,7 @@ impl HealthChecks {
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Arc::new(Connector::new(None));
+        let connector = Arc::new(Pooled::new());
         let mut tasks = Vec::new();
         for upstream in &self.upstreams {
             if !upstream.config.enabled || !upstream.config.health.active {
@@ -66,19 +66,18 @@ impl BackgroundService for HealthChecks {
 }
 
 /// One check: the health path answers, below 500, within the timeout.
-pub async fn check(connector: &Connector, upstream: &Upstream, backend: &Backend) -> bool {
+pub async fn check(transport: &Pooled, upstream: &Upstream, backend: &Backend) -> bool {
     let health = &upstream.config.health;
-    let Ok(peer) = upstream.peer(backend).await else {
+    let no_headers = http::HeaderMap::new();
+    let get = http::Method::GET;
+    let Ok(mut head) = request_head(&get, &no_headers, upstream, backend, &health.path) else {
         return false;
     };
-    let Ok(mut header) = RequestHeader::build("GET", health.path.as_bytes(), Some(4)) else {
-        return false;
-    };
-    if prepare_headers(&mut header, upstream, backend, &health.path).is_err() {
-        return false;
-    }
     // Says what the request is, in the upstream's logs.
-    let _ = header.insert_header(http::header::USER_AGENT, USER_AGENT);
+    head.headers.insert(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(USER_AGENT),
+    );
     let limit = health.timeout;
     let timeouts = Timeouts {
         connect: limit.min(upstream.config.timeouts.connect),
@@ -86,15 +85,15 @@ pub async fn check(connector: &Connector, upstream: &Upstream, backend: &Backend
         idle: limit,
         total: limit,
     };
-    let Ok(mut exchange) = Exchange::start(connector, peer, timeouts, header, Bytes::new()).await
-    else {
+    let sent = transport.exchange(upstream, backend, head, Bytes::new(), timeouts);
+    let Ok(mut exchange) = sent.await else {
         return false;
     };
     // Any answer below 500 means the server is up: a 404 says the health path is wrong, a 401
     // that the key is, and requests would get those answers too; only 5xx means it is failing.
-    let ok = exchange.header().status.as_u16() < 500;
+    let ok = exchange.head().status.as_u16() < 500;
     // Read the (small) body so that the connection can serve the next check.
     while let Ok(Some(_)) = exchange.next().await {}
-    exchange.finish(connector).await;
+    exchange.finish().await;
     ok
 }

@@ -5,8 +5,10 @@
 //! for the gateway's own exchange and for pass-through paths alike; [`client`] runs the exchange.
 
 pub mod answer;
+pub mod call;
 pub mod client;
 pub mod health;
+pub mod metrics;
 pub mod ollama;
 pub mod pool;
 pub mod raw;
@@ -15,8 +17,7 @@ pub mod retry;
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
-use pingora::http::RequestHeader;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::api::ApiError;
@@ -128,51 +129,49 @@ impl Upstream {
     }
 }
 
-/// Rewrites a copy of the client's request header into the upstream's: the upstream's path,
-/// `Host` and credentials; none of the client's credentials or hop-by-hop headers.
-pub fn prepare_headers(
-    req: &mut RequestHeader,
+/// The head of a request to `backend` of `upstream` at `path_and_query`, made from the client's
+/// method and headers: the upstream's `Host` and credentials; none of the client's credentials,
+/// hop-by-hop headers or `x-switchyard-*` headers. Used for the gateway's own exchange and for
+/// pass-through paths alike.
+pub fn request_head(
+    method: &http::Method,
+    client: &HeaderMap,
     upstream: &Upstream,
     backend: &Backend,
     path_and_query: &str,
-) -> Result<(), ApiError> {
+) -> Result<http::request::Parts, ApiError> {
     let uri = Upstream::path(backend, path_and_query)
         .parse::<http::Uri>()
         .map_err(|_| ApiError::invalid_request("The request path is not valid", None, None))?;
-    req.set_uri(uri);
+    let mut head = http::Request::new(()).into_parts().0;
+    head.method = method.clone();
+    head.uri = uri;
     // Upstream connections speak HTTP/1.1, whatever the client spoke (h2c included).
-    req.set_version(http::Version::HTTP_11);
+    head.version = http::Version::HTTP_11;
     // Connection-specific headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        req.remove_header(&name);
+    let named = |name: &HeaderName| {
+        client
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let headers = &mut head.headers;
+    headers.reserve(client.len() + 2);
+    for (name, value) in client {
+        let gone = DROPPED.contains(&name.as_str())
+            || name.as_str().starts_with(crate::vocab::header::PREFIX)
+            || named(name);
+        if !gone {
+            headers.append(name.clone(), value.clone());
+        }
     }
-    let gateway_headers: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-switchyard-"))
-        .cloned()
-        .collect();
-    for name in &gateway_headers {
-        req.remove_header(name);
-    }
-    for name in DROPPED {
-        req.remove_header(*name);
-    }
-    req.insert_header(http::header::HOST, backend.host.clone())
-        .map_err(|_| ApiError::internal("cannot set Host"))?;
+    headers.insert(http::header::HOST, backend.host.clone());
     if let Some(auth) = &upstream.authorization {
-        req.insert_header(http::header::AUTHORIZATION, auth.clone())
-            .map_err(|_| ApiError::internal("cannot set Authorization"))?;
+        headers.insert(http::header::AUTHORIZATION, auth.clone());
     }
-    Ok(())
+    Ok(head)
 }
 
 #[cfg(test)]
@@ -195,9 +194,8 @@ default_route: {upstream: cloud}
             .collect()
     }
 
-    fn client_request() -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
-        req.set_version(http::Version::HTTP_2);
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
         for (k, v) in [
             ("host", "gateway.local:8080"),
             ("authorization", "Bearer sk-client-gateway-key"),
@@ -210,19 +208,30 @@ default_route: {upstream: cloud}
             ("x-stainless-lang", "python"),
             ("content-type", "application/json"),
         ] {
-            req.append_header(k, v).unwrap();
+            h.append(
+                HeaderName::from_static(k),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
-        req
+        h
     }
 
     #[test]
     fn cloud_gets_its_own_key_and_host_and_prefix() {
         let ups = upstreams();
-        let mut req = client_request();
         let backend = &ups[1].pool.backends[0];
-        prepare_headers(&mut req, &ups[1], backend, "/v1/chat/completions").unwrap();
+        let post = http::Method::POST;
+        let req = request_head(
+            &post,
+            &client_headers(),
+            &ups[1],
+            backend,
+            "/v1/chat/completions",
+        )
+        .unwrap();
         assert_eq!(req.uri.path(), "/openai/v1/chat/completions");
         assert_eq!(req.version, http::Version::HTTP_11);
+        assert_eq!(req.method, http::Method::POST);
         assert_eq!(req.headers["host"], "api.example.test");
         assert_eq!(req.headers["authorization"], "Bearer sk-upstream");
         for gone in [
@@ -244,9 +253,16 @@ default_route: {upstream: cloud}
     #[test]
     fn local_gets_no_credentials_at_all() {
         let ups = upstreams();
-        let mut req = client_request();
         let backend = &ups[0].pool.backends[0];
-        prepare_headers(&mut req, &ups[0], backend, "/v1/embeddings?x=1").unwrap();
+        let get = http::Method::GET;
+        let req = request_head(
+            &get,
+            &client_headers(),
+            &ups[0],
+            backend,
+            "/v1/embeddings?x=1",
+        )
+        .unwrap();
         assert_eq!(req.uri.to_string(), "/v1/embeddings?x=1");
         assert_eq!(req.headers["host"], "127.0.0.1:11434");
         assert!(req.headers.get("authorization").is_none());

@@ -1,5 +1,5 @@
-//! When to try again, and when to give up on an upstream: the rules of the retry loop, apart
-//! from its I/O.
+//! When to try again, and when to give up on an upstream: the policy of the retry loop in
+//! [`super::call`], apart from its I/O.
 //!
 //! Nothing is retried once a byte of the answer went to the client. Before that, a refused or
 //! reset connection, a timeout, and 502/503/504 go to another backend after a jittered back-off;
@@ -9,6 +9,34 @@
 use std::time::Duration;
 
 use crate::config::RetryConfig;
+
+/// The rules a retry loop follows; the parameters belong to the upstream that owns the policy.
+pub trait Policy {
+    /// What to do with an answer of `status`.
+    fn verdict(&self, status: u16) -> Verdict;
+
+    /// After attempt number `attempt` (from 1) failed, `spent` into the upstream's time: how
+    /// long to wait before the next attempt, or `None` to give up. `asked` is the wait the
+    /// upstream asked for (`Retry-After`).
+    fn next_try(&self, attempt: u32, spent: Duration, asked: Option<Duration>) -> Option<Duration>;
+}
+
+impl Policy for RetryConfig {
+    fn verdict(&self, status: u16) -> Verdict {
+        verdict(status)
+    }
+
+    fn next_try(&self, attempt: u32, spent: Duration, asked: Option<Duration>) -> Option<Duration> {
+        // A longer wait than the cap is better spent on the fallback.
+        if asked.is_some_and(|w| w > self.retry_after_cap) {
+            return None;
+        }
+        let wait = asked
+            .unwrap_or_default()
+            .max(backoff(self, attempt, jitter()));
+        (attempt < self.attempts && spent + wait <= self.budget).then_some(wait)
+    }
+}
 
 /// What to do with an upstream's answer status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +122,34 @@ mod tests {
         let j: Vec<f64> = (0..8).map(|_| jitter()).collect();
         assert!(j.iter().all(|x| (0.0..1.0).contains(x)));
         assert!(j.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn the_policy_stops_at_the_attempt_cap_the_budget_and_long_waits() {
+        let c = RetryConfig {
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+            budget: Duration::from_secs(1),
+            retry_after_cap: Duration::from_secs(2),
+        };
+        let zero = Duration::ZERO;
+        assert!(c.next_try(1, zero, None).is_some());
+        assert!(c.next_try(2, zero, None).is_some());
+        assert_eq!(c.next_try(3, zero, None), None, "three attempts in all");
+        assert_eq!(
+            c.next_try(1, Duration::from_millis(999), None),
+            None,
+            "over the budget"
+        );
+        let asked = Some(Duration::from_millis(300));
+        assert_eq!(c.next_try(1, zero, asked), asked, "Retry-After is honoured");
+        assert_eq!(
+            c.next_try(1, zero, Some(Duration::from_secs(3))),
+            None,
+            "past the cap: fall back at once"
+        );
+        assert_eq!(c.verdict(503), Verdict::Retry);
     }
 
     #[test]

@@ -1,0 +1,263 @@
+//! Sending a decided chat request down its plan: the decision's upstream, then its fallbacks,
+//! each called with its retry policy until one answers; when none does, the client hears the
+//! failure that mattered.
+
+use bytes::Bytes;
+use http::HeaderName;
+
+use super::downstream::{Downstream, Gone};
+use super::explain::{self, Explain};
+use super::metrics::Overflow;
+use super::{relay, Incoming, Pipeline};
+use crate::api::{ApiError, ChatRequest};
+use crate::cache::{Cache, Flight, Key};
+use crate::config::{ContextOverflow, UpstreamKind};
+use crate::metrics::{self, Record};
+use crate::route::{self, Decision, Step};
+use crate::upstream::call::{self, CallError, Failure, Outgoing, Transport};
+use crate::upstream::{ollama, raw, Upstream};
+use crate::vocab::{CacheOutcome, Reason, Route};
+
+/// A decided request on its way upstream.
+pub(super) struct Job<'a> {
+    pub incoming: Incoming<'a>,
+    pub request: &'a ChatRequest,
+    pub decision: &'a Decision<'a>,
+    /// The conversation key, for backends chosen by conversation.
+    pub conversation: u64,
+    /// Where a complete answer of the plan's first upstream is stored.
+    pub store: Option<(&'a Cache, Key)>,
+}
+
+/// One upstream of the plan, as it is tried.
+pub(super) struct Leg<'a> {
+    pub upstream: &'a Upstream,
+    pub step: Step<'a>,
+    /// `x-switchyard-fallback` for its answers: `first->this`, when it is not the first.
+    pub fallback: Option<String>,
+    /// The plan's first upstream: its answers may be stored (the cache key names it).
+    pub first: bool,
+}
+
+impl Job<'_> {
+    /// Sends the request down its plan; writes the answer or the last failure.
+    pub(super) async fn run<T: Transport, D: Downstream>(
+        &self,
+        p: &Pipeline<T>,
+        down: &mut D,
+        rec: &mut Record,
+        mut flight: Option<Flight>,
+    ) -> Result<(), Gone> {
+        let plan = route::plan(&p.config, self.decision);
+        let primary = p.upstreams[self.decision.upstream].name();
+        // The last failure, and the last error an upstream answered itself (a 429, a 503 with
+        // its message), which tells the client more than a later fallback's refused connection.
+        let mut last = (Failure::Api(ApiError::no_healthy_backend(primary)), 0);
+        let mut answered: Option<(Failure, usize)> = None;
+        let mut reason = Reason::NoHealthyBackend;
+        for (n, step) in plan.iter().enumerate() {
+            let upstream = &*p.upstreams[step.upstream];
+            if n > 0 {
+                let from = p.upstreams[plan[n - 1].upstream].name();
+                log::info!(
+                    "request {}: falling back from {from} to {} ({reason})",
+                    self.incoming.request_id,
+                    upstream.name()
+                );
+                p.counts.fallback(from, upstream.name(), reason);
+            }
+            let leg = Leg {
+                upstream,
+                step: *step,
+                fallback: (n > 0).then(|| format!("{primary}->{}", upstream.name())),
+                first: n == 0,
+            };
+            if let Some((error, can_fall_back)) = self.overflows(p, &leg, n + 1 < plan.len()) {
+                if n == 0 && !can_fall_back {
+                    let name = upstream.name();
+                    return self.reply_error(p, &leg, name, &error, down, rec).await;
+                }
+                // A fallback that cannot take the prompt is skipped: the client then gets the
+                // earlier upstream's failure, which is what went wrong.
+                if n == 0 {
+                    last = (Failure::Api(error), n);
+                }
+                reason = Reason::ContextOverflow;
+                continue;
+            }
+            let (path, body) = match self.upstream_body(upstream, step.model) {
+                Ok(b) => b,
+                Err(e) => {
+                    return self
+                        .reply_error(p, &leg, upstream.name(), &e, down, rec)
+                        .await
+                }
+            };
+            let outgoing = Outgoing {
+                headers: self.incoming.headers,
+                path,
+                body: &body,
+                conversation: self.conversation,
+                request_id: self.incoming.request_id,
+            };
+            match call::call(&p.transport, upstream, outgoing, &p.upstream_metrics).await {
+                Ok(answer) => {
+                    return relay::relay(p, self, &leg, answer, down, rec, &mut flight).await
+                }
+                Err(CallError::Refused(e)) => {
+                    return self
+                        .reply_error(p, &leg, upstream.name(), &e, down, rec)
+                        .await
+                }
+                Err(CallError::Failed { last: l, reason: r }) => {
+                    reason = r;
+                    match l {
+                        Failure::Answer { .. } => answered = Some((l, n)),
+                        Failure::Api(_) => last = (l, n),
+                    }
+                }
+            }
+        }
+        // Nothing answered: the client gets the last word an upstream said, else the last error.
+        let (failure, at) = answered.unwrap_or(last);
+        let at = &*p.upstreams[plan[at].upstream];
+        let fallback = (plan.len() > 1).then(|| {
+            let end = p.upstreams[plan[plan.len() - 1].upstream].name();
+            format!("{primary}->{end}")
+        });
+        rec.route = Some(self.served_route(p, at));
+        rec.upstream = Some(at.name().to_owned());
+        let explain = self.explain(p, rec.cache, at, at.name(), fallback.as_deref());
+        let (head, body) = match failure {
+            Failure::Api(error) => explain::error_answer(&error, &explain, &[]),
+            Failure::Answer {
+                status,
+                body,
+                retry_after,
+            } => {
+                let extra: Vec<(HeaderName, &str)> = retry_after
+                    .as_deref()
+                    .map(|v| (http::header::RETRY_AFTER, v))
+                    .into_iter()
+                    .collect();
+                if at.config.kind == UpstreamKind::OpenAi && explain::is_json_body(&body) {
+                    let mut head = explain::json_head(status, body.len(), &explain);
+                    for (name, value) in extra {
+                        if let Ok(v) = http::HeaderValue::from_str(value) {
+                            head.headers.insert(name, v);
+                        }
+                    }
+                    (head, Bytes::from(body))
+                } else {
+                    let error = upstream_error(at, status, &body);
+                    explain::error_answer(&error, &explain, &extra)
+                }
+            }
+        };
+        down.respond(head, body).await
+    }
+
+    /// When the prompt is estimated past the leg's context size: counts it, and gives the
+    /// error and whether the configuration lets it fall back (`None` when it fits).
+    fn overflows<T: Transport>(
+        &self,
+        p: &Pipeline<T>,
+        leg: &Leg<'_>,
+        more: bool,
+    ) -> Option<(ApiError, bool)> {
+        let limit = leg.upstream.config.num_ctx?;
+        let estimated = metrics::estimate_usage(self.request, 0).prompt_tokens;
+        if estimated <= limit {
+            return None;
+        }
+        let can_fall_back =
+            leg.upstream.config.context_overflow == ContextOverflow::Fallback && more;
+        let action = if can_fall_back {
+            Overflow::Fallback
+        } else {
+            Overflow::Reject
+        };
+        p.counts.context_overflow(leg.upstream.name(), action);
+        let error = ApiError::context_length_exceeded(leg.upstream.name(), estimated, limit);
+        Some((error, can_fall_back))
+    }
+
+    /// The path and body for `upstream`, in its dialect.
+    fn upstream_body<'s>(
+        &'s self,
+        upstream: &Upstream,
+        model: &str,
+    ) -> Result<(&'s str, Bytes), ApiError> {
+        Ok(match upstream.config.kind {
+            // Streams are asked for their usage chunk so that tokens and cost are known; the
+            // client gets it only if it asked for it itself.
+            UpstreamKind::OpenAi => (self.incoming.path, self.request.upstream_body(model, true)),
+            UpstreamKind::Ollama => (
+                ollama::CHAT_PATH,
+                ollama::request_body(self.request, model, &upstream.config)?,
+            ),
+            UpstreamKind::Raw => (
+                raw::path(upstream.config.raw_api),
+                raw::request_body(self.request, model, &upstream.config)?,
+            ),
+        })
+    }
+
+    /// Answers an error that is the client's own business.
+    async fn reply_error<T: Transport, D: Downstream>(
+        &self,
+        p: &Pipeline<T>,
+        leg: &Leg<'_>,
+        backend: &str,
+        error: &ApiError,
+        down: &mut D,
+        rec: &Record,
+    ) -> Result<(), Gone> {
+        let fallback = leg.fallback.as_deref();
+        let explain = self.explain(p, rec.cache, leg.upstream, backend, fallback);
+        let (head, body) = explain::error_answer(error, &explain, &[]);
+        down.respond(head, body).await
+    }
+
+    /// The gateway's headers for an answer from `upstream` (through `backend`, its label).
+    pub(super) fn explain<'e, T>(
+        &'e self,
+        p: &Pipeline<T>,
+        cache: Option<CacheOutcome>,
+        upstream: &Upstream,
+        backend: &'e str,
+        fallback: Option<&'e str>,
+    ) -> Explain<'e> {
+        Explain {
+            rule: Some(self.decision.rule),
+            score: self.decision.score,
+            cache,
+            fallback,
+            ..Explain::served(
+                self.incoming.request_id,
+                self.served_route(p, upstream),
+                backend,
+            )
+        }
+    }
+
+    /// The route reported for an answer from `upstream`: the decided one, unless a fallback of
+    /// the other side served it.
+    pub(super) fn served_route<T>(&self, p: &Pipeline<T>, upstream: &Upstream) -> Route {
+        if std::ptr::eq(upstream, &*p.upstreams[self.decision.upstream]) {
+            self.decision.route
+        } else {
+            upstream.config.route
+        }
+    }
+}
+
+/// An OpenAI error for an upstream's error answer that is not one already.
+pub(super) fn upstream_error(upstream: &Upstream, status: u16, body: &[u8]) -> ApiError {
+    match upstream.config.kind {
+        UpstreamKind::Ollama | UpstreamKind::Raw => {
+            ollama::error(status, &ollama::error_message(body))
+        }
+        UpstreamKind::OpenAi => explain::wrap_upstream_error(status, upstream.name(), body),
+    }
+}

@@ -1,0 +1,78 @@
+//! What the pipeline counts: routing decisions, fallbacks, and prompts too long for an upstream.
+//! Registered by this module, recorded through its methods.
+
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::vocab::{Reason, Route};
+
+/// The pipeline's metrics.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    decisions: IntCounterVec,
+    fallbacks: IntCounterVec,
+    context_overflows: IntCounterVec,
+}
+
+/// What was done with a prompt too long for an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// It went to the next upstream of its chain.
+    Fallback,
+    /// It was refused with a 400.
+    Reject,
+}
+
+impl PipelineMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn register(registry: &Registry) -> Result<PipelineMetrics, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let m = PipelineMetrics {
+            decisions: counter(
+                "switchyard_routing_decisions_total",
+                "Routing decisions",
+                &["route", "rule"],
+            )?,
+            fallbacks: counter(
+                "switchyard_fallbacks_total",
+                "Requests sent to the next upstream of their fallback chain",
+                &["from", "to", "reason"],
+            )?,
+            context_overflows: counter(
+                "switchyard_context_overflows_total",
+                "Prompts estimated longer than an upstream's num_ctx",
+                &["upstream", "action"],
+            )?,
+        };
+        registry.register(Box::new(m.decisions.clone()))?;
+        registry.register(Box::new(m.fallbacks.clone()))?;
+        registry.register(Box::new(m.context_overflows.clone()))?;
+        Ok(m)
+    }
+
+    /// A request was routed to `route` by `rule`.
+    pub fn decision(&self, route: Route, rule: &str) {
+        self.decisions
+            .with_label_values(&[route.as_str(), rule])
+            .inc();
+    }
+
+    /// A request left `from` for `to`.
+    pub fn fallback(&self, from: &str, to: &str, reason: Reason) {
+        self.fallbacks
+            .with_label_values(&[from, to, reason.as_str()])
+            .inc();
+    }
+
+    /// A prompt was too long for `upstream`.
+    pub fn context_overflow(&self, upstream: &str, action: Overflow) {
+        let action = match action {
+            Overflow::Fallback => "fallback",
+            Overflow::Reject => "reject",
+        };
+        self.context_overflows
+            .with_label_values(&[upstream, action])
+            .inc();
+    }
+}

@@ -1,0 +1,209 @@
+//! What a chat request goes through, from its body to its answer: parse, decide, the cache, the
+//! plan with its fallbacks, the upstream call, the relay of the answer, and its accounting.
+//!
+//! The pipeline knows nothing of pingora. Upstreams are reached through a
+//! [`Transport`](crate::upstream::call::Transport) and answers go to a [`Downstream`], so the
+//! same code answers a client's connection, fills a buffer for the gateway's own use, or runs
+//! in a unit test against a scripted upstream.
+
+mod cached;
+pub mod downstream;
+pub mod explain;
+mod forward;
+mod metrics;
+mod relay;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::api::{ApiError, ChatRequest};
+use crate::cache::{Cache, CacheMetrics};
+use crate::config::Config;
+use crate::metrics::{Metrics, Record};
+use crate::route::{self, Decision};
+use crate::upstream::call::Transport;
+use crate::upstream::metrics::UpstreamMetrics;
+use crate::upstream::Upstream;
+use crate::vocab::{self, CacheOutcome, Route};
+pub use downstream::{Collect, Downstream, Gone, Head};
+pub use explain::Explain;
+pub use metrics::PipelineMetrics;
+
+/// A chat request as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// When it arrived.
+    pub started: Instant,
+    /// The client's headers.
+    pub headers: &'a HeaderMap,
+    /// The path and query the client asked for (sent on to OpenAI-compatible upstreams).
+    pub path: &'a str,
+}
+
+/// The configuration, the upstreams and the state every chat request shares.
+pub struct Pipeline<T> {
+    /// The configuration it runs.
+    pub config: Arc<Config>,
+    /// The upstreams, in configuration order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// The response cache, when enabled.
+    pub cache: Option<Cache>,
+    /// The request metrics and the registry of all metrics.
+    pub metrics: Metrics,
+    transport: T,
+    counts: PipelineMetrics,
+    upstream_metrics: UpstreamMetrics,
+    /// Some upstream balances by conversation, so requests need their conversation key.
+    conversations: bool,
+}
+
+impl<T: Transport> Pipeline<T> {
+    /// Builds the pipeline for a validated configuration, reaching upstreams through `transport`.
+    pub fn new(config: Config, transport: T) -> Result<Pipeline<T>, String> {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(|u| Upstream::new(u).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics = Metrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let registry = metrics.registry();
+        let failed = |e: prometheus::Error| format!("metrics: {e}");
+        let counts = PipelineMetrics::register(registry).map_err(failed)?;
+        let upstream_metrics = UpstreamMetrics::register(registry).map_err(failed)?;
+        let cache_metrics = CacheMetrics::register(registry).map_err(failed)?;
+        let cache = config
+            .cache
+            .enabled
+            .then(|| Cache::new(&config.cache, cache_metrics));
+        Ok(Pipeline {
+            conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
+            config: Arc::new(config),
+            upstreams,
+            cache,
+            metrics,
+            transport,
+            counts,
+            upstream_metrics,
+        })
+    }
+
+    /// Serves one chat request: parse, decide, answer from the cache when it can, else send it
+    /// down its plan. `rec` collects what its metrics and access-log line report.
+    pub async fn chat<D: Downstream>(
+        &self,
+        incoming: Incoming<'_>,
+        body: Bytes,
+        down: &mut D,
+        rec: &mut Record,
+    ) -> Result<(), Gone> {
+        rec.cache = Some(CacheOutcome::Bypass);
+        let request = match ChatRequest::parse(body) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(&incoming, &e, down).await,
+        };
+        let decision = match self.decide(incoming.headers, &request) {
+            Ok(d) => d,
+            Err(e) => return self.refuse(&incoming, &e, down).await,
+        };
+        self.note(&decision, rec);
+        let cached = cached::Cached::of(self, &incoming, &request, &decision, rec);
+        let flight = match cached.look_up().await {
+            cached::Looked::Hit(entry) => {
+                return cached::replay(self, &incoming, &request, &decision, &entry, down, rec)
+                    .await
+            }
+            cached::Looked::Miss(flight) => flight,
+        };
+        let job = forward::Job {
+            incoming,
+            request: &request,
+            decision: &decision,
+            conversation: self.conversation_key(&request),
+            store: cached.store_key(),
+        };
+        job.run(self, down, rec, flight).await
+    }
+
+    /// Where `request` goes: a route the client forces with `x-switchyard-route` (when the
+    /// configuration allows it), the classifier, or the model table.
+    pub fn decide<'a>(
+        &'a self,
+        headers: &HeaderMap,
+        request: &'a ChatRequest,
+    ) -> Result<Decision<'a>, ApiError> {
+        let forced = self.forced_route(headers)?;
+        Ok(route::decide(&self.config, request, forced))
+    }
+
+    /// The route a client forces, when the configuration allows it (otherwise the header is
+    /// ignored).
+    fn forced_route(&self, headers: &HeaderMap) -> Result<Option<Route>, ApiError> {
+        let allowed = self
+            .config
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.allow_route_header);
+        let Some(value) = headers.get(vocab::header::ROUTE).filter(|_| allowed) else {
+            return Ok(None);
+        };
+        let text = value.to_str().unwrap_or_default().trim();
+        text.parse::<Route>().map(Some).map_err(|e| {
+            ApiError::invalid_request(
+                format!("{}: {e}", vocab::header::ROUTE),
+                None,
+                Some("invalid_route"),
+            )
+        })
+    }
+
+    /// Writes the decision into the record and counts it.
+    fn note(&self, decision: &Decision<'_>, rec: &mut Record) {
+        let upstream = &self.upstreams[decision.upstream];
+        rec.route = Some(decision.route);
+        rec.upstream = Some(upstream.name().to_owned());
+        rec.rule = Some(decision.rule.to_owned());
+        rec.model = Some(self.config.model_label(decision.model).to_owned());
+        self.counts.decision(decision.route, decision.rule);
+    }
+
+    /// The conversation key, which only conversation balancing needs (hashing the first
+    /// messages is work otherwise wasted).
+    fn conversation_key(&self, request: &ChatRequest) -> u64 {
+        if self.conversations {
+            crate::upstream::pool::conversation_key(request)
+        } else {
+            0
+        }
+    }
+
+    /// Answers a request the gateway refuses before any route was chosen.
+    async fn refuse<D: Downstream>(
+        &self,
+        incoming: &Incoming<'_>,
+        error: &ApiError,
+        down: &mut D,
+    ) -> Result<(), Gone> {
+        let explain = Explain {
+            cache: Some(CacheOutcome::Bypass),
+            ..Explain::gateway(incoming.request_id)
+        };
+        let (head, body) = explain::error_answer(error, &explain, &[]);
+        down.respond(head, body).await
+    }
+
+    /// Brings the gauges that are read rather than counted up to date.
+    pub fn refresh_gauges(&self) {
+        self.upstream_metrics.refresh(&self.upstreams);
+        if let Some(cache) = &self.cache {
+            cache.refresh();
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Relaying an upstream's answer as it arrives: translated from a local model server's dialect
+//! when the upstream speaks one, read on the side for its usage and for the cache, and ended
+//! cleanly or visibly broken when the upstream fails midway.
+
+use bytes::{Bytes, BytesMut};
+
+use super::downstream::{Downstream, Gone};
+use super::explain::{self, Explain};
+use super::forward::{upstream_error, Job, Leg};
+use super::Pipeline;
+use crate::api::ApiError;
+use crate::cache::{Entry, Flight};
+use crate::config::UpstreamKind;
+use crate::metrics::{self, Record};
+use crate::upstream::answer::{Answer, AnswerReader};
+use crate::upstream::call::{read_error_body, Answered, Exchange, ExchangeError, Transport};
+use crate::upstream::ollama;
+
+/// How much of an answer is kept to read its usage when the cache keeps less (or is off).
+const KEEP_FOR_USAGE: usize = 4 << 20;
+
+/// How the answer's bytes change on their way to the client.
+enum Translate {
+    /// An OpenAI-compatible answer, as it is.
+    Pass,
+    /// A local model server's NDJSON (or llama.cpp SSE) stream, to OpenAI SSE.
+    Stream(ollama::StreamTranslator),
+}
+
+/// Relays an answer the client gets, whatever its status; records usage and stores it.
+pub(super) async fn relay<T: Transport, D: Downstream>(
+    p: &Pipeline<T>,
+    job: &Job<'_>,
+    leg: &Leg<'_>,
+    answered: Answered<T::Exchange>,
+    down: &mut D,
+    rec: &mut Record,
+    flight: &mut Option<Flight>,
+) -> Result<(), Gone> {
+    let Answered {
+        mut exchange,
+        lease,
+    } = answered;
+    let upstream = leg.upstream;
+    rec.route = Some(job.served_route(p, upstream));
+    rec.upstream = Some(upstream.name().to_owned());
+    rec.model = Some(p.config.model_label(leg.step.model).to_owned());
+    let backend = lease.backend().label.as_str();
+    let explain = job.explain(p, rec.cache, upstream, backend, leg.fallback.as_deref());
+    let status = exchange.head().status.as_u16();
+    let native = upstream.config.kind != UpstreamKind::OpenAi;
+
+    if status >= 400 && (native || !explain::is_json(exchange.head())) {
+        let body = read_error_body(&mut exchange).await;
+        exchange.finish().await;
+        let error = upstream_error(upstream, status, &body);
+        let (head, body) = explain::error_answer(&error, &explain, &[]);
+        return down.respond(head, body).await;
+    }
+    if native && !job.request.stream {
+        return relay_whole(p, job, leg, exchange, &explain, down, rec, flight).await;
+    }
+    let keep = p
+        .cache
+        .as_ref()
+        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
+    let (head, streaming, mut translate) = if native {
+        let t = ollama::StreamTranslator::new(leg.step.model);
+        (
+            explain::sse_head(status, &explain),
+            true,
+            Translate::Stream(t),
+        )
+    } else {
+        let mut head = explain::empty_head(status);
+        head.headers = exchange.head().headers.clone();
+        explain::rewrite_upstream_head(&mut head, &explain);
+        let streaming = explain::is_event_stream(&head);
+        (head, streaming, Translate::Pass)
+    };
+    let request = job.request;
+    let mut reader = if streaming {
+        AnswerReader::sse(keep, request.stream && !request.include_usage)
+    } else {
+        AnswerReader::json(keep)
+    };
+    down.head(head).await?;
+
+    loop {
+        let (chunk, ended) = match exchange.next().await {
+            Ok(Some(chunk)) => match &mut translate {
+                Translate::Pass => (chunk, false),
+                Translate::Stream(t) => (t.feed(&chunk), false),
+            },
+            Ok(None) => match &mut translate {
+                Translate::Pass => (Bytes::new(), true),
+                Translate::Stream(t) => (t.finish(), true),
+            },
+            Err(e) => {
+                p.upstream_failed(job, leg, &e, "mid-response");
+                exchange.finish().await;
+                return end_broken(down, e.to_api(upstream.name()), streaming).await;
+            }
+        };
+        if !chunk.is_empty() {
+            let out = reader.feed(chunk);
+            if !out.is_empty() {
+                if rec.first_byte.is_none() {
+                    rec.first_byte = Some(job.incoming.started.elapsed());
+                }
+                if let Err(gone) = down.body(out).await {
+                    // The client went away: stop the upstream's work too.
+                    exchange.finish().await;
+                    return Err(gone);
+                }
+            }
+        }
+        if let Translate::Stream(t) = &translate {
+            if t.failed() {
+                // An error event went out instead of [DONE]: end here and close.
+                exchange.finish().await;
+                down.close_after();
+                return down.finish(None).await;
+            }
+        }
+        if !ended {
+            continue;
+        }
+        exchange.finish().await;
+        if let Translate::Stream(t) = &translate {
+            if !t.is_done() {
+                let error = ApiError::upstream_broken(upstream.name(), "the stream ended early");
+                return end_broken(down, error, true).await;
+            }
+        }
+        if let Some(rest) = reader.rest() {
+            down.body(rest).await?;
+        }
+        if status == 200 {
+            finish_answer(p, job, leg, rec, reader.finish(), flight);
+        }
+        return down.finish(None).await;
+    }
+}
+
+/// A non-streaming answer of a local model server: read whole, translated, sent with its length.
+#[allow(clippy::too_many_arguments)]
+async fn relay_whole<T: Transport, D: Downstream>(
+    p: &Pipeline<T>,
+    job: &Job<'_>,
+    leg: &Leg<'_>,
+    mut exchange: T::Exchange,
+    explain: &Explain<'_>,
+    down: &mut D,
+    rec: &mut Record,
+    flight: &mut Option<Flight>,
+) -> Result<(), Gone> {
+    let upstream = leg.upstream;
+    let mut body = BytesMut::new();
+    loop {
+        match exchange.next().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => {
+                p.upstream_failed(job, leg, &e, "mid-response");
+                exchange.finish().await;
+                let (head, body) = explain::error_answer(&e.to_api(upstream.name()), explain, &[]);
+                return down.respond(head, body).await;
+            }
+        }
+    }
+    exchange.finish().await;
+    let json = match ollama::completion(&body, upstream.name()) {
+        Ok(json) => json,
+        Err(e) => {
+            let (head, body) = explain::error_answer(&e, explain, &[]);
+            return down.respond(head, body).await;
+        }
+    };
+    let mut reader = AnswerReader::json(json.len());
+    let json = reader.feed(Bytes::from(json));
+    finish_answer(p, job, leg, rec, reader.finish(), flight);
+    rec.first_byte = Some(job.incoming.started.elapsed());
+    down.respond(explain::json_head(200, json.len(), explain), json)
+        .await
+}
+
+/// Accounts a complete successful answer and stores it when it came from the first upstream.
+fn finish_answer<T>(
+    p: &Pipeline<T>,
+    job: &Job<'_>,
+    leg: &Leg<'_>,
+    rec: &mut Record,
+    answer: Answer,
+    flight: &mut Option<Flight>,
+) {
+    metrics::account(
+        &p.config,
+        rec,
+        job.request,
+        (leg.step.upstream, leg.step.model),
+        (answer.usage, answer.output_bytes),
+        false,
+    );
+    let Some((cache, key)) = job.store.filter(|_| leg.first) else {
+        return;
+    };
+    if let Some(completion) = answer.completion {
+        cache.store(key, Entry::new(completion, answer.json), flight.take());
+    }
+}
+
+/// Ends an answer whose upstream failed midway: a stream gets an error event the SDKs raise and
+/// a clean end; a JSON body is cut, so the client never takes it for a complete answer.
+async fn end_broken<D: Downstream>(
+    down: &mut D,
+    error: ApiError,
+    streaming: bool,
+) -> Result<(), Gone> {
+    down.close_after();
+    if streaming {
+        down.body(Bytes::from(error.to_sse_event())).await?;
+        return down.finish(None).await;
+    }
+    Err(down.cut(&error.message))
+}
+
+impl<T> Pipeline<T> {
+    /// Logs an upstream failure and counts it.
+    fn upstream_failed(&self, job: &Job<'_>, leg: &Leg<'_>, e: &ExchangeError, when: &str) {
+        log::warn!(
+            "request {}: upstream {} failed {when}: {e:?}",
+            job.incoming.request_id,
+            leg.upstream.name()
+        );
+        self.upstream_metrics
+            .failure(leg.upstream.name(), e.reason());
+    }
+}
