@@ -1,6 +1,8 @@
 //! The gateway's own work per chat request, without sockets: parse the body once, look the
 //! model up, splice the new model name into the bytes, and rewrite the client's header for the
-//! upstream. Everything else a request costs is pingora's HTTP handling and the kernel's.
+//! upstream; then the whole pipeline (parse, decide, cache, call, relay, account) against a
+//! scripted upstream, as JSON and as a 20-event stream. Everything else a request costs is
+//! pingora's HTTP handling and the kernel's.
 //!
 //! Run with `cargo bench --bench request_path`.
 
@@ -11,7 +13,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::hint::black_box;
 use switchyard::api::ChatRequest;
 use switchyard::config::Config;
+use switchyard::metrics::Record;
+use switchyard::pipeline::{Collect, Incoming, Pipeline};
 use switchyard::route;
+use switchyard::upstream::scripted::{Reply, Scripted};
 use switchyard::upstream::{request_head, Upstream};
 
 /// The headers the official Python SDK sends.
@@ -97,5 +102,60 @@ fn request_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_path);
+/// A JSON answer and a stream of 20 content events, as the load benchmark's mock sends them.
+fn answers() -> (Reply, Reply) {
+    let json = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"The Roman empire rose, ruled and fell."},"finish_reason":"stop"}],"usage":{"prompt_tokens":320,"completion_tokens":12,"total_tokens":332}}"#;
+    let mut events = String::new();
+    for i in 0..20 {
+        events.push_str(&format!(
+            "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}},\"finish_reason\":null}}]}}\n\n"
+        ));
+    }
+    events.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":320,\"completion_tokens\":20,\"total_tokens\":340}}\n\ndata: [DONE]\n\n");
+    (
+        Reply::json(json),
+        Reply::pieces("text/event-stream", &[&events]),
+    )
+}
+
+fn pipeline(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let headers = client_header();
+    let mut group = c.benchmark_group("pipeline");
+    for (name, stream) in [("json", false), ("stream", true)] {
+        let p = Pipeline::new(config(), Scripted::new()).expect("pipeline");
+        let (json, sse) = answers();
+        p.transport()
+            .always("cloud", if stream { sse } else { json });
+        let mut body = common::chat_body("gpt-4o", 0.7).to_vec();
+        if stream {
+            // `{"model":…` becomes `{"stream":true,"model":…`.
+            body.splice(1..1, b"\"stream\":true,".iter().copied());
+        }
+        let body = bytes::Bytes::from(body);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    let incoming = Incoming {
+                        request_id: "req-bench",
+                        started: std::time::Instant::now(),
+                        headers: &headers,
+                        path: "/v1/chat/completions",
+                    };
+                    let mut down = Collect::new(1 << 20);
+                    let mut rec = Record::new();
+                    let _ = p.chat(incoming, body.clone(), &mut down, &mut rec).await;
+                    p.transport().take_sent();
+                    down
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, request_path, pipeline);
 criterion_main!(benches);

@@ -199,6 +199,11 @@ impl<T: Transport> Pipeline<T> {
         down.respond(head, body).await
     }
 
+    /// The transport the upstreams are reached through.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
     /// Brings the gauges that are read rather than counted up to date.
     pub fn refresh_gauges(&self) {
         self.upstream_metrics.refresh(&self.upstreams);

@@ -1,1 +1,281 @@
+//! The pipeline driven without a socket: a scripted upstream, a collecting downstream.
 
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use super::{Collect, Incoming, Pipeline};
+use crate::config::Config;
+use crate::metrics::Record;
+use crate::upstream::call::ExchangeError;
+use crate::upstream::scripted::{Reply, Scripted};
+use crate::vocab::{CacheOutcome, Route};
+
+const YAML: &str = r#"
+upstreams:
+  local:
+    route: local
+    backends: ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    balance: round_robin
+    model: small
+    retry: {attempts: 2, backoff: 1ms, max_backoff: 2ms, retry_after_cap: 1s, budget: 5s}
+    health: {failures: 10}
+  cloud:
+    route: cloud
+    url: "http://10.0.0.3:8000"
+    model: big
+    api_key: sk-upstream-secret
+    retry: {attempts: 1}
+  native:
+    kind: ollama
+    route: local
+    url: "http://10.0.0.4:11434"
+    model: llama3.1
+    fallback: none
+models:
+  - {name: auto, upstream: local}
+  - {name: native, upstream: native}
+default_route: {upstream: cloud}
+cache: {enabled: true}
+"#;
+
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"big","choices":[{"index":0,"message":{"role":"assistant","content":"Paris."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+
+fn pipeline() -> Pipeline<Scripted> {
+    let config = Config::from_yaml(YAML, |_| None).expect("test config");
+    Pipeline::new(config, Scripted::new()).expect("pipeline")
+}
+
+fn body(model: &str, extra: &str) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"The capital of France?"}}]{extra}}}"#
+    ))
+}
+
+/// Serves one request with these client headers; returns what the client got and the record.
+async fn serve(p: &Pipeline<Scripted>, body: Bytes, headers: &HeaderMap) -> (Collect, Record) {
+    let incoming = Incoming {
+        request_id: "req-test",
+        started: Instant::now(),
+        headers,
+        path: "/v1/chat/completions",
+    };
+    let mut down = Collect::new(1 << 20);
+    let mut rec = Record::new();
+    let _ = p.chat(incoming, body, &mut down, &mut rec).await;
+    (down, rec)
+}
+
+/// The value of one series in the rendered metrics (0 when absent).
+fn metric(p: &Pipeline<Scripted>, series: &str) -> f64 {
+    let text = String::from_utf8(p.metrics.render()).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn retries_then_falls_back_then_relays_the_stream() {
+    let p = pipeline();
+    let t = &p.transport;
+    t.script("local/1", [Reply::status(503, r#"{"error":"busy"}"#, &[])]);
+    t.script(
+        "local/2",
+        [Reply::Fail(ExchangeError::Unreachable("refused".into()))],
+    );
+    let events = [
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Par\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"is.\"},\"finish_reason\":\"stop\"}]}\n",
+        "\ndata: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\ndata: [DONE]\n\n",
+    ];
+    t.script("cloud", [Reply::pieces("text/event-stream", &events)]);
+
+    let (got, rec) = serve(&p, body("auto", r#","stream":true"#), &HeaderMap::new()).await;
+
+    let sent = t.take_sent();
+    let order: Vec<&str> = sent.iter().map(|s| s.backend.as_str()).collect();
+    assert_eq!(
+        order,
+        ["local/1", "local/2", "cloud"],
+        "two tries, then the fallback"
+    );
+    assert_eq!(sent[0].json()["model"], "small");
+    assert_eq!(
+        sent[2].json()["model"],
+        "big",
+        "the fallback gets its own model"
+    );
+    assert_eq!(
+        sent[2].json()["stream_options"]["include_usage"],
+        true,
+        "usage is asked for on the client's behalf"
+    );
+    assert_eq!(
+        sent[2].head.headers["authorization"],
+        "Bearer sk-upstream-secret"
+    );
+    assert!(sent[0].head.headers.get("authorization").is_none());
+
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(got.header("x-switchyard-route"), Some("cloud"));
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(
+        text.contains("\"Par\"") && text.contains("\"is.\""),
+        "{text}"
+    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(
+        !text.contains("\"usage\""),
+        "the client did not ask for the usage chunk: {text}"
+    );
+    assert!(got.ended && got.cut.is_none() && !got.closed);
+
+    assert_eq!(rec.route, Some(Route::Cloud));
+    assert_eq!(rec.usage.map(|u| u.prompt_tokens), Some(9));
+    let retries = r#"switchyard_retries_total{reason="status",upstream="local"}"#;
+    assert_eq!(metric(&p, retries), 1.0);
+    let fell = r#"switchyard_fallbacks_total{from="local",reason="unreachable",to="cloud"}"#;
+    assert_eq!(metric(&p, fell), 1.0);
+}
+
+#[tokio::test]
+async fn a_rate_limit_past_the_cap_falls_back_and_the_client_hears_it() {
+    let p = pipeline();
+    let t = &p.transport;
+    let limited = Reply::status(
+        429,
+        r#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        &[("retry-after", "30")],
+    );
+    t.script("local/1", [limited]);
+    t.script("cloud", [Reply::Fail(ExchangeError::Timeout("first byte"))]);
+    let (got, _) = serve(&p, body("auto", ""), &HeaderMap::new()).await;
+    let order: Vec<String> = t.take_sent().into_iter().map(|s| s.backend).collect();
+    assert_eq!(order, ["local/1", "cloud"], "a 30 s wait is not waited for");
+    assert_eq!(
+        got.status(),
+        429,
+        "the upstream's own word beats a later timeout"
+    );
+    assert_eq!(got.header("retry-after"), Some("30"));
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_ends_with_an_error_event_and_a_json_answer_is_cut() {
+    let p = pipeline();
+    let t = &p.transport;
+    let first = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"small\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Par\"},\"finish_reason\":null}]}\n\n";
+    t.script(
+        "local/1",
+        [Reply::pieces("text/event-stream", &[first]).then_break()],
+    );
+    let (got, _) = serve(&p, body("auto", r#","stream":true"#), &HeaderMap::new()).await;
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(text.starts_with(first), "{text}");
+    assert!(text.contains("data: {\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    assert!(
+        got.closed && got.cut.is_none(),
+        "ended cleanly, connection closed"
+    );
+    assert_eq!(
+        t.take_sent().len(),
+        1,
+        "nothing is retried once bytes went out"
+    );
+
+    t.script(
+        "local/2",
+        [Reply::pieces("application/json", &[&ANSWER[..40]]).then_break()],
+    );
+    let (got, _) = serve(&p, body("auto", ""), &HeaderMap::new()).await;
+    assert!(got.cut.is_some(), "a broken JSON body never looks complete");
+}
+
+#[tokio::test]
+async fn a_deterministic_answer_is_served_again_from_the_cache_as_json_or_sse() {
+    let p = pipeline();
+    let t = &p.transport;
+    t.script("local/1", [Reply::json(ANSWER)]);
+    let (first, rec) = serve(&p, body("auto", r#","temperature":0"#), &HeaderMap::new()).await;
+    assert_eq!(first.header("x-switchyard-cache"), Some("miss"));
+    assert_eq!(rec.cache, Some(CacheOutcome::Miss));
+    assert_eq!(&first.body[..], ANSWER.as_bytes());
+
+    let (again, rec) = serve(&p, body("auto", r#","temperature":0.0"#), &HeaderMap::new()).await;
+    assert_eq!(again.header("x-switchyard-cache"), Some("hit"));
+    assert_eq!(rec.cache, Some(CacheOutcome::Hit));
+    assert_eq!(&again.body[..], ANSWER.as_bytes());
+
+    let stream = r#","temperature":0,"stream":true"#;
+    let (sse, _) = serve(&p, body("auto", stream), &HeaderMap::new()).await;
+    let text = String::from_utf8(sse.body.to_vec()).unwrap();
+    assert!(text.contains("\"Paris.\"") && text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        t.take_sent().len(),
+        1,
+        "one upstream call for three answers"
+    );
+
+    let mut other = HeaderMap::new();
+    other.insert("authorization", HeaderValue::from_static("Bearer sk-other"));
+    t.script("local/2", [Reply::json(ANSWER)]);
+    let (theirs, _) = serve(&p, body("auto", r#","temperature":0"#), &other).await;
+    assert_eq!(
+        theirs.header("x-switchyard-cache"),
+        Some("miss"),
+        "another tenant never gets this tenant's answer"
+    );
+}
+
+#[tokio::test]
+async fn ollama_lines_become_openai_chunks() {
+    let p = pipeline();
+    let t = &p.transport;
+    let lines = [
+        "{\"model\":\"llama3.1\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Pa\"},\"done\":false}\n{\"model\":\"llama3.1\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"con",
+        "tent\":\"ris.\"},\"done\":false}\n",
+        "{\"model\":\"llama3.1\",\"created_at\":\"2024-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":12,\"eval_count\":3}\n",
+    ];
+    t.script("native", [Reply::pieces("application/x-ndjson", &lines)]);
+    let stream = r#","stream":true,"stream_options":{"include_usage":true}"#;
+    let (got, rec) = serve(&p, body("native", stream), &HeaderMap::new()).await;
+    let sent = t.take_sent();
+    assert_eq!(sent[0].head.uri.path(), "/api/chat");
+    assert_eq!(sent[0].json()["model"], "llama3.1");
+    assert_eq!(
+        got.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    let contents: Vec<String> = text
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(contents.concat(), "Paris.");
+    assert!(text.contains("\"prompt_tokens\":12"), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(rec.usage.map(|u| u.completion_tokens), Some(3));
+}
+
+#[tokio::test]
+async fn a_bad_body_gets_an_openai_error_and_reaches_no_upstream() {
+    let p = pipeline();
+    let (got, rec) = serve(&p, Bytes::from_static(b"{\"model\":"), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 400);
+    assert_eq!(got.header("x-switchyard-route"), Some("gateway"));
+    assert_eq!(rec.route, None);
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_json");
+    assert!(p.transport.take_sent().is_empty());
+}

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod raw;
 mod resolve;
 pub mod retry;
+pub mod scripted;
 
 use std::sync::Arc;
 
