@@ -74,9 +74,8 @@ fn cache(c: &mut Criterion) {
     };
     let metrics = CacheMetrics::register(&prometheus::Registry::new()).expect("new registry");
     let cache = Cache::new(&config, metrics);
-    let key = cache
-        .key("key-0123456789abcdef", "local", "llama3.1:8b", &body)
-        .expect("a JSON object");
+    let parsed = ChatRequest::parse(body.clone()).expect("valid");
+    let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", &parsed);
     cache.store(key, Entry::new(answer(), None), None);
 
     let mut group = c.benchmark_group("cache");
@@ -86,16 +85,16 @@ fn cache(c: &mut Criterion) {
                 "key-0123456789abcdef",
                 "local",
                 "llama3.1:8b",
-                black_box(&body),
+                black_box(&parsed),
             )
         })
     });
     group.bench_function("hit_json", |b| {
         b.iter(|| {
             let req = ChatRequest::parse(black_box(body.clone())).expect("valid");
-            let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", req.body());
-            match key.map(|k| cache.lookup(k)) {
-                Some(Lookup::Hit(entry)) => entry.json.clone(),
+            let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", &req);
+            match cache.lookup(key) {
+                Lookup::Hit(entry) => entry.json.clone(),
                 _ => panic!("a stored answer"),
             }
         })
@@ -103,9 +102,9 @@ fn cache(c: &mut Criterion) {
     group.bench_function("hit_sse", |b| {
         b.iter(|| {
             let req = ChatRequest::parse(black_box(body.clone())).expect("valid");
-            let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", req.body());
-            match key.map(|k| cache.lookup(k)) {
-                Some(Lookup::Hit(entry)) => entry.completion.to_sse(false),
+            let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", &req);
+            match cache.lookup(key) {
+                Lookup::Hit(entry) => entry.completion.to_sse(false),
                 _ => panic!("a stored answer"),
             }
         })

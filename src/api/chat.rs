@@ -1,42 +1,91 @@
 //! The chat request, parsed once into a typed view that keeps the original bytes.
 //!
-//! The gateway reads what it needs to decide (model, stream, messages, a few parameters) and
-//! forwards everything else untouched. Rewriting the model splices the new name into the original
-//! bytes at the model value's offset instead of re-serializing the body: fields the gateway does
-//! not know keep their exact spelling, and a large body is copied once instead of rebuilt.
+//! Everything any part of the gateway reads comes from this one parse: classification and
+//! accounting read the messages, the translations to Ollama's and llama.cpp's APIs read the
+//! messages and the sampling parameters, the cache key hashes the whole view. Fields the gateway
+//! has no use for are kept as JSON values in `extra`, so that the view is the whole request.
+//!
+//! An OpenAI-compatible upstream gets the client's own bytes: rewriting the model splices the
+//! new name into the body at the model value's offset instead of re-serializing it, so fields
+//! keep their exact spelling and a large body is copied once instead of rebuilt.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
-use super::ApiError;
+use super::{ApiError, ToolCall};
 
-/// The message roles OpenAI accepts.
-const ROLES: [&str; 6] = [
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-];
-
-/// One message, reduced to what classification and accounting read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// `system`, `developer`, `user`, `assistant`, `tool` or `function`.
-    pub role: String,
-    /// The message's text.
-    pub content: Content,
-    /// How many tool calls an assistant message carries.
-    pub tool_calls: usize,
+/// Who speaks in a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `system`.
+    System,
+    /// `developer`, the newer name of `system` for reasoning models.
+    Developer,
+    /// `user`.
+    User,
+    /// `assistant`.
+    Assistant,
+    /// `tool`: a tool's answer to a call.
+    Tool,
+    /// `function`: the older form of `tool`.
+    Function,
 }
 
-/// A message's content: a string, or an array of parts of which only text is kept.
+impl Role {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::Developer => "developer",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+            Role::Function => "function",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Role> {
+        Some(match text {
+            "system" => Role::System,
+            "developer" => Role::Developer,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            "function" => Role::Function,
+            _ => return None,
+        })
+    }
+
+    /// Whether the message instructs the model (`system` or `developer`).
+    pub fn is_system(self) -> bool {
+        matches!(self, Role::System | Role::Developer)
+    }
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Who speaks.
+    pub role: Role,
+    /// What is said.
+    pub content: Content,
+    /// The tool calls of an assistant message, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+    /// The speaker's (or function's) name, when given.
+    pub name: Option<String>,
+    /// Other fields, kept as they came.
+    pub extra: Map<String, Value>,
+}
+
+/// A message's content.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Content {
     /// No content (`null` or absent), as in an assistant message that only calls tools.
@@ -44,13 +93,29 @@ pub enum Content {
     None,
     /// Plain text.
     Text(String),
-    /// Content parts: the text parts joined with newlines, and how many were images.
+    /// Content parts, with their text parts joined by newlines for those who only read text.
     Parts {
         /// The text parts, joined.
         text: String,
-        /// The number of `image_url` parts.
-        images: usize,
+        /// The parts, in order.
+        parts: Vec<Part>,
     },
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// `{"type":"text","text":…}`.
+    Text(String),
+    /// `{"type":"image_url","image_url":{"url":…,"detail":…}}`.
+    Image {
+        /// An `https:` or `data:` URL.
+        url: String,
+        /// `auto`, `low` or `high`, when given.
+        detail: Option<String>,
+    },
+    /// Any other part (audio, files), kept as it came.
+    Other(Value),
 }
 
 impl Content {
@@ -59,6 +124,17 @@ impl Content {
         match self {
             Content::None => "",
             Content::Text(t) | Content::Parts { text: t, .. } => t,
+        }
+    }
+
+    /// How many images the message carries.
+    pub fn images(&self) -> usize {
+        match self {
+            Content::Parts { parts, .. } => parts
+                .iter()
+                .filter(|p| matches!(p, Part::Image { .. }))
+                .count(),
+            _ => 0,
         }
     }
 }
@@ -81,32 +157,57 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     /// `max_completion_tokens`, or the older `max_tokens`.
     pub max_tokens: Option<u64>,
-    /// `temperature`, when given.
+    /// `temperature`.
     pub temperature: Option<f64>,
-    /// How many tools are offered.
-    pub tools: usize,
-    /// Whether `tool_choice` was given.
-    pub tool_choice: bool,
-    /// `response_format.type`, when given (`text`, `json_object`, `json_schema`).
-    pub response_format: Option<String>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `seed`.
+    pub seed: Option<i64>,
+    /// `frequency_penalty`.
+    pub frequency_penalty: Option<f64>,
+    /// `presence_penalty`.
+    pub presence_penalty: Option<f64>,
+    /// `n`: how many choices.
+    pub n: Option<u64>,
+    /// `stop`: the sequences that end the answer (a single string becomes one).
+    pub stop: Vec<String>,
+    /// `response_format`, as it came.
+    pub response_format: Option<Value>,
+    /// The tools offered, as they came.
+    pub tools: Vec<Value>,
+    /// `tool_choice`, as it came.
+    pub tool_choice: Option<Value>,
+    /// Every other field, kept as it came.
+    pub extra: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
+/// The top-level fields the view types; any other goes to `extra`.
 struct Wire<'a> {
-    #[serde(borrow)]
     model: Option<&'a RawValue>,
-    #[serde(borrow)]
     messages: Option<Vec<WireMessage<'a>>>,
     stream: Option<bool>,
-    #[serde(borrow)]
     stream_options: Option<&'a RawValue>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
-    tools: Option<Vec<IgnoredAny>>,
-    tool_choice: Option<IgnoredAny>,
-    #[serde(borrow)]
-    response_format: Option<WireResponseFormat<'a>>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    n: Option<u64>,
+    stop: Option<Stop>,
+    response_format: Option<Value>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    extra: Map<String, Value>,
+}
+
+/// `stop`: a string or a list of strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -114,26 +215,179 @@ struct WireStreamOptions {
     include_usage: Option<bool>,
 }
 
-#[derive(Deserialize)]
-struct WireResponseFormat<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
 struct WireMessage<'a> {
-    #[serde(borrow)]
     role: Option<Cow<'a, str>>,
     content: Option<Content>,
-    tool_calls: Option<Vec<IgnoredAny>>,
+    tool_calls: Option<Vec<WireToolCall>>,
+    tool_call_id: Option<String>,
+    name: Option<String>,
+    extra: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
-struct WirePart<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+struct WireToolCall {
+    id: Option<String>,
+    function: Option<WireFunction>,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: Option<String>,
+    /// A JSON text as OpenAI sends it; anything else is kept as its JSON text.
+    arguments: Option<Value>,
+}
+
+impl WireToolCall {
+    fn into_call(self) -> ToolCall {
+        let (name, arguments) = match self.function {
+            Some(f) => (
+                f.name.unwrap_or_default(),
+                match f.arguments {
+                    Some(Value::String(s)) => s,
+                    None | Some(Value::Null) => String::new(),
+                    Some(other) => other.to_string(),
+                },
+            ),
+            None => (String::new(), String::new()),
+        };
+        ToolCall {
+            id: self.id.unwrap_or_default(),
+            name,
+            arguments,
+        }
+    }
+}
+
+/// Takes one field's value, refusing a field given twice.
+fn once<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    map: &mut A,
+    name: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(de::Error::duplicate_field(name));
+    }
+    *slot = map.next_value()?;
+    Ok(())
+}
+
+impl<'de> Deserialize<'de> for Wire<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Wire<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a chat completion request object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire<'de>, A::Error> {
+                let mut w = Wire {
+                    model: None,
+                    messages: None,
+                    stream: None,
+                    stream_options: None,
+                    max_tokens: None,
+                    max_completion_tokens: None,
+                    temperature: None,
+                    top_p: None,
+                    seed: None,
+                    frequency_penalty: None,
+                    presence_penalty: None,
+                    n: None,
+                    stop: None,
+                    response_format: None,
+                    tools: None,
+                    tool_choice: None,
+                    extra: Map::new(),
+                };
+                // Known fields given twice are refused; `null` means absent.
+                let mut seen_model = false;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "model" => {
+                            if seen_model {
+                                return Err(de::Error::duplicate_field("model"));
+                            }
+                            seen_model = true;
+                            w.model = Some(map.next_value()?);
+                        }
+                        "messages" => once(&mut w.messages, &mut map, "messages")?,
+                        "stream" => once(&mut w.stream, &mut map, "stream")?,
+                        "stream_options" => {
+                            once(&mut w.stream_options, &mut map, "stream_options")?
+                        }
+                        "max_tokens" => once(&mut w.max_tokens, &mut map, "max_tokens")?,
+                        "max_completion_tokens" => once(
+                            &mut w.max_completion_tokens,
+                            &mut map,
+                            "max_completion_tokens",
+                        )?,
+                        "temperature" => once(&mut w.temperature, &mut map, "temperature")?,
+                        "top_p" => once(&mut w.top_p, &mut map, "top_p")?,
+                        "seed" => once(&mut w.seed, &mut map, "seed")?,
+                        "frequency_penalty" => {
+                            once(&mut w.frequency_penalty, &mut map, "frequency_penalty")?
+                        }
+                        "presence_penalty" => {
+                            once(&mut w.presence_penalty, &mut map, "presence_penalty")?
+                        }
+                        "n" => once(&mut w.n, &mut map, "n")?,
+                        "stop" => once(&mut w.stop, &mut map, "stop")?,
+                        "response_format" => {
+                            once(&mut w.response_format, &mut map, "response_format")?
+                        }
+                        "tools" => once(&mut w.tools, &mut map, "tools")?,
+                        "tool_choice" => once(&mut w.tool_choice, &mut map, "tool_choice")?,
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            w.extra.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(w)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireMessage<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireMessage<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireMessage<'de>, A::Error> {
+                let mut m = WireMessage {
+                    role: None,
+                    content: None,
+                    tool_calls: None,
+                    tool_call_id: None,
+                    name: None,
+                    extra: Map::new(),
+                };
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "role" => once(&mut m.role, &mut map, "role")?,
+                        "content" => once(&mut m.content, &mut map, "content")?,
+                        "tool_calls" => once(&mut m.tool_calls, &mut map, "tool_calls")?,
+                        "tool_call_id" => once(&mut m.tool_call_id, &mut map, "tool_call_id")?,
+                        "name" => once(&mut m.name, &mut map, "name")?,
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            m.extra.insert(key.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for Content {
@@ -155,23 +409,47 @@ impl<'de> Deserialize<'de> for Content {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
                 let mut text = String::new();
-                let mut images = 0;
-                while let Some(part) = seq.next_element::<WirePart<'de>>()? {
-                    match (part.kind.as_ref(), part.text) {
-                        ("text", Some(t)) => {
-                            if !text.is_empty() {
-                                text.push('\n');
-                            }
-                            text.push_str(&t);
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element::<Value>()? {
+                    let part = Part::from_value(part);
+                    if let Part::Text(t) = &part {
+                        if !text.is_empty() {
+                            text.push('\n');
                         }
-                        ("image_url", _) => images += 1,
-                        _ => {}
+                        text.push_str(t);
                     }
+                    parts.push(part);
                 }
-                Ok(Content::Parts { text, images })
+                Ok(Content::Parts { text, parts })
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+impl Part {
+    /// Reads a part; one the gateway does not know, or a malformed one, is kept as it came.
+    fn from_value(value: Value) -> Part {
+        let Value::Object(mut map) = value else {
+            return Part::Other(value);
+        };
+        match map.get("type").and_then(Value::as_str) {
+            Some("text") if map.get("text").is_some_and(Value::is_string) => {
+                match map.remove("text") {
+                    Some(Value::String(t)) => Part::Text(t),
+                    _ => Part::Other(Value::Object(map)),
+                }
+            }
+            Some("image_url") if map["image_url"]["url"].is_string() => {
+                let image = &mut map["image_url"];
+                let detail = image["detail"].as_str().map(str::to_owned);
+                match image["url"].take() {
+                    Value::String(url) => Part::Image { url, detail },
+                    _ => Part::Other(Value::Object(map)),
+                }
+            }
+            _ => Part::Other(Value::Object(map)),
+        }
     }
 }
 
@@ -268,27 +546,44 @@ impl ChatRequest {
         }
         let mut messages = Vec::with_capacity(wire_messages.len());
         for (i, m) in wire_messages.into_iter().enumerate() {
-            let role = m.role.ok_or_else(|| {
+            let name = m.role.ok_or_else(|| {
                 ApiError::invalid_request(
                     format!("Missing required parameter: 'messages[{i}].role'."),
                     Some(&format!("messages.[{i}].role")),
                     Some("missing_required_parameter"),
                 )
             })?;
-            if !ROLES.contains(&role.as_ref()) {
-                return Err(ApiError::invalid_request(
+            let role = Role::parse(&name).ok_or_else(|| {
+                ApiError::invalid_request(
                     format!(
-                        "Invalid value: '{role}'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'."
+                        "Invalid value: '{name}'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'."
                     ),
                     Some(&format!("messages.[{i}].role")),
                     Some("invalid_value"),
+                )
+            })?;
+            messages.push(Message {
+                role,
+                content: m.content.unwrap_or_default(),
+                tool_calls: m
+                    .tool_calls
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(WireToolCall::into_call)
+                    .collect(),
+                tool_call_id: m.tool_call_id,
+                name: m.name,
+                extra: m.extra,
+            });
+        }
+        if let Some(format) = &wire.response_format {
+            if !format["type"].is_string() {
+                return Err(ApiError::invalid_request(
+                    "Invalid type for 'response_format': expected an object with a 'type'.",
+                    Some("response_format"),
+                    Some("invalid_type"),
                 ));
             }
-            messages.push(Message {
-                role: role.into_owned(),
-                content: m.content.unwrap_or_default(),
-                tool_calls: m.tool_calls.map_or(0, |t| t.len()),
-            });
         }
 
         Ok(ChatRequest {
@@ -300,11 +595,45 @@ impl ChatRequest {
             messages,
             max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
             temperature: wire.temperature,
-            tools: wire.tools.map_or(0, |t| t.len()),
-            tool_choice: wire.tool_choice.is_some(),
-            response_format: wire.response_format.map(|f| f.kind.into_owned()),
+            top_p: wire.top_p,
+            seed: wire.seed,
+            frequency_penalty: wire.frequency_penalty,
+            presence_penalty: wire.presence_penalty,
+            n: wire.n,
+            stop: match wire.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s],
+                Some(Stop::Many(list)) => list,
+            },
+            response_format: wire.response_format,
+            tools: wire.tools.unwrap_or_default(),
+            tool_choice: wire.tool_choice,
+            extra: wire.extra,
             body,
         })
+    }
+
+    /// `response_format.type`, when given (`text`, `json_object`, `json_schema`).
+    pub fn response_format_type(&self) -> Option<&str> {
+        self.response_format.as_ref()?["type"].as_str()
+    }
+
+    /// The JSON schema of a `json_schema` response format.
+    pub fn json_schema(&self) -> Option<&Value> {
+        let format = self.response_format.as_ref()?;
+        (format["type"] == "json_schema")
+            .then(|| format["json_schema"].get("schema"))
+            .flatten()
+    }
+
+    /// The function a `tool_choice` forces the model to call, when it forces one.
+    pub fn forced_function(&self) -> Option<&str> {
+        self.tool_choice.as_ref()?["function"]["name"].as_str()
+    }
+
+    /// `tool_choice: "none"`: the model may not call the tools offered.
+    pub fn tools_refused(&self) -> bool {
+        self.tool_choice.as_ref().and_then(Value::as_str) == Some("none")
     }
 
     /// The body exactly as the client sent it.
@@ -388,19 +717,29 @@ mod tests {
         assert!(r.stream && r.include_usage);
         assert_eq!(r.max_tokens, Some(50));
         assert_eq!(r.temperature, Some(0.0));
-        assert_eq!(r.tools, 2);
-        assert_eq!(r.response_format.as_deref(), Some("json_schema"));
+        assert_eq!(r.tools.len(), 2);
+        assert_eq!(r.response_format_type(), Some("json_schema"));
         assert_eq!(r.messages.len(), 3);
+        assert_eq!(r.messages[0].role, Role::System);
         assert_eq!(r.messages[0].content.text(), "Be brief.");
         assert_eq!(
             r.messages[1].content,
             Content::Parts {
                 text: "What is this?".into(),
-                images: 1
+                parts: vec![
+                    Part::Text("What is this?".into()),
+                    Part::Image {
+                        url: "data:,".into(),
+                        detail: None
+                    }
+                ]
             }
         );
-        assert_eq!(r.messages[2].tool_calls, 1);
+        assert_eq!(r.messages[1].content.images(), 1);
+        assert_eq!(r.messages[2].tool_calls.len(), 1);
+        assert_eq!(r.messages[2].tool_calls[0].id, "a");
         assert_eq!(r.messages[2].content, Content::None);
+        assert_eq!(r.extra["unknown_field"]["kept"], true);
     }
 
     #[test]
@@ -531,6 +870,52 @@ mod tests {
             assert_eq!(err.kind, "invalid_request_error", "{body}");
             assert_eq!(err.param.as_deref(), *param, "{body}: {}", err.message);
             assert_eq!(err.code, *code, "{body}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn everything_the_translations_need_is_read_once() {
+        let r = parse(
+            r#"{"model":"m","top_p":0.9,"seed":7,"stop":"END","n":1,"frequency_penalty":0.5,
+               "presence_penalty":-0.5,"max_completion_tokens":9,"max_tokens":99,
+               "tool_choice":{"type":"function","function":{"name":"get_weather"}},
+               "messages":[
+                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},
+                 {"role":"tool","tool_call_id":"call_1","content":"18C","x_note":1},
+                 {"role":"user","name":"ann","content":[{"type":"input_audio","input_audio":{"data":"AAA","format":"wav"}}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!((r.top_p, r.seed, r.n), (Some(0.9), Some(7), Some(1)));
+        assert_eq!(r.stop, ["END"]);
+        assert_eq!(r.max_tokens, Some(9), "max_completion_tokens wins");
+        assert_eq!(r.forced_function(), Some("get_weather"));
+        assert!(!r.tools_refused());
+        let call = &r.messages[0].tool_calls[0];
+        assert_eq!(
+            (
+                call.id.as_str(),
+                call.name.as_str(),
+                call.arguments.as_str()
+            ),
+            ("call_1", "get_weather", r#"{"city":"Paris"}"#)
+        );
+        assert_eq!(r.messages[1].tool_call_id.as_deref(), Some("call_1"));
+        assert_eq!(r.messages[1].extra["x_note"], 1);
+        assert_eq!(r.messages[2].name.as_deref(), Some("ann"));
+        assert!(matches!(
+            &r.messages[2].content,
+            Content::Parts { parts, .. } if matches!(&parts[0], Part::Other(v) if v["type"] == "input_audio")
+        ));
+        let stop_list =
+            parse(r#"{"model":"m","stop":["a","b"],"messages":[{"role":"user","content":"x"}]}"#)
+                .unwrap();
+        assert_eq!(stop_list.stop, ["a", "b"]);
+        for bad in [
+            r#"{"model":"m","stop":5,"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","response_format":{"schema":{}},"messages":[{"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","role":"system","content":"x"}]}"#,
+        ] {
+            assert_eq!(parse(bad).unwrap_err().code, Some("invalid_type"), "{bad}");
         }
     }
 

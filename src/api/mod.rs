@@ -5,6 +5,6 @@ mod chat;
 mod completion;
 mod error;
 
-pub use chat::{ChatRequest, Content, Message};
+pub use chat::{ChatRequest, Content, Message, Part, Role};
 pub use completion::{Choice, Completion, EventKind, StreamAssembler, ToolCall, Usage};
 pub use error::ApiError;

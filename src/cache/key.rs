@@ -1,7 +1,8 @@
 //! The cache key: a 128-bit hash of the request as the upstream would see it, in canonical form.
 //!
-//! Two requests share a key when they ask the same upstream model the same thing: object key
-//! order, whitespace and number spelling (`0` against `0.0`) do not matter, and neither do
+//! The key is computed from the one parse of the request (its typed view), never from its bytes
+//! again. Two requests share a key when they ask the same upstream model the same thing: object
+//! key order, whitespace and number spelling (`0` against `0.0`) do not matter, and neither do
 //! `stream` and `stream_options`, since a stored answer replays in either form. The tenant is
 //! part of the key, so one tenant never receives another's answer. The hashers are seeded at
 //! random when the gateway starts, so nobody can craft two requests that collide.
@@ -9,14 +10,13 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use crate::api::{ChatRequest, Content, Message, Part};
 
 /// A cache key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(pub u128);
-
-/// Top-level fields that do not change the answer's content, only its framing.
-const FRAMING: [&str; 2] = ["stream", "stream_options"];
 
 /// Computes keys with two independently seeded hashers.
 pub struct Keyer {
@@ -39,32 +39,104 @@ impl Keyer {
         }
     }
 
-    /// The key of `body` (a JSON object) sent to `model` on `upstream` for `tenant`; `None`
-    /// when the body is not a JSON object.
-    pub fn key(&self, tenant: &str, upstream: &str, model: &str, body: &[u8]) -> Option<Key> {
-        let value: Value = serde_json::from_slice(body).ok()?;
-        let Value::Object(map) = value else {
-            return None;
-        };
+    /// The key of `req` sent to `model` on `upstream` for `tenant`.
+    pub fn key(&self, tenant: &str, upstream: &str, model: &str, req: &ChatRequest) -> Key {
         let mut ha = self.a.build_hasher();
         let mut hb = self.b.build_hasher();
-        let mut both = Both(&mut ha, &mut hb);
-        tenant.hash(&mut both);
-        upstream.hash(&mut both);
-        model.hash(&mut both);
-        let mut keys: Vec<&String> = map
-            .keys()
-            .filter(|k| !FRAMING.contains(&k.as_str()) && k.as_str() != "model")
-            .collect();
-        keys.sort_unstable();
-        both.write_usize(keys.len());
-        for k in keys {
-            k.hash(&mut both);
-            canonical(&map[k], &mut both);
+        let h = &mut Both(&mut ha, &mut hb);
+        tenant.hash(h);
+        upstream.hash(h);
+        model.hash(h);
+        h.write_usize(req.messages.len());
+        for m in &req.messages {
+            message(m, h);
         }
-        Some(Key(
-            (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
-        ))
+        req.max_tokens.hash(h);
+        for n in [
+            req.temperature,
+            req.top_p,
+            req.frequency_penalty,
+            req.presence_penalty,
+        ] {
+            number(n, h);
+        }
+        req.seed.hash(h);
+        req.n.hash(h);
+        req.stop.hash(h);
+        optional(req.response_format.as_ref(), h);
+        h.write_usize(req.tools.len());
+        for tool in &req.tools {
+            canonical(tool, h);
+        }
+        optional(req.tool_choice.as_ref(), h);
+        object(&req.extra, h);
+        Key((u128::from(ha.finish()) << 64) | u128::from(hb.finish()))
+    }
+}
+
+fn message(m: &Message, h: &mut impl Hasher) {
+    h.write(m.role.as_str().as_bytes());
+    match &m.content {
+        Content::None => h.write_u8(0),
+        Content::Text(t) => {
+            h.write_u8(1);
+            t.hash(h);
+        }
+        Content::Parts { parts, .. } => {
+            h.write_u8(2);
+            h.write_usize(parts.len());
+            for part in parts {
+                match part {
+                    Part::Text(t) => {
+                        h.write_u8(0);
+                        t.hash(h);
+                    }
+                    Part::Image { url, detail } => {
+                        h.write_u8(1);
+                        url.hash(h);
+                        detail.hash(h);
+                    }
+                    Part::Other(v) => {
+                        h.write_u8(2);
+                        canonical(v, h);
+                    }
+                }
+            }
+        }
+    }
+    h.write_usize(m.tool_calls.len());
+    for call in &m.tool_calls {
+        (&call.id, &call.name, &call.arguments).hash(h);
+    }
+    m.tool_call_id.hash(h);
+    m.name.hash(h);
+    object(&m.extra, h);
+}
+
+/// An optional number, hashed by value.
+fn number(n: Option<f64>, h: &mut impl Hasher) {
+    match n {
+        None => h.write_u8(0),
+        // 0.0 and -0.0 are one number.
+        Some(f) => h.write_u64((f + 0.0).to_bits()),
+    }
+}
+
+fn optional(v: Option<&Value>, h: &mut impl Hasher) {
+    match v {
+        None => h.write_u8(0xff),
+        Some(v) => canonical(v, h),
+    }
+}
+
+fn object(map: &Map<String, Value>, h: &mut impl Hasher) {
+    h.write_usize(map.len());
+    // Sorted here: serde_json's map keeps insertion order when a dependency asks it to.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_unstable();
+    for k in keys {
+        k.hash(h);
+        canonical(&map[k], h);
     }
 }
 
@@ -112,13 +184,7 @@ fn canonical(v: &Value, h: &mut impl Hasher) {
         }
         Value::Object(map) => {
             h.write_u8(5);
-            h.write_usize(map.len());
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            for k in keys {
-                k.hash(h);
-                canonical(&map[k], h);
-            }
+            object(map, h);
         }
     }
 }
@@ -126,9 +192,14 @@ fn canonical(v: &Value, h: &mut impl Hasher) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn parse(body: &str) -> ChatRequest {
+        ChatRequest::parse(Bytes::from(body.to_owned())).expect("a valid request")
+    }
 
     fn key(k: &Keyer, body: &str) -> Key {
-        k.key("t", "cloud", "gpt-4o", body.as_bytes()).unwrap()
+        k.key("t", "cloud", "gpt-4o", &parse(body))
     }
 
     #[test]
@@ -136,11 +207,12 @@ mod tests {
         let k = Keyer::new();
         let a = key(
             &k,
-            r#"{"model":"auto","temperature":0,"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"b":1,"a":2}}}]}"#,
+            r#"{"model":"auto","temperature":0,"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"b":1,"a":2}}}],"user":{"id":1,"team":"x"}}"#,
         );
         let b = key(
             &k,
             r#"{ "messages" : [ {"content":"hi", "role":"user"} ],
+                "user": {"team": "x", "id": 1.0},
                 "tools":[{"function":{"parameters":{"a":2.0,"b":1e0},"name":"f"},"type":"function"}],
                 "temperature": 0.0, "stream": true, "stream_options": {"include_usage": true},
                 "model": "something-else" }"#,
@@ -159,20 +231,32 @@ mod tests {
             r#"{"model":"m","temperature":0,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
             r#"{"model":"m","temperature":0,"seed":1,"messages":[{"role":"user","content":"hi"}]}"#,
             r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}"#,
-            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":["hi"]}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AA"}}]}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi","name":"ann"}]}"#,
+            r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}],"logit_bias":{"50256":-100}}"#,
+            r#"{"model":"m","temperature":0,"stop":"x","messages":[{"role":"user","content":"hi"}]}"#,
         ] {
             assert_ne!(one, key(&k, other), "{other}");
         }
-        let body = base.as_bytes();
-        assert_ne!(Some(one), k.key("u", "cloud", "gpt-4o", body));
-        assert_ne!(Some(one), k.key("t", "local", "gpt-4o", body));
-        assert_ne!(Some(one), k.key("t", "cloud", "gpt-4o-mini", body));
-        assert_eq!(k.key("t", "cloud", "gpt-4o", b"[1]"), None);
+        let image = |data: &str| {
+            key(
+                &k,
+                &format!(
+                    r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"image_url","image_url":{{"url":"data:image/png;base64,{data}"}}}}]}}]}}"#
+                ),
+            )
+        };
+        assert_ne!(image("AA"), image("AB"), "two images are two requests");
+        let req = parse(base);
+        assert_ne!(one, k.key("u", "cloud", "gpt-4o", &req));
+        assert_ne!(one, k.key("t", "local", "gpt-4o", &req));
+        assert_ne!(one, k.key("t", "cloud", "gpt-4o-mini", &req));
     }
 
     #[test]
     fn seeds_differ_between_keyers() {
-        let body = r#"{"messages":[]}"#;
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
         assert_ne!(key(&Keyer::new(), body), key(&Keyer::new(), body));
     }
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
-use crate::api::Completion;
+use crate::api::{ChatRequest, Completion};
 use crate::config::CacheConfig;
 use crate::vocab::{CacheOutcome, CachePolicy};
 pub use key::{Key, Keyer};
@@ -170,9 +170,9 @@ impl Cache {
         }
     }
 
-    /// The key of a request body for a tenant, upstream and model.
-    pub fn key(&self, tenant: &str, upstream: &str, model: &str, body: &[u8]) -> Option<Key> {
-        self.keyer.key(tenant, upstream, model, body)
+    /// The key of a request for a tenant, upstream and model.
+    pub fn key(&self, tenant: &str, upstream: &str, model: &str, req: &ChatRequest) -> Key {
+        self.keyer.key(tenant, upstream, model, req)
     }
 
     /// Answers larger than this are not stored; the reader keeps at most this much.
@@ -355,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn misses_coalesce_and_waiters_get_the_answer() {
         let cache = Cache::new(&config(), test_metrics());
-        let key = cache.key("t", "u", "m", b"{}").unwrap();
+        let key = Key(1);
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!("first look-up leads")
         };
@@ -372,7 +372,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_leader_releases_its_waiters() {
         let cache = Cache::new(&config(), test_metrics());
-        let key = cache.key("t", "u", "m", b"{}").unwrap();
+        let key = Key(1);
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!()
         };
@@ -394,13 +394,11 @@ mod tests {
             ..config()
         };
         let cache = Cache::new(&cfg, CacheMetrics::register(&registry).unwrap());
-        let big = cache.key("t", "u", "m", b"{\"big\":1}").unwrap();
+        let big = Key(2);
         cache.store(big, entry(&"x".repeat(2000)), None);
         assert!(matches!(cache.lookup(big), Lookup::Lead(_)));
         for i in 0..20 {
-            let k = cache
-                .key("t", "u", "m", format!("{{\"i\":{i}}}").as_bytes())
-                .unwrap();
+            let k = Key(100 + i);
             cache.store(k, entry(&"y".repeat(400)), None);
         }
         assert!(cache.bytes() <= 4096, "{}", cache.bytes());

@@ -1,6 +1,6 @@
 //! What the classifier knows about a request: numbers computed in one pass over the parsed view.
 
-use crate::api::ChatRequest;
+use crate::api::{ChatRequest, Role};
 
 /// A numeric feature of a request, by the name rules and the scorer use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,16 +132,16 @@ impl Features {
         let mut f = Features {
             values: [0.0; Feature::ALL.len()],
         };
-        let last_user = req.messages.iter().rposition(|m| m.role == "user");
+        let last_user = req.messages.iter().rposition(|m| m.role == Role::User);
         let (mut total, mut system, mut context, mut users, mut images, mut code) =
             (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         for (i, m) in req.messages.iter().enumerate() {
             let text = m.content.text();
             let tokens = estimate_tokens(text) + MESSAGE_OVERHEAD;
             total += tokens;
-            match m.role.as_str() {
-                "system" | "developer" => system += tokens,
-                "user" => {
+            match m.role {
+                Role::System | Role::Developer => system += tokens,
+                Role::User => {
                     users += 1;
                     code += (text.matches("```").count() / 2) as u64;
                     if Some(i) != last_user {
@@ -154,9 +154,7 @@ impl Features {
                     }
                 }
             }
-            if let crate::api::Content::Parts { images: n, .. } = m.content {
-                images += n as u64;
-            }
+            images += m.content.images() as u64;
         }
         let last = last_user.map_or("", |i| req.messages[i].content.text());
         let scan = scan_text(last);
@@ -166,9 +164,9 @@ impl Features {
         f.set(Feature::ContextTokens, context as f64);
         f.set(Feature::Messages, req.messages.len() as f64);
         f.set(Feature::UserTurns, users as f64);
-        f.set(Feature::Tools, req.tools as f64);
-        f.set(Feature::ToolChoice, req.tool_choice as u8 as f64);
-        let format = req.response_format.as_deref();
+        f.set(Feature::Tools, req.tools.len() as f64);
+        f.set(Feature::ToolChoice, req.tool_choice.is_some() as u8 as f64);
+        let format = req.response_format_type();
         f.set(
             Feature::JsonObject,
             (format == Some("json_object")) as u8 as f64,

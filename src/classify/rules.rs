@@ -6,7 +6,7 @@
 use regex::RegexSet;
 
 use super::features::{Feature, Features};
-use crate::api::ChatRequest;
+use crate::api::{ChatRequest, Role};
 use crate::vocab::Route;
 
 /// The text a regex condition looks at.
@@ -196,12 +196,12 @@ impl Hits {
         self.by_target[target as usize].get_or_insert_with(|| {
             let Some(set) = set else { return Vec::new() };
             let mut matched = vec![false; set.len()];
-            let last_user = req.messages.iter().rposition(|m| m.role == "user");
+            let last_user = req.messages.iter().rposition(|m| m.role == Role::User);
             for (i, m) in req.messages.iter().enumerate() {
                 let wanted = match target {
                     Target::LastUser => Some(i) == last_user,
-                    Target::User => m.role == "user",
-                    Target::System => m.role == "system" || m.role == "developer",
+                    Target::User => m.role == Role::User,
+                    Target::System => m.role.is_system(),
                     Target::All => true,
                 };
                 if wanted {

@@ -93,7 +93,7 @@ fn last_user_text(req: &ChatRequest) -> &str {
     req.messages
         .iter()
         .rev()
-        .find(|m| m.role == "user")
+        .find(|m| m.role == crate::api::Role::User)
         .map_or("", |m| m.content.text())
 }
 

@@ -57,9 +57,10 @@ impl<'p> Cached<'p> {
         };
         let upstream = &p.upstreams[decision.upstream];
         let key = match (&p.cache, usage.store) {
-            (Some(cache), true) => cache
-                .key(&tenant.id, upstream.name(), decision.model, request.body())
-                .map(|key| (cache, key)),
+            (Some(cache), true) => Some((
+                cache,
+                cache.key(&tenant.id, upstream.name(), decision.model, request),
+            )),
             _ => None,
         };
         rec.tenant = Some(tenant.id);

@@ -14,10 +14,10 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-use crate::api::{ApiError, ChatRequest};
+use crate::api::{ApiError, ChatRequest, Content, Part, Role};
 use crate::config::UpstreamConfig;
 
 /// The longest answer line read; a longer one fails the stream rather than grow without bound.
@@ -26,94 +26,113 @@ const MAX_LINE: usize = 8 << 20;
 /// The request path of Ollama's chat API.
 pub const CHAT_PATH: &str = "/api/chat";
 
-/// The OpenAI request fields the translation reads.
-#[derive(Deserialize)]
-pub(super) struct OpenAiChat<'a> {
-    #[serde(borrow)]
-    pub messages: Vec<OpenAiMessage<'a>>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    seed: Option<i64>,
-    stop: Option<Value>,
-    frequency_penalty: Option<f64>,
-    presence_penalty: Option<f64>,
-    max_tokens: Option<u64>,
-    max_completion_tokens: Option<u64>,
-    pub response_format: Option<Value>,
-    pub tools: Option<Value>,
-    tool_choice: Option<Value>,
-    n: Option<u64>,
+/// Ollama's `options`: the sampling parameters, `max_tokens` and the context size.
+#[derive(Serialize, Default)]
+pub(super) struct Options<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_predict: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_ctx: Option<u64>,
 }
 
-/// One message of the request.
-#[derive(Deserialize)]
-pub(super) struct OpenAiMessage<'a> {
-    #[serde(borrow)]
-    pub role: Cow<'a, str>,
-    pub content: Option<Value>,
-    pub tool_calls: Option<Vec<OpenAiToolCall>>,
-    pub tool_call_id: Option<String>,
+impl<'a> Options<'a> {
+    /// The options of `req`, with the upstream's context size.
+    pub(super) fn of(req: &'a ChatRequest, num_ctx: Option<u64>) -> Options<'a> {
+        Options {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop: &req.stop,
+            frequency_penalty: req.frequency_penalty,
+            presence_penalty: req.presence_penalty,
+            num_predict: req.max_tokens,
+            num_ctx,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.temperature.is_none()
+            && self.top_p.is_none()
+            && self.seed.is_none()
+            && self.stop.is_empty()
+            && self.frequency_penalty.is_none()
+            && self.presence_penalty.is_none()
+            && self.num_predict.is_none()
+            && self.num_ctx.is_none()
+    }
 }
 
-/// A tool call of an assistant message.
-#[derive(Deserialize)]
-pub(super) struct OpenAiToolCall {
-    id: Option<String>,
-    pub function: OpenAiFunction,
+/// `format`: plain JSON, or a JSON schema the answer must follow.
+#[derive(Serialize, Clone, Copy)]
+#[serde(untagged)]
+pub(super) enum Format<'a> {
+    /// `"json"`.
+    Json(&'static str),
+    /// A schema.
+    Schema(&'a Value),
 }
 
-/// The function a tool call calls.
-#[derive(Deserialize)]
-pub(super) struct OpenAiFunction {
-    pub name: String,
-    pub arguments: Option<String>,
+/// The `/api/chat` body.
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<OllamaMessageOut<'a>>,
+    stream: bool,
+    #[serde(skip_serializing_if = "Options::is_empty")]
+    options: Options<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<Format<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tools: &'a [Value],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_alive: Option<&'a str>,
 }
 
-/// Reads the fields the translations need from the request's body.
-pub(super) fn read_chat(req: &ChatRequest) -> Result<OpenAiChat<'_>, ApiError> {
-    let chat: OpenAiChat = serde_json::from_slice(req.body())
-        .map_err(|e| ApiError::invalid_request(format!("Invalid request body: {e}"), None, None))?;
-    if chat.n.is_some_and(|n| n > 1) {
+#[derive(Serialize)]
+struct OllamaMessageOut<'a> {
+    role: &'static str,
+    content: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OllamaCallOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct OllamaCallOut<'a> {
+    function: OllamaFunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct OllamaFunctionOut<'a> {
+    name: &'a str,
+    /// Ollama takes the arguments as an object, OpenAI as a JSON text.
+    arguments: Value,
+}
+
+/// Refuses what a local model server cannot do: more than one choice.
+pub(super) fn check(req: &ChatRequest) -> Result<(), ApiError> {
+    if req.n.is_some_and(|n| n > 1) {
         return Err(bad(
             "This model answers one choice per request: 'n' must be 1.",
             "n",
         ));
     }
-    Ok(chat)
-}
-
-/// Sampling parameters and `max_tokens` as Ollama's `options`, with the context size.
-pub(super) fn options(chat: &OpenAiChat, num_ctx: Option<u64>) -> Map<String, Value> {
-    let mut options = Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            options.insert(k.into(), v);
-        }
-    };
-    put("temperature", chat.temperature.map(|v| json!(v)));
-    put("top_p", chat.top_p.map(|v| json!(v)));
-    put("seed", chat.seed.map(|v| json!(v)));
-    put(
-        "stop",
-        match &chat.stop {
-            Some(Value::String(s)) => Some(json!([s])),
-            Some(v @ Value::Array(_)) => Some(v.clone()),
-            _ => None,
-        },
-    );
-    put(
-        "frequency_penalty",
-        chat.frequency_penalty.map(|v| json!(v)),
-    );
-    put("presence_penalty", chat.presence_penalty.map(|v| json!(v)));
-    put(
-        "num_predict",
-        chat.max_completion_tokens
-            .or(chat.max_tokens)
-            .map(|v| json!(v)),
-    );
-    put("num_ctx", num_ctx.map(|v| json!(v)));
-    options
+    Ok(())
 }
 
 pub(super) fn bad(message: impl Into<String>, param: &str) -> ApiError {
@@ -127,128 +146,97 @@ pub fn request_body(
     model: &str,
     upstream: &UpstreamConfig,
 ) -> Result<Bytes, ApiError> {
-    let chat = read_chat(req)?;
-    // A tool answer names its tool in Ollama; OpenAI names the call it answers.
-    let mut tool_names: Vec<(String, String)> = Vec::new();
-    let mut messages = Vec::with_capacity(chat.messages.len());
-    for (i, m) in chat.messages.iter().enumerate() {
-        let role = match m.role.as_ref() {
-            "developer" => "system",
-            "function" => "tool",
-            other => other,
+    check(req)?;
+    let mut messages = Vec::with_capacity(req.messages.len());
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role {
+            Role::Developer => "system",
+            Role::Function => "tool",
+            other => other.as_str(),
         };
-        let mut out = Map::new();
-        out.insert("role".into(), json!(role));
-        let (text, images) = content(m.content.as_ref(), i)?;
-        out.insert("content".into(), json!(text));
-        if !images.is_empty() {
-            out.insert("images".into(), json!(images));
+        let mut tool_calls = Vec::with_capacity(m.tool_calls.len());
+        for (j, call) in m.tool_calls.iter().enumerate() {
+            let args = if call.arguments.trim().is_empty() {
+                "{}"
+            } else {
+                &call.arguments
+            };
+            let arguments: Value = serde_json::from_str(args).map_err(|_| {
+                bad(
+                    "Tool call arguments must be a JSON object.",
+                    &format!("messages.[{i}].tool_calls.[{j}].function.arguments"),
+                )
+            })?;
+            tool_calls.push(OllamaCallOut {
+                function: OllamaFunctionOut {
+                    name: &call.name,
+                    arguments,
+                },
+            });
         }
-        if let Some(calls) = &m.tool_calls {
-            let mut list = Vec::with_capacity(calls.len());
-            for (j, call) in calls.iter().enumerate() {
-                let args = call.function.arguments.as_deref().unwrap_or("{}");
-                let args: Value = serde_json::from_str(args).map_err(|_| {
-                    bad(
-                        "Tool call arguments must be a JSON object.",
-                        &format!("messages.[{i}].tool_calls.[{j}].function.arguments"),
-                    )
-                })?;
-                if let Some(id) = &call.id {
-                    tool_names.push((id.clone(), call.function.name.clone()));
-                }
-                list.push(json!({"function": {"name": call.function.name, "arguments": args}}));
-            }
-            out.insert("tool_calls".into(), Value::Array(list));
-        }
-        if let Some(id) = &m.tool_call_id {
-            if let Some((_, name)) = tool_names.iter().find(|(known, _)| known == id) {
-                out.insert("tool_name".into(), json!(name));
-            }
-        }
-        messages.push(Value::Object(out));
-    }
-
-    let options = options(&chat, upstream.num_ctx);
-
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    body.insert("messages".into(), Value::Array(messages));
-    body.insert("stream".into(), json!(req.stream));
-    if !options.is_empty() {
-        body.insert("options".into(), Value::Object(options));
-    }
-    if let Some(format) = format(chat.response_format.as_ref())? {
-        body.insert("format".into(), format);
+        // A tool answer names its tool in Ollama; OpenAI names the call it answers.
+        let tool_name = m.tool_call_id.as_deref().and_then(|id| {
+            req.messages[..i]
+                .iter()
+                .flat_map(|earlier| &earlier.tool_calls)
+                .find(|call| call.id == id)
+                .map(|call| call.name.as_str())
+        });
+        messages.push(OllamaMessageOut {
+            role,
+            content: m.content.text(),
+            images: images(&m.content, i)?,
+            tool_calls,
+            tool_name,
+        });
     }
     // Ollama has no tool_choice; `none` is honoured by not offering the tools.
-    let no_tools = chat.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
-    if let Some(tools) = chat.tools.filter(|t| !t.is_null() && !no_tools) {
-        body.insert("tools".into(), tools);
-    }
-    if let Some(keep) = &upstream.keep_alive {
-        body.insert("keep_alive".into(), json!(keep));
-    }
-    serde_json::to_vec(&Value::Object(body))
+    let tools: &[Value] = if req.tools_refused() { &[] } else { &req.tools };
+    let body = ChatBody {
+        model,
+        messages,
+        stream: req.stream,
+        options: Options::of(req, upstream.num_ctx),
+        format: format(req)?,
+        tools,
+        keep_alive: upstream.keep_alive.as_deref(),
+    };
+    serde_json::to_vec(&body)
         .map(Bytes::from)
         .map_err(|e| ApiError::internal(&e.to_string()))
 }
 
-/// A message's text and base64 images.
-pub(super) fn content(
-    content: Option<&Value>,
-    i: usize,
-) -> Result<(String, Vec<String>), ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok((String::new(), Vec::new())),
-        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            let mut images = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                match part["type"].as_str() {
-                    Some("text") => {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(part["text"].as_str().unwrap_or_default());
-                    }
-                    Some("image_url") => {
-                        let url = part["image_url"]["url"].as_str().unwrap_or_default();
-                        let data = url
-                            .strip_prefix("data:")
-                            .and_then(|rest| rest.split_once(";base64,"))
-                            .map(|(_, data)| data.to_owned())
-                            .ok_or_else(|| {
-                                bad(
-                                    "Images must be sent as base64 data URLs (data:image/...;base64,...) to this model.",
-                                    &format!("messages.[{i}].content.[{j}].image_url.url"),
-                                )
-                            })?;
-                        images.push(data);
-                    }
-                    _ => {}
-                }
-            }
-            Ok((text, images))
+/// The base64 data of a message's images (Ollama takes no URLs).
+pub(super) fn images(content: &Content, i: usize) -> Result<Vec<&str>, ApiError> {
+    let Content::Parts { parts, .. } = content else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        if let Part::Image { url, .. } = part {
+            let data = url
+                .strip_prefix("data:")
+                .and_then(|rest| rest.split_once(";base64,"))
+                .map(|(_, data)| data)
+                .ok_or_else(|| {
+                    bad(
+                        "Images must be sent as base64 data URLs (data:image/...;base64,...) to this model.",
+                        &format!("messages.[{i}].content.[{j}].image_url.url"),
+                    )
+                })?;
+            out.push(data);
         }
-        Some(_) => Err(bad(
-            "Message content must be a string or an array of parts.",
-            &format!("messages.[{i}].content"),
-        )),
     }
+    Ok(out)
 }
 
 /// `response_format` as Ollama's `format`: `"json"`, a JSON schema, or nothing.
-pub(super) fn format(response_format: Option<&Value>) -> Result<Option<Value>, ApiError> {
-    let Some(rf) = response_format.filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    match rf["type"].as_str() {
+pub(super) fn format(req: &ChatRequest) -> Result<Option<Format<'_>>, ApiError> {
+    match req.response_format_type() {
         Some("text") | None => Ok(None),
-        Some("json_object") => Ok(Some(json!("json"))),
-        Some("json_schema") => match rf["json_schema"].get("schema") {
-            Some(schema) if schema.is_object() => Ok(Some(schema.clone())),
+        Some("json_object") => Ok(Some(Format::Json("json"))),
+        Some("json_schema") => match req.json_schema() {
+            Some(schema) if schema.is_object() => Ok(Some(Format::Schema(schema))),
             _ => Err(bad(
                 "response_format.json_schema.schema must be a JSON schema object.",
                 "response_format.json_schema.schema",

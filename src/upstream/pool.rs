@@ -15,7 +15,7 @@ use std::time::Instant;
 use http::HeaderValue;
 
 use super::resolve::Resolver;
-use crate::api::ChatRequest;
+use crate::api::{ChatRequest, Role};
 use crate::config::{Balance, HealthConfig, UpstreamUrl};
 
 /// One server of an upstream.
@@ -299,14 +299,14 @@ fn rendezvous(key: u64, index: usize) -> u64 {
 /// message, which stay the same as the conversation grows.
 pub fn conversation_key(req: &ChatRequest) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let first = |role: &str| {
+    let first = |role: Role| {
         req.messages
             .iter()
             .find(|m| m.role == role)
             .map(|m| m.content.text())
     };
-    first("system").hash(&mut h);
-    first("user").hash(&mut h);
+    first(Role::System).hash(&mut h);
+    first(Role::User).hash(&mut h);
     h.finish()
 }
 

@@ -9,10 +9,11 @@
 //! requests get a 400 (send them to an `openai` or `ollama` upstream).
 
 use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
-use super::ollama::{self, OpenAiChat};
-use crate::api::{ApiError, ChatRequest};
+use super::ollama::{self, Format, Options};
+use crate::api::{ApiError, ChatRequest, Role};
 use crate::config::{RawApi, UpstreamConfig};
 
 /// Ollama's generate API.
@@ -40,109 +41,117 @@ pub fn path(api: RawApi) -> &'static str {
     }
 }
 
+/// Ollama's `/api/generate` body.
+#[derive(Serialize)]
+struct GenerateBody<'a> {
+    model: &'a str,
+    prompt: String,
+    raw: bool,
+    stream: bool,
+    #[serde(skip_serializing_if = "Options::is_empty")]
+    options: Options<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<Format<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_alive: Option<&'a str>,
+}
+
+/// llama.cpp's `/completion` body: the same parameters under its own names.
+#[derive(Serialize)]
+struct CompletionBody<'a> {
+    prompt: String,
+    stream: bool,
+    /// The server keeps the KV cache of the shared prefix between turns.
+    cache_prompt: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n_predict: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_schema: Option<Value>,
+}
+
 /// The body for a raw upstream: the rendered prompt and the sampling parameters.
 pub fn request_body(
     req: &ChatRequest,
     model: &str,
     upstream: &UpstreamConfig,
 ) -> Result<Bytes, ApiError> {
-    let chat = ollama::read_chat(req)?;
-    if chat
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()))
-    {
+    ollama::check(req)?;
+    if !req.tools.is_empty() {
         return Err(ollama::bad(
             "Tools are not offered to a raw completion upstream; route tool requests to an upstream of kind openai or ollama.",
             "tools",
         ));
     }
-    let prompt = prompt(&chat)?;
-    let options = ollama::options(&chat, upstream.num_ctx);
-    let format = ollama::format(chat.response_format.as_ref())?;
+    let prompt = prompt(req)?;
+    let options = Options::of(req, upstream.num_ctx);
+    let format = ollama::format(req)?;
     let body = match upstream.raw_api {
-        RawApi::OllamaGenerate => {
-            let mut body = Map::new();
-            body.insert("model".into(), json!(model));
-            body.insert("prompt".into(), json!(prompt));
-            body.insert("raw".into(), json!(true));
-            body.insert("stream".into(), json!(req.stream));
-            if !options.is_empty() {
-                body.insert("options".into(), Value::Object(options));
-            }
-            if let Some(format) = format {
-                body.insert("format".into(), format);
-            }
-            if let Some(keep) = &upstream.keep_alive {
-                body.insert("keep_alive".into(), json!(keep));
-            }
-            body
-        }
-        RawApi::LlamaCpp => {
-            let mut body = Map::new();
-            body.insert("prompt".into(), json!(prompt));
-            body.insert("stream".into(), json!(req.stream));
-            // The server keeps the KV cache of the shared prefix between turns.
-            body.insert("cache_prompt".into(), json!(true));
-            for (from, to) in [
-                ("temperature", "temperature"),
-                ("top_p", "top_p"),
-                ("seed", "seed"),
-                ("stop", "stop"),
-                ("frequency_penalty", "frequency_penalty"),
-                ("presence_penalty", "presence_penalty"),
-                ("num_predict", "n_predict"),
-            ] {
-                if let Some(v) = options.get(from) {
-                    body.insert(to.into(), v.clone());
-                }
-            }
-            match format {
-                Some(Value::String(_)) => {
-                    body.insert("json_schema".into(), json!({"type": "object"}));
-                }
-                Some(schema) => {
-                    body.insert("json_schema".into(), schema);
-                }
-                None => {}
-            }
-            body
-        }
+        RawApi::OllamaGenerate => serde_json::to_vec(&GenerateBody {
+            model,
+            prompt,
+            raw: true,
+            stream: req.stream,
+            options,
+            format,
+            keep_alive: upstream.keep_alive.as_deref(),
+        }),
+        RawApi::LlamaCpp => serde_json::to_vec(&CompletionBody {
+            prompt,
+            stream: req.stream,
+            cache_prompt: true,
+            temperature: options.temperature,
+            top_p: options.top_p,
+            seed: options.seed,
+            stop: options.stop,
+            frequency_penalty: options.frequency_penalty,
+            presence_penalty: options.presence_penalty,
+            n_predict: options.num_predict,
+            json_schema: match format {
+                None => None,
+                Some(Format::Json(_)) => Some(json!({"type": "object"})),
+                Some(Format::Schema(schema)) => Some(schema.clone()),
+            },
+        }),
     };
-    serde_json::to_vec(&Value::Object(body))
-        .map(Bytes::from)
+    body.map(Bytes::from)
         .map_err(|e| ApiError::internal(&e.to_string()))
 }
 
 /// The conversation rendered with the Llama 3.1 template, ready for the assistant's turn.
-fn prompt(chat: &OpenAiChat) -> Result<String, ApiError> {
+fn prompt(req: &ChatRequest) -> Result<String, ApiError> {
     let mut out = String::from("<|begin_of_text|>");
-    for (i, m) in chat.messages.iter().enumerate() {
-        let role = match m.role.as_ref() {
-            "system" | "developer" => "system",
-            "tool" | "function" => "ipython",
-            "assistant" => "assistant",
-            _ => "user",
+    for (i, m) in req.messages.iter().enumerate() {
+        let role = match m.role {
+            Role::System | Role::Developer => "system",
+            Role::Tool | Role::Function => "ipython",
+            Role::Assistant => "assistant",
+            Role::User => "user",
         };
-        let (text, images) = ollama::content(m.content.as_ref(), i)?;
-        if !images.is_empty() {
+        if m.content.images() > 0 {
             return Err(ollama::bad(
                 "Images are not read by a raw completion upstream.",
                 &format!("messages.[{i}].content"),
             ));
         }
-        let mut body = defuse(&text);
-        for call in m.tool_calls.iter().flatten() {
-            let args: Value = call
-                .function
-                .arguments
-                .as_deref()
-                .and_then(|a| serde_json::from_str(a).ok())
-                .unwrap_or_else(|| json!({}));
+        let mut body = defuse(m.content.text());
+        for call in &m.tool_calls {
+            let args: Value = serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({}));
             if !body.is_empty() {
                 body.push('\n');
             }
-            body.push_str(&json!({"name": call.function.name, "parameters": args}).to_string());
+            body.push_str(&json!({"name": call.name, "parameters": args}).to_string());
         }
         out.push_str("<|start_header_id|>");
         out.push_str(role);
