@@ -7,9 +7,8 @@
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
 
 /// Token counts of one answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,15 +19,186 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-impl Usage {
-    fn to_json(self) -> Value {
-        json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-        })
+impl Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut u = s.serialize_struct("Usage", 3)?;
+        u.serialize_field("prompt_tokens", &self.prompt_tokens)?;
+        u.serialize_field("completion_tokens", &self.completion_tokens)?;
+        u.serialize_field(
+            "total_tokens",
+            &(self.prompt_tokens + self.completion_tokens),
+        )?;
+        u.end()
     }
 }
+
+/// A field of a JSON object that may be left out, be `null`, or hold a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Field<T> {
+    /// Not written.
+    #[default]
+    Absent,
+    /// `null`.
+    Null,
+    /// A value.
+    Set(T),
+}
+
+impl<T> Field<T> {
+    /// Whether the field is left out.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Field::Absent)
+    }
+}
+
+impl<T: Serialize> Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Set(v) => v.serialize(s),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+/// One `chat.completion.chunk` of a stream, as the gateway writes it (a translated stream, a
+/// replay from the cache).
+#[derive(Debug, Serialize)]
+pub struct Chunk<'a> {
+    /// The answer's id.
+    pub id: &'a str,
+    /// Always `chat.completion.chunk`.
+    pub object: &'static str,
+    /// Unix time of the answer's creation.
+    pub created: u64,
+    /// The model that answers.
+    pub model: &'a str,
+    /// The upstream's `system_fingerprint`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<&'a str>,
+    /// What the chunk adds, per choice (none in the usage chunk).
+    pub choices: Vec<DeltaChoice<'a>>,
+    /// `null` on every chunk but the last when the client asked for usage; the usage on that one.
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    pub usage: Field<Usage>,
+}
+
+/// What a chunk adds to one choice.
+#[derive(Debug, Serialize)]
+pub struct DeltaChoice<'a> {
+    /// The choice's index.
+    pub index: u64,
+    /// The addition.
+    pub delta: Delta<'a>,
+    /// Always `null`.
+    pub logprobs: Option<()>,
+    /// Set on the choice's last chunk.
+    pub finish_reason: Option<&'a str>,
+}
+
+/// An addition to a choice's message.
+#[derive(Debug, Default, Serialize)]
+pub struct Delta<'a> {
+    /// `assistant`, on the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    /// Text.
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    pub content: Field<&'a str>,
+    /// A refusal's text.
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    pub refusal: Field<&'a str>,
+    /// Tool calls, or fragments of their arguments.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<DeltaToolCall<'a>>,
+}
+
+/// A tool call, or a fragment of it, in a chunk.
+#[derive(Debug, Serialize)]
+pub struct DeltaToolCall<'a> {
+    /// Its position among the choice's tool calls.
+    pub index: usize,
+    /// The call's id, on its first fragment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    /// `function`, on its first fragment.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// The function's name and (a fragment of) its arguments.
+    pub function: DeltaFunction<'a>,
+}
+
+/// The function part of a tool call fragment.
+#[derive(Debug, Serialize)]
+pub struct DeltaFunction<'a> {
+    /// The name, on the first fragment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    /// A fragment of the arguments' JSON text.
+    pub arguments: &'a str,
+}
+
+impl<'a> Chunk<'a> {
+    /// A chunk of the answer `id` by `model`.
+    pub fn new(id: &'a str, created: u64, model: &'a str) -> Chunk<'a> {
+        Chunk {
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            system_fingerprint: None,
+            choices: Vec::new(),
+            usage: Field::Absent,
+        }
+    }
+
+    /// The same chunk with one choice's delta.
+    pub fn with(mut self, index: u64, delta: Delta<'a>, finish_reason: Option<&'a str>) -> Self {
+        self.choices.push(DeltaChoice {
+            index,
+            delta,
+            logprobs: None,
+            finish_reason,
+        });
+        self
+    }
+
+    /// Writes the chunk as one SSE event.
+    pub fn write_sse(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"data: ");
+        // Serializing these types into memory does not fail.
+        let _ = serde_json::to_writer(&mut *out, self);
+        out.extend_from_slice(b"\n\n");
+    }
+}
+
+/// Receives a stream as typed pieces; the translations of local model servers write into one.
+pub trait ChunkSink {
+    /// One chunk.
+    fn chunk(&mut self, chunk: &Chunk<'_>);
+    /// The stream ended well (`[DONE]`).
+    fn done(&mut self);
+    /// The stream broke with this error; nothing follows.
+    fn error(&mut self, error: &super::ApiError);
+}
+
+/// Renders the pieces as SSE.
+impl ChunkSink for Vec<u8> {
+    fn chunk(&mut self, chunk: &Chunk<'_>) {
+        chunk.write_sse(self);
+    }
+
+    fn done(&mut self) {
+        self.extend_from_slice(DONE_EVENT);
+    }
+
+    fn error(&mut self, error: &super::ApiError) {
+        self.extend_from_slice(&error.to_sse_event());
+    }
+}
+
+/// The event that ends a stream.
+pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
 
 /// One tool call of an assistant message.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -210,49 +380,40 @@ impl Completion {
 
     /// The answer as a `chat.completion` JSON body.
     pub fn to_json(&self) -> Vec<u8> {
-        let choices: Vec<Value> = self
-            .choices
-            .iter()
-            .map(|c| {
-                let mut message = json!({
-                    "role": "assistant",
-                    "content": c.content,
-                    "refusal": c.refusal,
-                });
-                if !c.tool_calls.is_empty() {
-                    message["tool_calls"] = c
-                        .tool_calls
-                        .iter()
-                        .map(|t| {
-                            json!({
-                                "id": t.id,
-                                "type": "function",
-                                "function": {"name": t.name, "arguments": t.arguments},
+        let body = CompletionOut {
+            id: &self.id,
+            object: "chat.completion",
+            created: self.created,
+            model: &self.model,
+            choices: self
+                .choices
+                .iter()
+                .map(|c| ChoiceOut {
+                    index: c.index,
+                    message: MessageOut {
+                        role: "assistant",
+                        content: c.content.as_deref(),
+                        refusal: c.refusal.as_deref(),
+                        tool_calls: c
+                            .tool_calls
+                            .iter()
+                            .map(|t| CallOut {
+                                id: &t.id,
+                                kind: "function",
+                                function: FunctionOut {
+                                    name: &t.name,
+                                    arguments: &t.arguments,
+                                },
                             })
-                        })
-                        .collect();
-                }
-                json!({
-                    "index": c.index,
-                    "message": message,
-                    "logprobs": null,
-                    "finish_reason": c.finish_reason,
+                            .collect(),
+                    },
+                    logprobs: None,
+                    finish_reason: c.finish_reason.as_deref(),
                 })
-            })
-            .collect();
-        let mut body = json!({
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if let Some(usage) = self.usage {
-            body["usage"] = usage.to_json();
-        }
-        if let Some(fp) = &self.system_fingerprint {
-            body["system_fingerprint"] = json!(fp);
-        }
+                .collect(),
+            usage: self.usage,
+            system_fingerprint: self.system_fingerprint.as_deref(),
+        };
         serde_json::to_vec(&body).unwrap_or_default()
     }
 
@@ -261,59 +422,114 @@ impl Completion {
     /// `include_usage` (and the usage is known), then `[DONE]`.
     pub fn to_sse(&self, include_usage: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(512 + self.output_chars() * 2);
-        let chunk = |choices: Value, usage: Option<Value>, out: &mut Vec<u8>| {
-            let mut c = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": choices,
-            });
-            if let Some(fp) = &self.system_fingerprint {
-                c["system_fingerprint"] = json!(fp);
-            }
-            if include_usage {
-                c["usage"] = usage.unwrap_or(Value::Null);
-            }
-            out.extend_from_slice(b"data: ");
-            // Serializing a Value into a Vec does not fail.
-            let _ = serde_json::to_writer(&mut *out, &c);
-            out.extend_from_slice(b"\n\n");
+        let chunk = || Chunk {
+            system_fingerprint: self.system_fingerprint.as_deref(),
+            usage: if include_usage {
+                Field::Null
+            } else {
+                Field::Absent
+            },
+            ..Chunk::new(&self.id, self.created, &self.model)
         };
-        let delta = |index: u64, delta: Value, finish: Option<&str>| json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]);
         for c in &self.choices {
-            let first = match (&c.content, &c.refusal) {
-                (_, Some(r)) => json!({"role": "assistant", "content": null, "refusal": r}),
-                (Some(_), None) => json!({"role": "assistant", "content": "", "refusal": null}),
-                (None, None) => json!({"role": "assistant", "content": null, "refusal": null}),
+            let first = Delta {
+                role: Some("assistant"),
+                content: match (&c.content, &c.refusal) {
+                    (Some(_), None) => Field::Set(""),
+                    _ => Field::Null,
+                },
+                refusal: c.refusal.as_deref().map_or(Field::Null, Field::Set),
+                tool_calls: Vec::new(),
             };
-            chunk(delta(c.index, first, None), None, &mut out);
+            chunk().with(c.index, first, None).write_sse(&mut out);
             if let Some(text) = c.content.as_deref().filter(|t| !t.is_empty()) {
-                chunk(
-                    delta(c.index, json!({"content": text}), None),
-                    None,
-                    &mut out,
-                );
+                let delta = Delta {
+                    content: Field::Set(text),
+                    ..Delta::default()
+                };
+                chunk().with(c.index, delta, None).write_sse(&mut out);
             }
             for (i, t) in c.tool_calls.iter().enumerate() {
-                let call = json!({"tool_calls": [{
-                    "index": i,
-                    "id": t.id,
-                    "type": "function",
-                    "function": {"name": t.name, "arguments": t.arguments},
-                }]});
-                chunk(delta(c.index, call, None), None, &mut out);
+                let delta = Delta {
+                    tool_calls: vec![DeltaToolCall {
+                        index: i,
+                        id: Some(&t.id),
+                        kind: Some("function"),
+                        function: DeltaFunction {
+                            name: Some(&t.name),
+                            arguments: &t.arguments,
+                        },
+                    }],
+                    ..Delta::default()
+                };
+                chunk().with(c.index, delta, None).write_sse(&mut out);
             }
-            let finish = c.finish_reason.as_deref();
-            chunk(delta(c.index, json!({}), finish), None, &mut out);
+            let last = chunk().with(c.index, Delta::default(), c.finish_reason.as_deref());
+            last.write_sse(&mut out);
         }
         // An answer whose upstream reported no usage replays without it, as it first came.
         if let Some(usage) = self.usage.filter(|_| include_usage) {
-            chunk(json!([]), Some(usage.to_json()), &mut out);
+            let last = Chunk {
+                usage: Field::Set(usage),
+                ..chunk()
+            };
+            last.write_sse(&mut out);
         }
-        out.extend_from_slice(b"data: [DONE]\n\n");
+        out.extend_from_slice(DONE_EVENT);
         out
     }
+}
+
+/// A text the upstream sent, or left out.
+fn field<'a>(text: &'a Option<Cow<'_, str>>) -> Field<&'a str> {
+    match text {
+        Some(t) => Field::Set(t.as_ref()),
+        None => Field::Absent,
+    }
+}
+
+#[derive(Serialize)]
+struct CompletionOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChoiceOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u64,
+    message: MessageOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CallOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct CallOut<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'a> {
+    name: &'a str,
+    arguments: &'a str,
 }
 
 /// Builds a [`Completion`] from the `chat.completion.chunk` events of a stream.
@@ -356,7 +572,7 @@ impl StreamAssembler {
     pub fn event(&mut self, data: &[u8]) -> EventKind {
         let data = data.trim_ascii();
         if data == b"[DONE]" {
-            self.done = true;
+            self.done();
             return EventKind::Done;
         }
         let Ok(wire) = serde_json::from_slice::<WireCompletion>(data) else {
@@ -366,33 +582,88 @@ impl StreamAssembler {
             self.failed = true;
             return EventKind::Other;
         }
+        let chunk = Chunk {
+            system_fingerprint: wire.system_fingerprint.as_deref(),
+            choices: wire
+                .choices
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, c)| {
+                    let delta = match &c.delta {
+                        Some(d) => Delta {
+                            role: None,
+                            content: field(&d.content),
+                            refusal: field(&d.refusal),
+                            tool_calls: d
+                                .tool_calls
+                                .iter()
+                                .flatten()
+                                .map(|t| DeltaToolCall {
+                                    index: t.index.unwrap_or(0) as usize,
+                                    id: t.id.as_deref(),
+                                    kind: None,
+                                    function: DeltaFunction {
+                                        name: t.function.as_ref().and_then(|f| f.name.as_deref()),
+                                        arguments: t
+                                            .function
+                                            .as_ref()
+                                            .and_then(|f| f.arguments.as_deref())
+                                            .unwrap_or_default(),
+                                    },
+                                })
+                                .collect(),
+                        },
+                        None => Delta::default(),
+                    };
+                    DeltaChoice {
+                        index: c.index.unwrap_or(i as u64),
+                        delta,
+                        logprobs: None,
+                        finish_reason: c.finish_reason.as_deref(),
+                    }
+                })
+                .collect(),
+            usage: match &wire.usage {
+                Some(u) => Field::Set(u.usage()),
+                None => Field::Absent,
+            },
+            ..Chunk::new(
+                wire.id.as_deref().unwrap_or_default(),
+                wire.created.unwrap_or(0),
+                wire.model.as_deref().unwrap_or_default(),
+            )
+        };
+        self.chunk(&chunk)
+    }
+
+    /// Adds one chunk of the answer.
+    pub fn chunk(&mut self, chunk: &Chunk<'_>) -> EventKind {
         let c = &mut self.completion;
         if c.id.is_empty() {
-            c.id = wire.id.map(Cow::into_owned).unwrap_or_default();
-            c.created = wire.created.unwrap_or(0);
-            c.model = wire.model.map(Cow::into_owned).unwrap_or_default();
+            c.id = chunk.id.to_owned();
+            c.created = chunk.created;
+            c.model = chunk.model.to_owned();
         }
-        if let Some(fp) = wire.system_fingerprint {
-            c.system_fingerprint = Some(fp.into_owned());
+        if let Some(fp) = chunk.system_fingerprint {
+            c.system_fingerprint = Some(fp.to_owned());
         }
-        if let Some(u) = &wire.usage {
-            c.usage = Some(u.usage());
+        if let Field::Set(u) = chunk.usage {
+            c.usage = Some(u);
         }
-        let choices = wire.choices.unwrap_or_default();
-        if choices.is_empty() {
-            return if wire.usage.is_some() {
+        if chunk.choices.is_empty() {
+            return if matches!(chunk.usage, Field::Set(_)) {
                 EventKind::UsageOnly
             } else {
                 EventKind::Other
             };
         }
-        for (i, wc) in choices.into_iter().enumerate() {
-            let index = wc.index.unwrap_or(i as u64);
-            let pos = match c.choices.iter().position(|x| x.index == index) {
+        for wc in &chunk.choices {
+            let pos = match c.choices.iter().position(|x| x.index == wc.index) {
                 Some(p) => p,
                 None => {
                     c.choices.push(Choice {
-                        index,
+                        index: wc.index,
                         ..Choice::default()
                     });
                     c.choices.len() - 1
@@ -400,23 +671,23 @@ impl StreamAssembler {
             };
             let choice = &mut c.choices[pos];
             if let Some(reason) = wc.finish_reason {
-                choice.finish_reason = Some(reason.into_owned());
+                choice.finish_reason = Some(reason.to_owned());
             }
-            let Some(delta) = wc.delta else { continue };
-            let mut add = |to: &mut Option<String>, text: Option<Cow<str>>| {
-                if let Some(text) = text {
+            let delta = &wc.delta;
+            let mut add = |to: &mut Option<String>, text: Field<&str>| {
+                if let Field::Set(text) = text {
                     self.kept += text.len();
                     if self.kept > self.limit {
                         self.overflow = true;
                     } else {
-                        to.get_or_insert_with(String::new).push_str(&text);
+                        to.get_or_insert_with(String::new).push_str(text);
                     }
                 }
             };
             add(&mut choice.content, delta.content);
             add(&mut choice.refusal, delta.refusal);
-            for t in delta.tool_calls.unwrap_or_default() {
-                let slot = t.index.unwrap_or(0) as usize;
+            for t in &delta.tool_calls {
+                let slot = t.index;
                 if slot > choice.tool_calls.len() {
                     // A gap in tool-call indexes: the stream is not one the gateway can replay.
                     self.overflow = true;
@@ -427,20 +698,26 @@ impl StreamAssembler {
                 }
                 let call = &mut choice.tool_calls[slot];
                 if let Some(id) = t.id {
-                    call.id = id.into_owned();
+                    call.id = id.to_owned();
                 }
-                if let Some(f) = t.function {
-                    if let Some(name) = f.name {
-                        call.name.push_str(&name);
-                    }
-                    if let Some(args) = f.arguments {
-                        self.kept += args.len();
-                        call.arguments.push_str(&args);
-                    }
+                if let Some(name) = t.function.name {
+                    call.name.push_str(name);
                 }
+                self.kept += t.function.arguments.len();
+                call.arguments.push_str(t.function.arguments);
             }
         }
         EventKind::Chunk
+    }
+
+    /// The stream ended with `[DONE]`.
+    pub fn done(&mut self) {
+        self.done = true;
+    }
+
+    /// The stream carried an error: it is no answer to keep.
+    pub fn fail(&mut self) {
+        self.failed = true;
     }
 
     /// Stops keeping the answer (it will not be complete); usage still counts.
@@ -469,6 +746,7 @@ impl StreamAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn events(sse: &[u8]) -> Vec<Vec<u8>> {
         let text = std::str::from_utf8(sse).unwrap();
@@ -509,6 +787,10 @@ mod tests {
         let a = answer();
         let body = a.to_json();
         let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body.starts_with(b"{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\""),
+            "fields in OpenAI's order"
+        );
         assert_eq!(v["object"], "chat.completion");
         assert_eq!(v["choices"][0]["message"]["role"], "assistant");
         assert_eq!(v["usage"]["total_tokens"], 13);
@@ -526,7 +808,7 @@ mod tests {
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
         assert_eq!(first["usage"], Value::Null);
         let usage: Value = serde_json::from_slice(&evs[evs.len() - 2]).unwrap();
-        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["choices"], serde_json::json!([]));
         assert_eq!(usage["usage"]["prompt_tokens"], 9);
 
         let mut asm = StreamAssembler::new(1 << 20);
@@ -543,10 +825,12 @@ mod tests {
             ..a.clone()
         };
         let evs = events(&unknown.to_sse(true));
-        assert!(
-            evs.iter().all(|e| !e.starts_with(b"{\"choices\":[]")),
-            "no usage chunk"
-        );
+        let usage_chunks = evs
+            .iter()
+            .filter_map(|e| serde_json::from_slice::<serde_json::Value>(e).ok())
+            .filter(|v| v["choices"] == serde_json::json!([]))
+            .count();
+        assert_eq!(usage_chunks, 0, "no usage chunk");
         let mut asm = StreamAssembler::new(1 << 20);
         for e in &evs {
             asm.event(e);

@@ -4,7 +4,11 @@
 mod chat;
 mod completion;
 mod error;
+pub mod ids;
 
 pub use chat::{ChatRequest, Content, Message, Part, Role};
-pub use completion::{Choice, Completion, EventKind, StreamAssembler, ToolCall, Usage};
+pub use completion::{
+    Choice, Chunk, ChunkSink, Completion, Delta, DeltaChoice, DeltaFunction, DeltaToolCall,
+    EventKind, Field, StreamAssembler, ToolCall, Usage, DONE_EVENT,
+};
 pub use error::ApiError;

@@ -79,22 +79,29 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
         (head, streaming, Translate::Pass)
     };
     let request = job.request;
-    let mut reader = if streaming {
-        AnswerReader::sse(keep, request.stream && !request.include_usage)
-    } else {
-        AnswerReader::json(keep)
+    let strip_usage = request.stream && !request.include_usage;
+    let mut reader = match (&translate, streaming) {
+        (Translate::Stream(_), _) => AnswerReader::written(keep, strip_usage),
+        (Translate::Pass, true) => AnswerReader::sse(keep, strip_usage),
+        (Translate::Pass, false) => AnswerReader::json(keep),
     };
     down.head(head).await?;
 
     loop {
-        let (chunk, ended) = match exchange.next().await {
-            Ok(Some(chunk)) => match &mut translate {
-                Translate::Pass => (chunk, false),
-                Translate::Stream(t) => (t.feed(&chunk), false),
+        let (out, ended) = match exchange.next().await {
+            Ok(Some(piece)) => match &mut translate {
+                Translate::Pass => (reader.feed(piece), false),
+                Translate::Stream(t) => {
+                    t.feed(&piece, &mut reader);
+                    (reader.take(), false)
+                }
             },
             Ok(None) => match &mut translate {
                 Translate::Pass => (Bytes::new(), true),
-                Translate::Stream(t) => (t.finish(), true),
+                Translate::Stream(t) => {
+                    t.finish(&mut reader);
+                    (reader.take(), true)
+                }
             },
             Err(e) => {
                 p.upstream_failed(job, leg, &e, "mid-response");
@@ -102,17 +109,14 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
                 return end_broken(down, e.to_api(upstream.name()), streaming).await;
             }
         };
-        if !chunk.is_empty() {
-            let out = reader.feed(chunk);
-            if !out.is_empty() {
-                if rec.first_byte.is_none() {
-                    rec.first_byte = Some(job.incoming.started.elapsed());
-                }
-                if let Err(gone) = down.body(out).await {
-                    // The client went away: stop the upstream's work too.
-                    exchange.finish().await;
-                    return Err(gone);
-                }
+        if !out.is_empty() {
+            if rec.first_byte.is_none() {
+                rec.first_byte = Some(job.incoming.started.elapsed());
+            }
+            if let Err(gone) = down.body(out).await {
+                // The client went away: stop the upstream's work too.
+                exchange.finish().await;
+                return Err(gone);
             }
         }
         if let Translate::Stream(t) = &translate {
@@ -170,16 +174,21 @@ async fn relay_whole<T: Transport, D: Downstream>(
         }
     }
     exchange.finish().await;
-    let json = match ollama::completion(&body, upstream.name()) {
-        Ok(json) => json,
+    let completion = match ollama::completion(&body, upstream.name()) {
+        Ok(completion) => completion,
         Err(e) => {
             let (head, body) = explain::error_answer(&e, explain, &[]);
             return down.respond(head, body).await;
         }
     };
-    let mut reader = AnswerReader::json(json.len());
-    let json = reader.feed(Bytes::from(json));
-    finish_answer(p, job, leg, rec, reader.finish(), flight);
+    let json = Bytes::from(completion.to_json());
+    let answer = Answer {
+        usage: completion.usage,
+        output_bytes: completion.output_chars(),
+        json: Some(json.clone()),
+        completion: Some(completion),
+    };
+    finish_answer(p, job, leg, rec, answer, flight);
     rec.first_byte = Some(job.incoming.started.elapsed());
     down.respond(explain::json_head(200, json.len(), explain), json)
         .await

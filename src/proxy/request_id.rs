@@ -1,6 +1,5 @@
 //! Request ids: the client's `x-request-id` when it is sane, else a new unique one.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora::http::RequestHeader;
@@ -14,14 +13,8 @@ pub struct Generator {
 impl Generator {
     /// A generator with a random per-process seed.
     pub fn new() -> Generator {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
         Generator {
-            seed: h.finish(),
+            seed: crate::api::ids::random_u64(crate::api::ids::unix_now()),
             counter: AtomicU64::new(0),
         }
     }
@@ -30,7 +23,7 @@ impl Generator {
     pub fn for_request(&self, req: &RequestHeader) -> String {
         if let Some(id) = req
             .headers
-            .get("x-request-id")
+            .get(crate::vocab::header::REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
             if (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()) {

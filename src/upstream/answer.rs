@@ -7,7 +7,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::api::{Completion, EventKind, StreamAssembler, Usage};
+use crate::api::{
+    ApiError, Chunk, ChunkSink, Completion, EventKind, StreamAssembler, Usage, DONE_EVENT,
+};
 
 /// The longest SSE event buffered; a stream whose event grows past it is relayed without being
 /// read, so a misbehaving upstream cannot make the gateway hold unbounded memory.
@@ -44,6 +46,13 @@ enum Mode {
         /// Drop the usage-only event from what the client gets.
         strip_usage: bool,
     },
+    /// A stream the gateway writes itself from typed chunks (a translated one).
+    Written {
+        /// Rendered, not yet taken.
+        out: Vec<u8>,
+        assembler: StreamAssembler,
+        strip_usage: bool,
+    },
 }
 
 impl AnswerReader {
@@ -67,6 +76,26 @@ impl AnswerReader {
                 assembler: StreamAssembler::new(limit),
                 strip_usage,
             },
+        }
+    }
+
+    /// A reader for a stream the gateway writes from typed chunks ([`ChunkSink`]); `take` gives
+    /// what the client gets of it.
+    pub fn written(limit: usize, strip_usage: bool) -> AnswerReader {
+        AnswerReader {
+            mode: Mode::Written {
+                out: Vec::new(),
+                assembler: StreamAssembler::new(limit),
+                strip_usage,
+            },
+        }
+    }
+
+    /// What was written since the last call, for the client.
+    pub fn take(&mut self) -> Bytes {
+        match &mut self.mode {
+            Mode::Written { out, .. } => Bytes::from(std::mem::take(out)),
+            _ => Bytes::new(),
         }
     }
 
@@ -113,6 +142,7 @@ impl AnswerReader {
                 }
                 out.freeze()
             }
+            Mode::Written { .. } => chunk,
         }
     }
 
@@ -154,6 +184,12 @@ impl AnswerReader {
                     completion,
                 }
             }
+            Mode::Written { assembler, .. } => Answer {
+                usage: assembler.usage(),
+                output_bytes: assembler.output_bytes(),
+                completion: assembler.finish(),
+                json: None,
+            },
             Mode::Sse {
                 mut pending,
                 mut assembler,
@@ -173,6 +209,35 @@ impl AnswerReader {
                     json: None,
                 }
             }
+        }
+    }
+}
+
+impl ChunkSink for AnswerReader {
+    fn chunk(&mut self, chunk: &Chunk<'_>) {
+        if let Mode::Written {
+            out,
+            assembler,
+            strip_usage,
+        } = &mut self.mode
+        {
+            if assembler.chunk(chunk) != EventKind::UsageOnly || !*strip_usage {
+                chunk.write_sse(out);
+            }
+        }
+    }
+
+    fn done(&mut self) {
+        if let Mode::Written { out, assembler, .. } = &mut self.mode {
+            assembler.done();
+            out.extend_from_slice(DONE_EVENT);
+        }
+    }
+
+    fn error(&mut self, error: &ApiError) {
+        if let Mode::Written { out, assembler, .. } = &mut self.mode {
+            assembler.fail();
+            out.extend_from_slice(&error.to_sse_event());
         }
     }
 }

@@ -13,11 +13,14 @@
 
 use std::borrow::Cow;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::api::{ApiError, ChatRequest, Content, Part, Role};
+use crate::api::{
+    ids, ApiError, ChatRequest, Choice, Chunk, ChunkSink, Completion, Content, Delta,
+    DeltaFunction, DeltaToolCall, Field, Part, Role, ToolCall, Usage,
+};
 use crate::config::UpstreamConfig;
 
 /// The longest answer line read; a longer one fails the stream rather than grow without bound.
@@ -301,11 +304,14 @@ impl OllamaAnswer<'_> {
         }
     }
 
-    fn usage(&self) -> Value {
-        usage(
-            self.prompt_eval_count.or(self.tokens_evaluated),
-            self.eval_count.or(self.tokens_predicted),
-        )
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self
+                .prompt_eval_count
+                .or(self.tokens_evaluated)
+                .unwrap_or(0),
+            completion_tokens: self.eval_count.or(self.tokens_predicted).unwrap_or(0),
+        }
     }
 
     /// The error it reports: Ollama sends a string, llama.cpp an object with a message.
@@ -341,22 +347,17 @@ struct OllamaFunction {
 }
 
 impl OllamaToolCall {
-    /// The call in OpenAI's form, with a fresh id and the arguments as a JSON string.
-    fn to_openai(&self, index: Option<usize>) -> Value {
-        let args = match &self.function.arguments {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => "{}".to_owned(),
-        };
-        let mut call = json!({
-            "id": format!("call_{}", random_hex(24)),
-            "type": "function",
-            "function": {"name": self.function.name, "arguments": args},
-        });
-        if let Some(i) = index {
-            call["index"] = json!(i);
+    /// The call in OpenAI's form, with a fresh id and the arguments as a JSON text.
+    fn to_openai(&self) -> ToolCall {
+        ToolCall {
+            id: ids::call_id(),
+            name: self.function.name.clone(),
+            arguments: match &self.function.arguments {
+                Some(Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => "{}".to_owned(),
+            },
         }
-        call
     }
 }
 
@@ -369,69 +370,37 @@ fn finish_reason(done_reason: Option<&str>, tool_calls: bool) -> &'static str {
     }
 }
 
-fn usage(prompt: Option<u64>, completion: Option<u64>) -> Value {
-    let (p, c) = (prompt.unwrap_or(0), completion.unwrap_or(0));
-    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// `n` random hex digits, for answer and tool-call ids.
-pub fn random_hex(n: usize) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::with_capacity(n + 16);
-    while out.len() < n {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(out.len());
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out.truncate(n);
-    out
-}
-
-/// A non-streaming Ollama answer as a `chat.completion` body.
-pub fn completion(body: &[u8], upstream: &str) -> Result<Vec<u8>, ApiError> {
+/// A non-streaming answer of a local model server, as a `chat.completion`.
+pub fn completion(body: &[u8], upstream: &str) -> Result<Completion, ApiError> {
     let answer: OllamaAnswer = serde_json::from_slice(body).map_err(|e| {
         ApiError::upstream_broken(upstream, &format!("unreadable Ollama answer: {e}"))
     })?;
     if let Some(message) = answer.error_message() {
         return Err(error(500, &message));
     }
-    let calls: Vec<Value> = answer
+    let calls: Vec<ToolCall> = answer
         .message
         .iter()
         .flat_map(|m| m.tool_calls.iter().flatten())
-        .map(|c| c.to_openai(None))
+        .map(OllamaToolCall::to_openai)
         .collect();
     let text = answer.text().unwrap_or_default();
-    // An answer that only calls tools has no content, as OpenAI sends it.
-    let content = if calls.is_empty() || !text.is_empty() {
-        json!(text)
-    } else {
-        Value::Null
-    };
-    let mut msg = json!({"role": "assistant", "content": content, "refusal": null});
-    if !calls.is_empty() {
-        msg["tool_calls"] = Value::Array(calls.clone());
-    }
-    let out = json!({
-        "id": format!("chatcmpl-{}", random_hex(24)),
-        "object": "chat.completion",
-        "created": now(),
-        "model": answer.model.as_deref().unwrap_or_default(),
-        "choices": [{
-            "index": 0,
-            "message": msg,
-            "logprobs": null,
-            "finish_reason": finish_reason(answer.reason(), !calls.is_empty()),
+    let finish = finish_reason(answer.reason(), !calls.is_empty());
+    Ok(Completion {
+        id: ids::completion_id(),
+        created: ids::unix_now(),
+        model: answer.model.as_deref().unwrap_or_default().to_owned(),
+        system_fingerprint: None,
+        choices: vec![Choice {
+            index: 0,
+            // An answer that only calls tools has no content, as OpenAI sends it.
+            content: (calls.is_empty() || !text.is_empty()).then(|| text.to_owned()),
+            refusal: None,
+            tool_calls: calls,
+            finish_reason: Some(finish.to_owned()),
         }],
-        "usage": answer.usage(),
-    });
-    Ok(serde_json::to_vec(&out).unwrap_or_default())
+        usage: Some(answer.usage()),
+    })
 }
 
 /// The OpenAI error for an Ollama error answer (`{"error": "…"}`) with HTTP `status`.
@@ -475,7 +444,8 @@ pub fn error_message(body: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_owned())
 }
 
-/// Turns an NDJSON answer stream into OpenAI SSE, line by line.
+/// Turns an NDJSON answer stream (or llama.cpp's SSE) into OpenAI chunks, line by line, written
+/// into a [`ChunkSink`].
 #[derive(Debug)]
 pub struct StreamTranslator {
     pending: BytesMut,
@@ -493,8 +463,8 @@ impl StreamTranslator {
     pub fn new(model: &str) -> StreamTranslator {
         StreamTranslator {
             pending: BytesMut::new(),
-            id: format!("chatcmpl-{}", random_hex(24)),
-            created: now(),
+            id: ids::completion_id(),
+            created: ids::unix_now(),
             model: model.to_owned(),
             started: false,
             tool_calls: 0,
@@ -503,53 +473,38 @@ impl StreamTranslator {
         }
     }
 
-    /// Translates the complete lines in `chunk` (with what was left of the last one).
-    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(chunk);
-        let mut out = BytesMut::new();
+    /// Translates the complete lines in `piece` (with what was left of the last one).
+    pub fn feed(&mut self, piece: &[u8], sink: &mut impl ChunkSink) {
+        self.pending.extend_from_slice(piece);
         while let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
             let line = self.pending.split_to(nl + 1);
-            self.line(&line[..nl], &mut out);
+            self.line(&line[..nl], sink);
         }
         if self.pending.len() > MAX_LINE && !self.failed {
             self.pending.clear();
-            self.fail(&mut out, "the model server sent a line too long to read");
+            self.fail(sink, "the model server sent a line too long to read");
         }
-        out.freeze()
     }
 
     /// Translates what is left at the end of the body (a last line without its newline).
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = BytesMut::new();
+    pub fn finish(&mut self, sink: &mut impl ChunkSink) {
         if !self.pending.is_empty() {
             let rest = self.pending.split();
-            self.line(&rest, &mut out);
+            self.line(&rest, sink);
         }
-        out.freeze()
     }
 
-    /// Whether the stream reached Ollama's `done: true` line.
+    /// Whether the stream reached its last line (`done: true`).
     pub fn is_done(&self) -> bool {
         self.done
     }
 
-    /// Whether Ollama reported an error mid-stream (an error event was sent instead of `[DONE]`).
+    /// Whether the server reported an error mid-stream (an error went to the sink).
     pub fn failed(&self) -> bool {
         self.failed
     }
 
-    fn event(&self, out: &mut BytesMut, delta: Value, finish: Option<&str>) {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        write_event(out, &chunk);
-    }
-
-    fn line(&mut self, line: &[u8], out: &mut BytesMut) {
+    fn line(&mut self, line: &[u8], sink: &mut impl ChunkSink) {
         let line = line.trim_ascii();
         // llama.cpp streams SSE: its lines are `data: {…}` and blank separators.
         let line = line.strip_prefix(b"data:").unwrap_or(line).trim_ascii();
@@ -559,67 +514,82 @@ impl StreamTranslator {
         let answer: OllamaAnswer = match serde_json::from_slice(line) {
             Ok(a) => a,
             Err(e) => {
-                self.fail(out, &format!("unreadable line from Ollama: {e}"));
+                self.fail(sink, &format!("unreadable line from Ollama: {e}"));
                 return;
             }
         };
         if let Some(message) = answer.error_message() {
-            self.fail(out, &message);
+            self.fail(sink, &message);
             return;
         }
-        if let Some(model) = &answer.model {
-            if !model.is_empty() && !self.started {
-                self.model = model.to_string();
+        if let Some(model) = answer.model.as_deref().filter(|m| !m.is_empty()) {
+            if !self.started {
+                self.model = model.to_owned();
             }
         }
+        let chunk = || Chunk::new(&self.id, self.created, &self.model);
         if !self.started {
-            self.started = true;
-            self.event(out, json!({"role": "assistant", "content": ""}), None);
+            let first = Delta {
+                role: Some("assistant"),
+                content: Field::Set(""),
+                ..Delta::default()
+            };
+            sink.chunk(&chunk().with(0, first, None));
         }
         if let Some(text) = answer.text().filter(|t| !t.is_empty()) {
-            self.event(out, json!({"content": text}), None);
+            let delta = Delta {
+                content: Field::Set(text),
+                ..Delta::default()
+            };
+            sink.chunk(&chunk().with(0, delta, None));
         }
-        if let Some(message) = &answer.message {
-            for call in message.tool_calls.iter().flatten() {
-                let delta = json!({"tool_calls": [call.to_openai(Some(self.tool_calls))]});
-                self.tool_calls += 1;
-                self.event(out, delta, None);
-            }
+        let mut calls = 0;
+        for call in answer
+            .message
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().flatten())
+        {
+            let call = call.to_openai();
+            let delta = Delta {
+                tool_calls: vec![DeltaToolCall {
+                    index: self.tool_calls + calls,
+                    id: Some(&call.id),
+                    kind: Some("function"),
+                    function: DeltaFunction {
+                        name: Some(&call.name),
+                        arguments: &call.arguments,
+                    },
+                }],
+                ..Delta::default()
+            };
+            sink.chunk(&chunk().with(0, delta, None));
+            calls += 1;
         }
         if answer.is_done() {
-            self.done = true;
-            let reason = finish_reason(answer.reason(), self.tool_calls > 0);
-            self.event(out, json!({}), Some(reason));
-            let usage_chunk = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": answer.usage(),
-            });
-            write_event(out, &usage_chunk);
-            out.put_slice(b"data: [DONE]\n\n");
+            let reason = finish_reason(answer.reason(), self.tool_calls + calls > 0);
+            sink.chunk(&chunk().with(0, Delta::default(), Some(reason)));
+            let usage = Chunk {
+                usage: Field::Set(answer.usage()),
+                ..chunk()
+            };
+            sink.chunk(&usage);
+            sink.done();
         }
+        self.started = true;
+        self.tool_calls += calls;
+        self.done = answer.is_done();
     }
 
-    fn fail(&mut self, out: &mut BytesMut, message: &str) {
+    fn fail(&mut self, sink: &mut impl ChunkSink, message: &str) {
         self.failed = true;
-        let e = ApiError {
+        sink.error(&ApiError {
             status: 500,
             message: message.to_owned(),
             kind: "server_error",
             param: None,
             code: Some("upstream_error"),
-        };
-        out.put_slice(&e.to_sse_event());
+        });
     }
-}
-
-fn write_event(out: &mut BytesMut, value: &Value) {
-    out.put_slice(b"data: ");
-    out.put_slice(value.to_string().as_bytes());
-    out.put_slice(b"\n\n");
 }
 
 #[cfg(test)]

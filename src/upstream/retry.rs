@@ -81,10 +81,7 @@ pub fn retry_after(value: &str) -> Option<Duration> {
 
 /// A number in [0, 1) for jitter, different on every call.
 pub fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u8(0);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+    (crate::api::ids::random_u64(0) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

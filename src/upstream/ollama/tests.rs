@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Config;
+use serde_json::json;
 
 fn upstream(extra: &str) -> UpstreamConfig {
     let yaml = format!(
@@ -156,6 +157,15 @@ const STREAM: &str = concat!(
     "\n",
 );
 
+/// A whole stream translated at once, as SSE.
+fn translate_stream(stream: &[u8]) -> Vec<u8> {
+    let mut t = StreamTranslator::new("x");
+    let mut out = Vec::new();
+    t.feed(stream, &mut out);
+    t.finish(&mut out);
+    out
+}
+
 fn sse_events(bytes: &[u8]) -> Vec<Value> {
     let text = std::str::from_utf8(bytes).unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
@@ -168,8 +178,9 @@ fn sse_events(bytes: &[u8]) -> Vec<Value> {
 #[test]
 fn a_stream_split_anywhere_becomes_the_same_sse() {
     let mut whole = StreamTranslator::new("x");
-    let mut reference = whole.feed(STREAM.as_bytes()).to_vec();
-    reference.extend_from_slice(&whole.finish());
+    let mut reference = Vec::new();
+    whole.feed(STREAM.as_bytes(), &mut reference);
+    whole.finish(&mut reference);
     let events = sse_events(&reference);
     let deltas: Vec<&Value> = events.iter().map(|e| &e["choices"][0]["delta"]).collect();
     assert_eq!(deltas[0], &json!({"role": "assistant", "content": ""}));
@@ -191,9 +202,9 @@ fn a_stream_split_anywhere_becomes_the_same_sse() {
         let mut t = StreamTranslator::new("x");
         let mut out = Vec::new();
         for piece in STREAM.as_bytes().chunks(size) {
-            out.extend_from_slice(&t.feed(piece));
+            t.feed(piece, &mut out);
         }
-        out.extend_from_slice(&t.finish());
+        t.finish(&mut out);
         let got = sse_events(&out);
         assert_eq!(got.len(), events.len(), "size {size}");
         for (g, e) in got.iter().zip(&events) {
@@ -210,8 +221,7 @@ fn streamed_tool_calls_become_tool_call_deltas() {
         r#"{"model":"llama3.1:8b","created_at":"t","message":{"role":"assistant","content":""},"done_reason":"stop","done":true,"prompt_eval_count":90,"eval_count":20}"#,
         "\n",
     );
-    let mut t = StreamTranslator::new("x");
-    let events = sse_events(&t.feed(stream.as_bytes()));
+    let events = sse_events(&translate_stream(stream.as_bytes()));
     let call = &events[1]["choices"][0]["delta"]["tool_calls"][0];
     assert_eq!(call["index"], 0);
     assert!(call["id"].as_str().unwrap().starts_with("call_"));
@@ -227,9 +237,11 @@ fn streamed_tool_calls_become_tool_call_deltas() {
 fn an_error_line_ends_the_stream_with_an_error_event() {
     let mut t = StreamTranslator::new("x");
     let first = r#"{"model":"m","created_at":"t","message":{"role":"assistant","content":"Hel"},"done":false}"#;
-    let out = t.feed(
+    let mut out = Vec::new();
+    t.feed(
         format!("{first}\n{{\"error\":\"an error was encountered while running the model\"}}\n")
             .as_bytes(),
+        &mut out,
     );
     let text = std::str::from_utf8(&out).unwrap();
     assert!(text.contains("\"content\":\"Hel\""), "{text}");
@@ -241,7 +253,7 @@ fn an_error_line_ends_the_stream_with_an_error_event() {
 #[test]
 fn length_stops_and_json_answers() {
     let body = br#"{"model":"llama3.1:8b","created_at":"t","message":{"role":"assistant","content":"Once upon"},"done_reason":"length","done":true,"prompt_eval_count":12,"eval_count":2}"#;
-    let out: Value = serde_json::from_slice(&completion(body, "local").unwrap()).unwrap();
+    let out: Value = serde_json::from_slice(&completion(body, "local").unwrap().to_json()).unwrap();
     assert_eq!(out["object"], "chat.completion");
     assert!(out["id"].as_str().unwrap().starts_with("chatcmpl-"));
     assert_eq!(out["model"], "llama3.1:8b");
@@ -256,7 +268,8 @@ fn length_stops_and_json_answers() {
     );
 
     let tools = br#"{"model":"m","created_at":"t","message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"f","arguments":{"x":1}}}]},"done_reason":"stop","done":true,"prompt_eval_count":1,"eval_count":1}"#;
-    let out: Value = serde_json::from_slice(&completion(tools, "local").unwrap()).unwrap();
+    let out: Value =
+        serde_json::from_slice(&completion(tools, "local").unwrap().to_json()).unwrap();
     let msg = &out["choices"][0]["message"];
     assert_eq!(msg["content"], Value::Null);
     assert_eq!(msg["tool_calls"][0]["function"]["arguments"], "{\"x\":1}");
@@ -288,8 +301,7 @@ fn generate_and_llama_cpp_answers_translate_too() {
         r#"{"model":"llama3.1:8b","created_at":"t","response":"","done":true,"done_reason":"length","context":[1,2],"prompt_eval_count":9,"eval_count":2}"#,
         "\n",
     );
-    let mut t = StreamTranslator::new("x");
-    let events = sse_events(&t.feed(generate.as_bytes()));
+    let events = sse_events(&translate_stream(generate.as_bytes()));
     let text: String = events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
@@ -308,9 +320,9 @@ fn generate_and_llama_cpp_answers_translate_too() {
         let mut t = StreamTranslator::new("x");
         let mut out = Vec::new();
         for piece in llama.as_bytes().chunks(size) {
-            out.extend_from_slice(&t.feed(piece));
+            t.feed(piece, &mut out);
         }
-        out.extend_from_slice(&t.finish());
+        t.finish(&mut out);
         let events = sse_events(&out);
         let text: String = events
             .iter()
@@ -327,7 +339,8 @@ fn generate_and_llama_cpp_answers_translate_too() {
     // Whole answers of both.
     let out: Value = serde_json::from_slice(
         &completion(br#"{"content":"Hi","stop":true,"stop_type":"limit","tokens_predicted":1,"tokens_evaluated":5}"#, "local")
-            .unwrap(),
+            .unwrap()
+            .to_json(),
     )
     .unwrap();
     assert_eq!(out["choices"][0]["message"]["content"], "Hi");
