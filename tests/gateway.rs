@@ -190,7 +190,7 @@ async fn stream_arrives_incrementally() {
     }
     assert_eq!(text, "lo");
     assert!(
-        done && s.complete,
+        done && s.complete(),
         "stream ends with [DONE] and a complete body"
     );
 }
@@ -402,7 +402,7 @@ async fn death_mid_stream_ends_with_an_sse_error_event() {
     assert_eq!(err["error"]["type"], "server_error");
     assert!(err["error"]["message"].as_str().unwrap().contains("cloud"));
     assert!(
-        s.complete,
+        s.complete(),
         "the stream itself ends cleanly after the error event"
     );
     assert!(s.closed_after_body().await, "and the connection is closed");

@@ -1,4 +1,5 @@
-//! A mock OpenAI-compatible upstream over real TCP, speaking HTTP/1.1 by hand so that tests
+//! A mock OpenAI-compatible upstream over real TCP: it reads requests with [`super::http1`] and
+//! writes its answers by hand, so that tests
 //! control every byte and every pause: split SSE events, slow drips, hangs, deaths mid-answer.
 
 use std::net::SocketAddr;
@@ -9,13 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-/// The first value of header `name` in `headers`, names compared case-insensitively.
-pub fn header_in<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
+use super::http1::{self, header_in, Body, Framing};
 
 /// A request as the mock received it.
 #[derive(Debug, Clone)]
@@ -379,84 +374,41 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Reads one request (content-length or chunked body) from a keep-alive connection.
+/// Reads one request (content-length or chunked body) from a keep-alive connection; `buf`
+/// keeps what arrived after it.
 async fn read_request<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>) -> Option<Recorded> {
-    let head_end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i;
+    let head = loop {
+        if let Some((len, head)) = http1::request_head(buf) {
+            buf.drain(..len);
+            break head;
         }
-        let mut chunk = [0u8; 65536];
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_into(conn, buf).await?;
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    buf.drain(..head_end + 4);
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_owned();
-    let path = first.next()?.to_owned();
-    let version = first.next()?.to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let body = if let Some(len) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        fill(conn, buf, len).await?;
-        buf.drain(..len).collect()
-    } else if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = find(buf, b"\r\n") {
-                    break i;
-                }
-                fill(conn, buf, buf.len() + 1).await?;
-            };
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).ok()?;
-            buf.drain(..line_end + 2);
-            fill(conn, buf, size + 2).await?;
-            body.extend(buf.drain(..size));
-            buf.drain(..2);
-            if size == 0 {
-                break body;
-            }
-        }
-    } else {
-        Vec::new()
-    };
+    let mut body = Body::new(Framing::of(&head, false));
+    body.feed(&std::mem::take(buf));
+    while !body.complete {
+        read_into(conn, buf).await?;
+        body.feed(&std::mem::take(buf));
+    }
+    *buf = body.leftover();
     Some(Recorded {
-        method,
-        path,
-        version,
-        headers,
-        body,
+        method: head.method,
+        path: head.path,
+        version: head.version,
+        headers: head.headers,
+        body: body.decoded,
     })
 }
 
-async fn fill<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>, len: usize) -> Option<()> {
-    while buf.len() < len {
-        let mut chunk = [0u8; 65536];
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// Reads what the connection has into `buf`; `None` at its end.
+async fn read_into<S: AsyncRead + Unpin>(conn: &mut S, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 65536];
+    let n = conn.read(&mut chunk).await.ok()?;
+    if n == 0 {
+        return None;
     }
+    buf.extend_from_slice(&chunk[..n]);
     Some(())
-}
-
-pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A `chat.completion` answer in OpenAI's exact shape.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod http1;
 pub mod mock;
 
 use std::io::Read;
@@ -185,7 +186,7 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        mock::header_in(&self.headers, name)
+        http1::header_in(&self.headers, name)
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -228,11 +229,7 @@ pub struct Streaming {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     conn: TcpStream,
-    raw: Vec<u8>,
-    decoded: Vec<u8>,
-    chunked: bool,
-    remaining: Option<usize>,
-    pub complete: bool,
+    body: http1::Body,
     eof: bool,
 }
 
@@ -272,14 +269,14 @@ pub async fn open(
 
 async fn read_head(mut conn: TcpStream) -> Streaming {
     let mut raw = Vec::new();
-    let end = loop {
-        if let Some(i) = mock::find(&raw, b"\r\n\r\n") {
-            // Skip informational answers.
-            if raw.starts_with(b"HTTP/1.1 1") {
-                raw.drain(..i + 4);
+    let (len, head) = loop {
+        if let Some((len, head)) = http1::response_head(&raw) {
+            if head.status < 200 {
+                // Skip informational answers.
+                raw.drain(..len);
                 continue;
             }
-            break i;
+            break (len, head);
         }
         let mut buf = [0u8; 16384];
         let n = conn.read(&mut buf).await.expect("read response head");
@@ -290,71 +287,25 @@ async fn read_head(mut conn: TcpStream) -> Streaming {
         );
         raw.extend_from_slice(&buf[..n]);
     };
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    raw.drain(..end + 4);
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let chunked = get("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-    let remaining = get("content-length").and_then(|v| v.parse().ok());
+    let mut body = http1::Body::new(http1::Framing::of(&head, true));
+    body.feed(&raw[len..]);
     Streaming {
-        status,
-        headers,
+        status: head.status,
+        headers: head.headers,
         conn,
-        raw,
-        decoded: Vec::new(),
-        chunked,
-        complete: remaining == Some(0),
-        remaining,
+        body,
         eof: false,
     }
 }
 
 impl Streaming {
     pub fn header(&self, name: &str) -> Option<&str> {
-        mock::header_in(&self.headers, name)
+        http1::header_in(&self.headers, name)
     }
 
-    /// Decodes what is buffered; true when the body is complete.
-    fn decode(&mut self) {
-        if self.complete {
-            return;
-        }
-        if self.chunked {
-            loop {
-                let Some(line) = mock::find(&self.raw, b"\r\n") else {
-                    return;
-                };
-                let size =
-                    usize::from_str_radix(String::from_utf8_lossy(&self.raw[..line]).trim(), 16)
-                        .expect("chunk size");
-                if self.raw.len() < line + 2 + size + 2 {
-                    return;
-                }
-                self.decoded
-                    .extend_from_slice(&self.raw[line + 2..line + 2 + size]);
-                self.raw.drain(..line + 2 + size + 2);
-                if size == 0 {
-                    self.complete = true;
-                    return;
-                }
-            }
-        } else {
-            self.decoded.append(&mut self.raw);
-            if let Some(n) = self.remaining {
-                if self.decoded.len() >= n {
-                    self.complete = true;
-                }
-            }
-        }
+    /// All of the body has arrived.
+    pub fn complete(&self) -> bool {
+        self.body.complete
     }
 
     async fn read_more(&mut self) -> bool {
@@ -365,10 +316,11 @@ impl Streaming {
         match self.conn.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 self.eof = true;
+                self.body.eof();
                 false
             }
             Ok(n) => {
-                self.raw.extend_from_slice(&buf[..n]);
+                self.body.feed(&buf[..n]);
                 true
             }
         }
@@ -377,14 +329,12 @@ impl Streaming {
     /// The next SSE event's data (without `data: `), or `None` when the body ends.
     pub async fn next_event(&mut self) -> Option<String> {
         loop {
-            self.decode();
-            if let Some(i) = mock::find(&self.decoded, b"\n\n") {
-                let event: Vec<u8> = self.decoded.drain(..i + 2).collect();
+            if let Some(i) = http1::find(&self.body.decoded, b"\n\n") {
+                let event: Vec<u8> = self.body.decoded.drain(..i + 2).collect();
                 let text = String::from_utf8_lossy(&event).into_owned();
                 return Some(text.trim_end().trim_start_matches("data: ").to_owned());
             }
-            if self.complete || !self.read_more().await {
-                self.decode();
+            if self.body.complete || !self.read_more().await {
                 return None;
             }
         }
@@ -401,22 +351,12 @@ impl Streaming {
 
     /// Reads the rest of the body.
     pub async fn finish(mut self) -> Response {
-        loop {
-            self.decode();
-            if self.complete || !self.read_more().await {
-                break;
-            }
-        }
-        self.decode();
-        if !self.chunked && self.remaining.is_none() {
-            // Close-delimited body: complete at EOF.
-            self.complete = self.eof;
-        }
+        while !self.body.complete && self.read_more().await {}
         Response {
             status: self.status,
             headers: self.headers,
-            body: self.decoded,
-            complete: self.complete,
+            body: self.body.decoded,
+            complete: self.body.complete,
         }
     }
 }
