@@ -1,6 +1,6 @@
 //! A mock OpenAI-compatible upstream over real TCP: it reads requests with [`super::http1`] and
-//! writes its answers by hand, so that tests
-//! control every byte and every pause: split SSE events, slow drips, hangs, deaths mid-answer.
+//! writes its answers by hand, so that tests control every byte and every pause: split SSE
+//! events, slow drips, hangs, deaths mid-answer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
