@@ -250,3 +250,87 @@ fn the_default_rules_are_valid_and_reachable() {
     assert_eq!(r.classify, ["auto"]);
     assert!(!r.rules.rules().is_empty());
 }
+
+/// An example configuration, loaded as `switchyard --config conf/examples/NAME` loads it.
+fn example(name: &str, env: &[(&str, &str)]) -> Result<Config, Vec<ConfigError>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conf/examples")
+        .join(name);
+    let text = std::fs::read_to_string(&path).expect("the example exists");
+    let base = path.parent().expect("a folder");
+    Config::from_yaml_in(
+        &text,
+        |k| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        },
+        base,
+    )
+}
+
+#[test]
+fn every_example_configuration_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("conf/examples")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "local-and-cloud.yaml",
+            "local-only.yaml",
+            "several-gpus.yaml",
+            "small-model.yaml"
+        ]
+    );
+    for name in &names {
+        let c = example(name, &[("OPENAI_API_KEY", "sk-test")]);
+        assert!(c.is_ok(), "{name}: {:?}", c.err());
+    }
+}
+
+#[test]
+fn each_example_does_what_it_says() {
+    let only = example("local-only.yaml", &[]).unwrap();
+    assert_eq!(only.upstreams.len(), 1);
+    assert_eq!(only.upstreams[0].fallback, None, "nowhere else to go");
+    assert_eq!(only.upstreams[0].context_overflow, ContextOverflow::Reject);
+    assert_eq!(only.default_route.upstream, 0);
+
+    let both = example("local-and-cloud.yaml", &[("OPENAI_API_KEY", "sk-test")]).unwrap();
+    assert_eq!(both.upstreams[0].fallback, Some(1));
+    assert_eq!(both.upstreams[1].fallback, Some(0));
+    assert!(both
+        .routing
+        .as_ref()
+        .unwrap()
+        .classify
+        .contains(&"auto".to_owned()));
+    let missing = example("local-and-cloud.yaml", &[]).unwrap_err();
+    assert!(
+        missing.iter().any(|e| e.message.contains("OPENAI_API_KEY")),
+        "{missing:?}"
+    );
+
+    let gpus = example(
+        "several-gpus.yaml",
+        &[("GPU1_URL", "http://10.0.0.2:11434")],
+    )
+    .unwrap();
+    let local = &gpus.upstreams[0];
+    assert_eq!(local.backends.len(), 2);
+    assert_eq!(local.backends[1].host, "10.0.0.2");
+    assert_eq!(local.balance, Balance::Conversation);
+    assert!(
+        !gpus.upstreams[1].enabled,
+        "no key: the GPUs answer everything"
+    );
+
+    let small = example("small-model.yaml", &[]).unwrap();
+    assert_eq!(small.upstreams[0].kind, UpstreamKind::OpenAi);
+    assert_eq!(small.upstreams[0].backends[0].port, 8091);
+}
