@@ -2,10 +2,12 @@
 //! model.
 //!
 //! The crate is organised the way a request flows through it:
-//! [`config`] (what the operator wrote) → [`api`] (the request, parsed once) → [`route`] (which
-//! upstream and model) → [`upstream`] (the exchange with that server) → [`proxy`] (the pingora glue
-//! that ties them to sockets). Everything except `proxy` and the exchange in `upstream::client` is
-//! plain synchronous code that unit tests drive without a socket.
+//! [`config`] (what the operator wrote) → [`api`] (the request, parsed once; the answer) →
+//! [`classify`] and [`route`] (which upstream and model) → [`pipeline`] (cache, plan, call, relay,
+//! account) → [`upstream`] (the exchange with that server) → [`proxy`] (the pingora glue that
+//! ties them to sockets). [`vocab`] holds the small words they all share. Only `proxy` and the
+//! parts of `upstream` that meet the wire (the pooled transport, peers, the health-check service)
+//! touch pingora; everything else is plain code that unit tests drive without a socket.
 
 pub mod api;
 pub mod auth;
