@@ -6,38 +6,18 @@ use bytes::Bytes;
 use http::HeaderName;
 
 use super::downstream::{Downstream, Gone};
-use super::explain::{self, Explain};
+use super::explain;
+use super::job::{upstream_error, Job, Leg};
 use super::metrics::Overflow;
-use super::{relay, Incoming, Pipeline};
-use crate::api::{ApiError, ChatRequest};
-use crate::cache::{Cache, Flight, Key};
+use super::{relay, Pipeline};
+use crate::api::ApiError;
+use crate::cache::Flight;
 use crate::config::{ContextOverflow, UpstreamKind};
 use crate::metrics::{self, Record};
-use crate::route::{self, Decision, Step};
+use crate::route;
 use crate::upstream::call::{self, CallError, Failure, Outgoing, Transport};
 use crate::upstream::{ollama, raw, Upstream};
-use crate::vocab::{CacheOutcome, Reason, Route};
-
-/// A decided request on its way upstream.
-pub(super) struct Job<'a> {
-    pub incoming: Incoming<'a>,
-    pub request: &'a ChatRequest,
-    pub decision: &'a Decision<'a>,
-    /// The conversation key, for backends chosen by conversation.
-    pub conversation: u64,
-    /// Where a complete answer of the plan's first upstream is stored.
-    pub store: Option<(&'a Cache, Key)>,
-}
-
-/// One upstream of the plan, as it is tried.
-pub(super) struct Leg<'a> {
-    pub upstream: &'a Upstream,
-    pub step: Step<'a>,
-    /// `x-switchyard-fallback` for its answers: `first->this`, when it is not the first.
-    pub fallback: Option<String>,
-    /// The plan's first upstream: its answers may be stored (the cache key names it).
-    pub first: bool,
-}
+use crate::vocab::Reason;
 
 impl Job<'_> {
     /// Sends the request down its plan; writes the answer or the last failure.
@@ -217,47 +197,5 @@ impl Job<'_> {
         let explain = self.explain(p, rec.cache, leg.upstream, backend, fallback);
         let (head, body) = explain::error_answer(error, &explain, &[]);
         down.respond(head, body).await
-    }
-
-    /// The gateway's headers for an answer from `upstream` (through `backend`, its label).
-    pub(super) fn explain<'e, T>(
-        &'e self,
-        p: &Pipeline<T>,
-        cache: Option<CacheOutcome>,
-        upstream: &Upstream,
-        backend: &'e str,
-        fallback: Option<&'e str>,
-    ) -> Explain<'e> {
-        Explain {
-            rule: Some(self.decision.rule),
-            score: self.decision.score,
-            cache,
-            fallback,
-            ..Explain::served(
-                self.incoming.request_id,
-                self.served_route(p, upstream),
-                backend,
-            )
-        }
-    }
-
-    /// The route reported for an answer from `upstream`: the decided one, unless a fallback of
-    /// the other side served it.
-    pub(super) fn served_route<T>(&self, p: &Pipeline<T>, upstream: &Upstream) -> Route {
-        if std::ptr::eq(upstream, &*p.upstreams[self.decision.upstream]) {
-            self.decision.route
-        } else {
-            upstream.config.route
-        }
-    }
-}
-
-/// An OpenAI error for an upstream's error answer that is not one already.
-pub(super) fn upstream_error(upstream: &Upstream, status: u16, body: &[u8]) -> ApiError {
-    match upstream.config.kind {
-        UpstreamKind::Ollama | UpstreamKind::Raw => {
-            ollama::error(status, &ollama::error_message(body))
-        }
-        UpstreamKind::OpenAi => explain::wrap_upstream_error(status, upstream.name(), body),
     }
 }

@@ -10,6 +10,7 @@ mod cached;
 pub mod downstream;
 pub mod explain;
 mod forward;
+mod job;
 mod metrics;
 mod relay;
 #[cfg(test)]
@@ -122,7 +123,7 @@ impl<T: Transport> Pipeline<T> {
             }
             cached::Looked::Miss(flight) => flight,
         };
-        let job = forward::Job {
+        let job = job::Job {
             incoming,
             request: &request,
             decision: &decision,

@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::downstream::{Downstream, Gone};
 use super::explain::{self, Explain};
-use super::forward::{upstream_error, Job, Leg};
+use super::job::{upstream_error, Job, Leg};
 use super::Pipeline;
 use crate::api::ApiError;
 use crate::cache::{Entry, Flight};

@@ -1,0 +1,76 @@
+//! A decided chat request and the upstream of its plan being tried: what the forward chain and
+//! the relay both read, and the headers that explain their answers.
+
+use super::explain::{self, Explain};
+use super::{Incoming, Pipeline};
+use crate::api::{ApiError, ChatRequest};
+use crate::cache::{Cache, Key};
+use crate::config::UpstreamKind;
+use crate::route::{Decision, Step};
+use crate::upstream::{ollama, Upstream};
+use crate::vocab::{CacheOutcome, Route};
+
+/// A decided request on its way upstream.
+pub(super) struct Job<'a> {
+    pub incoming: Incoming<'a>,
+    pub request: &'a ChatRequest,
+    pub decision: &'a Decision<'a>,
+    /// The conversation key, for backends chosen by conversation.
+    pub conversation: u64,
+    /// Where a complete answer of the plan's first upstream is stored.
+    pub store: Option<(&'a Cache, Key)>,
+}
+
+/// One upstream of the plan, as it is tried.
+pub(super) struct Leg<'a> {
+    pub upstream: &'a Upstream,
+    pub step: Step<'a>,
+    /// `x-switchyard-fallback` for its answers: `first->this`, when it is not the first.
+    pub fallback: Option<String>,
+    /// The plan's first upstream: its answers may be stored (the cache key names it).
+    pub first: bool,
+}
+
+impl Job<'_> {
+    /// The gateway's headers for an answer from `upstream` (through `backend`, its label).
+    pub(super) fn explain<'e, T>(
+        &'e self,
+        p: &Pipeline<T>,
+        cache: Option<CacheOutcome>,
+        upstream: &Upstream,
+        backend: &'e str,
+        fallback: Option<&'e str>,
+    ) -> Explain<'e> {
+        Explain {
+            rule: Some(self.decision.rule),
+            score: self.decision.score,
+            cache,
+            fallback,
+            ..Explain::served(
+                self.incoming.request_id,
+                self.served_route(p, upstream),
+                backend,
+            )
+        }
+    }
+
+    /// The route reported for an answer from `upstream`: the decided one, unless a fallback of
+    /// the other side served it.
+    pub(super) fn served_route<T>(&self, p: &Pipeline<T>, upstream: &Upstream) -> Route {
+        if std::ptr::eq(upstream, &*p.upstreams[self.decision.upstream]) {
+            self.decision.route
+        } else {
+            upstream.config.route
+        }
+    }
+}
+
+/// An OpenAI error for an upstream's error answer that is not one already.
+pub(super) fn upstream_error(upstream: &Upstream, status: u16, body: &[u8]) -> ApiError {
+    match upstream.config.kind {
+        UpstreamKind::Ollama | UpstreamKind::Raw => {
+            ollama::error(status, &ollama::error_message(body))
+        }
+        UpstreamKind::OpenAi => explain::wrap_upstream_error(status, upstream.name(), body),
+    }
+}
