@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cache;
 pub mod classify;
 pub mod config;
+pub mod hybrid;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -88,6 +88,42 @@ impl FromStr for CachePolicy {
     }
 }
 
+/// How the hybrid stage shortens a part of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shorten {
+    /// The local model summarizes it.
+    #[default]
+    Abstractive,
+    /// The gateway keeps the sentences that bear on the question, verbatim; no model call.
+    Extractive,
+    /// Extractive first (to fit the local model's context), then abstractive.
+    Both,
+}
+
+impl Shorten {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Shorten::Abstractive => "abstractive",
+            Shorten::Extractive => "extractive",
+            Shorten::Both => "both",
+        }
+    }
+}
+
+impl FromStr for Shorten {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Shorten, String> {
+        match text {
+            "abstractive" => Ok(Shorten::Abstractive),
+            "extractive" => Ok(Shorten::Extractive),
+            "both" => Ok(Shorten::Both),
+            other => Err(format!("`{other}` is not abstractive, extractive or both")),
+        }
+    }
+}
+
 /// How the cache took part in an answer; `x-switchyard-cache`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
@@ -169,6 +205,12 @@ pub mod header {
     pub const FALLBACK: &str = "x-switchyard-fallback";
     /// The upstream's own request id, kept under another name.
     pub const UPSTREAM_REQUEST_ID: &str = "x-switchyard-upstream-request-id";
+    /// Hybrid: the prompt tokens the cloud would have read.
+    pub const TOKENS_BEFORE: &str = "x-switchyard-tokens-before";
+    /// Hybrid: the prompt tokens the cloud did read.
+    pub const TOKENS_AFTER: &str = "x-switchyard-tokens-after";
+    /// Hybrid: what the stage did (`summarized`, `extracted`, `both`, `skipped:<reason>`).
+    pub const HYBRID: &str = "x-switchyard-hybrid";
     /// The prefix every gateway header shares; such headers never reach an upstream.
     pub const PREFIX: &str = "x-switchyard-";
 }
@@ -186,6 +228,9 @@ mod tests {
         assert_eq!(Route::side("local"), Ok(Route::Local));
         assert!(Route::side("hybrid").is_err());
         assert_eq!("never".parse::<CachePolicy>(), Ok(CachePolicy::Never));
+        for m in [Shorten::Abstractive, Shorten::Extractive, Shorten::Both] {
+            assert_eq!(m.as_str().parse::<Shorten>(), Ok(m));
+        }
         assert!("sometimes".parse::<CachePolicy>().is_err());
         assert_eq!(route_label(None), "gateway");
     }

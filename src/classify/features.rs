@@ -207,6 +207,19 @@ impl Features {
     }
 }
 
+/// Tokens a chat request adds per message for its role and framing, as OpenAI counts them.
+const PER_MESSAGE: u64 = 3;
+
+/// An estimate of the prompt tokens of a conversation: its messages' text, and the few tokens
+/// each message and the reply's start add.
+pub fn estimate_prompt_tokens(messages: &[crate::api::Message]) -> u64 {
+    let text: u64 = messages
+        .iter()
+        .map(|m| estimate_tokens(m.content.text()) + PER_MESSAGE)
+        .sum();
+    text + PER_MESSAGE
+}
+
 /// Estimates the tokens of `text` for GPT-4-class and Llama 3 tokenizers without a vocabulary.
 ///
 /// English averages about four bytes per token; characters outside ASCII (CJK, Cyrillic,

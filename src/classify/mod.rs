@@ -6,6 +6,6 @@ pub mod features;
 pub mod rules;
 pub mod scorer;
 
-pub use features::{estimate_tokens, Feature, Features};
+pub use features::{estimate_prompt_tokens, estimate_tokens, Feature, Features};
 pub use rules::{Cond, Op, Patterns, Rule, RuleSet, Target};
 pub use scorer::Scorer;

@@ -97,6 +97,11 @@ pub struct Rule {
     pub model: Option<String>,
     /// Whether matching requests' answers are cached.
     pub cache: crate::vocab::CachePolicy,
+    /// Hybrid requests: how their long parts are shortened, instead of `hybrid.method`.
+    pub method: Option<crate::vocab::Shorten>,
+    /// Local requests asking for structured output: check the answer against the schema and
+    /// send the request to the cloud when it does not hold.
+    pub validate: bool,
 }
 
 /// Collects regex patterns per target while rules are built.
@@ -232,6 +237,8 @@ mod tests {
             route,
             model: None,
             cache: crate::vocab::CachePolicy::Auto,
+            method: None,
+            validate: false,
         }
     }
 

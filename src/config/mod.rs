@@ -5,6 +5,7 @@
 //! the typed [`Config`] the gateway runs, collecting every problem (with its position) instead of
 //! stopping at the first, so `switchyard check` can list them all at once.
 
+mod hybrid;
 mod interpolate;
 mod observe;
 mod raw;
@@ -19,6 +20,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+pub use hybrid::HybridConfig;
 pub use interpolate::interpolate;
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
@@ -290,6 +292,8 @@ pub struct Config {
     pub pricing: Pricing,
     /// Where the JSON access log goes; `None`: no access log.
     pub access_log: Option<AccessLogTarget>,
+    /// The hybrid stage.
+    pub hybrid: HybridConfig,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
     /// Things worth telling the operator that do not stop the gateway.
@@ -454,6 +458,8 @@ impl Checker<'_> {
         let cache = self.cache(raw.cache.as_ref());
         let pricing = self.pricing(raw.pricing.as_ref());
         let access_log = self.access_log(raw.access_log.as_ref());
+        let local_route = routing.as_ref().map(|r| r.local.upstream);
+        let hybrid = self.hybrid(raw.hybrid.as_ref(), &upstreams, &names, local_route);
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
         Some(Config {
             listen: server.listen,
@@ -468,6 +474,7 @@ impl Checker<'_> {
             cache,
             pricing,
             access_log,
+            hybrid,
             model_names,
             warnings,
         })

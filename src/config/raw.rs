@@ -57,6 +57,39 @@ pub struct RawConfig {
     pub cache: Option<RawCache>,
     pub pricing: Option<RawPricing>,
     pub access_log: Option<RawAccessLog>,
+    pub hybrid: Option<RawHybrid>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHybrid {
+    pub enabled: Option<Spanned<bool>>,
+    pub method: Option<Text>,
+    pub summarizer: Option<Text>,
+    pub model: Option<Text>,
+    pub budget: Option<Text>,
+    pub min_saving: Option<Text>,
+    pub min_part_tokens: Option<Text>,
+    pub keep_last_turns: Option<Text>,
+    pub keep_ratio: Option<Text>,
+    pub summary_tokens: Option<Text>,
+    pub markers: Option<Vec<Text>>,
+    pub prompts: Option<RawPrompts>,
+    pub cache: Option<RawSummaryCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrompts {
+    pub document: Option<Text>,
+    pub history: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSummaryCache {
+    pub ttl: Option<Text>,
+    pub max_entries: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +159,8 @@ pub struct RawRule {
     pub route: Text,
     pub model: Option<Text>,
     pub cache: Option<Text>,
+    pub method: Option<Text>,
+    pub validate: Option<Spanned<bool>>,
 }
 
 /// A rule condition: exactly one of `all`, `any`, `not`, `feature` (with comparisons),

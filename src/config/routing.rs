@@ -150,6 +150,15 @@ impl Checker<'_> {
                 CachePolicy::Auto,
                 str::parse::<CachePolicy>,
             );
+            let method = r.method.as_ref().map(|m| {
+                self.parsed(
+                    &format!("{field}.method"),
+                    Some(m),
+                    Default::default(),
+                    str::parse::<crate::vocab::Shorten>,
+                )
+            });
+            let validate = r.validate.as_ref().is_some_and(|v| v.value);
             let when = match &r.when {
                 None => None,
                 Some(c) => match self.cond(&field, c, &mut patterns) {
@@ -172,6 +181,8 @@ impl Checker<'_> {
                 route,
                 model,
                 cache,
+                method,
+                validate,
             });
         }
         let rules = match RuleSet::new(rules, patterns) {

@@ -3,22 +3,14 @@
 
 use super::Record;
 use crate::api::{ChatRequest, Usage};
-use crate::classify::estimate_tokens;
+use crate::classify::estimate_prompt_tokens;
 use crate::config::Config;
-
-/// Tokens a chat request adds per message for its role and framing, as OpenAI counts them.
-const PER_MESSAGE: u64 = 3;
 
 /// An estimate of a request's usage when the upstream reported none: the prompt from its
 /// messages, the completion from the bytes of output seen (about four a token).
 pub fn estimate_usage(req: &ChatRequest, output_bytes: usize) -> Usage {
-    let prompt: u64 = req
-        .messages
-        .iter()
-        .map(|m| estimate_tokens(m.content.text()) + PER_MESSAGE)
-        .sum();
     Usage {
-        prompt_tokens: prompt + PER_MESSAGE,
+        prompt_tokens: estimate_prompt_tokens(&req.messages),
         completion_tokens: (output_bytes as u64).div_ceil(4),
     }
 }

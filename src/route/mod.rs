@@ -7,8 +7,8 @@
 use crate::api::ChatRequest;
 use crate::classify::Features;
 use crate::config::{Config, ModelEntry, Routing};
-use crate::vocab::CachePolicy;
 pub use crate::vocab::Route;
+use crate::vocab::{CachePolicy, Shorten};
 
 /// Where one request goes, and why.
 #[derive(Debug, Clone)]
@@ -27,6 +27,10 @@ pub struct Decision<'a> {
     pub features: Option<Features>,
     /// What the deciding rule says about caching the answer.
     pub cache: CachePolicy,
+    /// How the deciding rule wants a hybrid request shortened (else `hybrid.method`).
+    pub shorten: Option<Shorten>,
+    /// The deciding rule asks for structured output to be checked against its schema.
+    pub validate: bool,
 }
 
 /// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
@@ -50,6 +54,8 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
         let model = rule.model.as_deref();
         return Decision {
             cache: rule.cache,
+            shorten: rule.method,
+            validate: rule.validate,
             ..to_route(
                 config,
                 routing,
@@ -98,6 +104,8 @@ fn from_table<'a>(
         score: None,
         features: None,
         cache: CachePolicy::Auto,
+        shorten: None,
+        validate: false,
     }
 }
 
@@ -127,6 +135,8 @@ fn to_route<'a>(
         score,
         features,
         cache: CachePolicy::Auto,
+        shorten: None,
+        validate: false,
     }
 }
 

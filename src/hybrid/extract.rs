@@ -1,0 +1,254 @@
+//! Extractive shortening: the sentences of a part that bear on the question, kept verbatim and in
+//! their order, the rest dropped. Sentences are scored with BM25 against the question's words;
+//! the best ones are kept (with the sentences around the very best, which often hold the answer
+//! when the best only names the subject) until the kept text reaches its target size. No model is
+//! called: it costs microseconds and never changes a fact it keeps.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::classify::estimate_tokens;
+
+/// BM25's term-frequency saturation.
+const K1: f64 = 1.2;
+/// BM25's length normalization.
+const B: f64 = 0.75;
+/// How many of the best sentences also keep their neighbours.
+const WITH_NEIGHBOURS: usize = 3;
+/// Written where sentences were dropped.
+pub const GAP: &str = " […] ";
+
+/// Words too common to tell sentences apart.
+const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "an", "and", "any", "are", "as", "at", "be", "been",
+    "before", "being", "between", "both", "but", "by", "can", "could", "did", "do", "does",
+    "doing", "each", "for", "from", "had", "has", "have", "having", "he", "her", "here", "him",
+    "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more",
+    "most", "my", "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other", "our",
+    "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the",
+    "their", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too",
+    "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while",
+    "who", "whom", "why", "will", "with", "would", "you", "your", "use", "using", "used", "get",
+    "one", "way",
+];
+
+/// Keeps about `keep_tokens` of `text`: the sentences that score best against `question`, in
+/// their original order, with [`GAP`] where sentences were left out.
+pub fn extract(text: &str, question: &str, keep_tokens: u64) -> String {
+    let units = sentences(text);
+    if units.is_empty() || estimate_tokens(text) <= keep_tokens {
+        return text.to_owned();
+    }
+    let query = terms(question);
+    let docs: Vec<Vec<String>> = units.iter().map(|r| terms(&text[r.clone()])).collect();
+    let scores = bm25(&query, &docs);
+
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut keep = vec![false; units.len()];
+    let mut kept = 0u64;
+    let tokens: Vec<u64> = units
+        .iter()
+        .map(|r| estimate_tokens(&text[r.clone()]))
+        .collect();
+    let take = |i: usize, keep: &mut Vec<bool>, kept: &mut u64| {
+        if !keep[i] {
+            keep[i] = true;
+            *kept += tokens[i];
+        }
+    };
+    for (rank, &i) in order.iter().enumerate() {
+        if kept >= keep_tokens && rank > 0 {
+            break;
+        }
+        take(i, &mut keep, &mut kept);
+        if rank < WITH_NEIGHBOURS && scores[i] > 0.0 {
+            if i > 0 {
+                take(i - 1, &mut keep, &mut kept);
+            }
+            if i + 1 < units.len() {
+                take(i + 1, &mut keep, &mut kept);
+            }
+        }
+    }
+
+    let mut out = String::with_capacity((kept as usize) * 5);
+    let mut last: Option<usize> = None;
+    for (i, range) in units.iter().enumerate().filter(|(i, _)| keep[*i]) {
+        match last {
+            // Next to the previous kept sentence: the original separator between them.
+            Some(l) if l + 1 == i => out.push_str(&text[units[l].end..range.start]),
+            Some(_) => out.push_str(GAP),
+            None if i > 0 => out.push_str(GAP.trim_start()),
+            None => {}
+        }
+        out.push_str(&text[range.clone()]);
+        last = Some(i);
+    }
+    if last.is_some_and(|l| l + 1 < units.len()) {
+        out.push_str(GAP.trim_end());
+    }
+    out
+}
+
+/// The sentences of `text`: lines, cut further after `.`, `?` or `!` followed by a space.
+fn sentences(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let push = |from: usize, to: usize, out: &mut Vec<Range<usize>>| {
+        let piece = &text[from..to];
+        let lead = piece.len() - piece.trim_start().len();
+        let trail = piece.len() - piece.trim_end().len();
+        if lead + trail < piece.len() {
+            out.push(from + lead..to - trail);
+        }
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let end_of_sentence = matches!(b, b'.' | b'?' | b'!')
+            && bytes.get(i + 1).is_some_and(|n| *n == b' ')
+            && i > start + 1;
+        if b == b'\n' || end_of_sentence {
+            let to = if b == b'\n' { i } else { i + 1 };
+            push(start, to, &mut out);
+            start = i + 1;
+        }
+        i += 1;
+    }
+    push(start, text.len(), &mut out);
+    out
+}
+
+/// The words of a text that carry meaning: lower case, stop words out, plural and verb endings
+/// cut; numbers kept whole.
+fn terms(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .filter(|w| {
+            !STOPWORDS.contains(&w.as_str())
+                && (w.len() > 1 || w.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(|w| stem(&w))
+        .collect()
+}
+
+/// A light stemmer: enough for "compressed", "compresses" and "compression" to meet at
+/// "compress".
+fn stem(word: &str) -> String {
+    if word.len() <= 4 || word.chars().any(|c| c.is_ascii_digit()) {
+        return word.to_owned();
+    }
+    for suffix in [
+        "ations", "ation", "ions", "ion", "ings", "ing", "ies", "ed", "es", "ly", "s",
+    ] {
+        if suffix == "s" && word.ends_with("ss") {
+            break;
+        }
+        if let Some(stem) = word.strip_suffix(suffix) {
+            if stem.len() >= 3 {
+                return if suffix == "ies" {
+                    format!("{stem}y")
+                } else {
+                    stem.to_owned()
+                };
+            }
+        }
+    }
+    word.to_owned()
+}
+
+/// BM25 scores of `docs` for `query`, with document frequencies taken over `docs`.
+fn bm25(query: &[String], docs: &[Vec<String>]) -> Vec<f64> {
+    let n = docs.len() as f64;
+    let avg = docs.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1.0);
+    let mut unique: Vec<&String> = query.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let mut df: HashMap<&str, f64> = HashMap::with_capacity(unique.len());
+    for q in &unique {
+        let count = docs.iter().filter(|d| d.iter().any(|t| t == *q)).count();
+        df.insert(q.as_str(), count as f64);
+    }
+    docs.iter()
+        .map(|d| {
+            let len = d.len() as f64;
+            unique
+                .iter()
+                .map(|q| {
+                    let tf = d.iter().filter(|t| t == q).count() as f64;
+                    if tf == 0.0 {
+                        return 0.0;
+                    }
+                    let df = df[q.as_str()];
+                    let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1.0)))
+                })
+                .sum()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> String {
+        let mut parts = Vec::new();
+        for i in 0..60 {
+            parts.push(format!(
+                "Paragraph {i} is about nothing in particular and fills space."
+            ));
+        }
+        parts.insert(
+            37,
+            "The default compression level is 6, a compromise between speed and size.".into(),
+        );
+        parts.join(" ")
+    }
+
+    #[test]
+    fn the_sentence_that_answers_is_kept_verbatim_and_the_rest_dropped() {
+        let text = document();
+        let out = extract(&text, "How strongly does it compress by default?", 60);
+        assert!(
+            out.contains(
+                "The default compression level is 6, a compromise between speed and size."
+            ),
+            "{out}"
+        );
+        assert!(estimate_tokens(&out) < estimate_tokens(&text) / 4, "{out}");
+        assert!(out.contains(GAP.trim()), "gaps are marked: {out}");
+        assert!(
+            out.contains("Paragraph 36") && out.contains("Paragraph 37"),
+            "neighbours: {out}"
+        );
+    }
+
+    #[test]
+    fn order_is_kept_and_short_texts_are_left_whole() {
+        let text = "Alpha one. Beta two. Gamma three.";
+        assert_eq!(extract(text, "beta", 100), text);
+        let long = (0..50)
+            .map(|i| format!("Line {i} mentions gamma."))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let out = extract(&long, "gamma line 40 and line 3", 30);
+        let three = out.find("Line 3 ").expect("line 3 kept");
+        let forty = out.find("Line 40 ").expect("line 40 kept");
+        assert!(three < forty, "original order: {out}");
+    }
+
+    #[test]
+    fn words_meet_at_their_stems() {
+        assert_eq!(stem("compression"), "compress");
+        assert_eq!(stem("compressed"), "compress");
+        assert_eq!(stem("libraries"), "library");
+        assert_eq!(
+            terms("The zlib.compress() level"),
+            ["zlib", "compress", "level"]
+        );
+    }
+}
