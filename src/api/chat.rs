@@ -118,6 +118,20 @@ pub enum Part {
     Other(Value),
 }
 
+impl Message {
+    /// A plain text message.
+    pub fn text(role: Role, text: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: Content::Text(text.into()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+            extra: Map::new(),
+        }
+    }
+}
+
 impl Content {
     /// The text of the message, whatever its form.
     pub fn text(&self) -> &str {
@@ -147,6 +161,9 @@ pub struct ChatRequest {
     model_span: (usize, usize),
     /// Byte range of the `stream_options` value in `body`, when present.
     stream_options_span: Option<(usize, usize)>,
+    /// Which name `max_tokens` came under (`max_tokens` or `max_completion_tokens`), for a
+    /// body written again.
+    max_tokens_name: &'static str,
     /// The model the client asked for.
     pub model: String,
     /// `stream: true`.
@@ -590,6 +607,11 @@ impl ChatRequest {
             model: model.into_owned(),
             model_span,
             stream_options_span,
+            max_tokens_name: if wire.max_completion_tokens.is_some() {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            },
             stream: wire.stream.unwrap_or(false),
             include_usage,
             messages,
@@ -634,6 +656,130 @@ impl ChatRequest {
     /// `tool_choice: "none"`: the model may not call the tools offered.
     pub fn tools_refused(&self) -> bool {
         self.tool_choice.as_ref().and_then(Value::as_str) == Some("none")
+    }
+
+    /// A request for `model` with these messages and nothing else set; change its fields, then
+    /// [`ChatRequest::write_body`].
+    pub fn new(model: &str, messages: Vec<Message>) -> ChatRequest {
+        let mut req = ChatRequest {
+            body: Bytes::new(),
+            model_span: (0, 0),
+            stream_options_span: None,
+            max_tokens_name: "max_tokens",
+            model: model.to_owned(),
+            stream: false,
+            include_usage: false,
+            messages,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            frequency_penalty: None,
+            presence_penalty: None,
+            n: None,
+            stop: Vec::new(),
+            response_format: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            extra: Map::new(),
+        };
+        req.write_body();
+        req
+    }
+
+    /// The same request with other messages, its body written anew from the typed view.
+    pub fn with_messages(&self, messages: Vec<Message>) -> ChatRequest {
+        let mut req = ChatRequest {
+            body: self.body.clone(),
+            model_span: self.model_span,
+            stream_options_span: self.stream_options_span,
+            max_tokens_name: self.max_tokens_name,
+            model: self.model.clone(),
+            stream: self.stream,
+            include_usage: self.include_usage,
+            messages,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            n: self.n,
+            stop: self.stop.clone(),
+            response_format: self.response_format.clone(),
+            tools: self.tools.clone(),
+            tool_choice: self.tool_choice.clone(),
+            extra: self.extra.clone(),
+        };
+        req.write_body();
+        req
+    }
+
+    /// Writes the body again from the typed view (the model first, so its span is known; the
+    /// client's `stream_options` as they were).
+    pub fn write_body(&mut self) {
+        let stream_options = self
+            .stream_options_span
+            .map(|(start, end)| self.body.slice(start..end));
+        let text: usize = self.messages.iter().map(|m| m.content.text().len()).sum();
+        let mut out: Vec<u8> = Vec::with_capacity(text + 512);
+        // Writing JSON into memory does not fail.
+        let put = |out: &mut Vec<u8>, key: &str, value: &dyn erased::Json| {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            value.write(out);
+        };
+        out.extend_from_slice(b"{\"model\":");
+        let start = out.len();
+        let _ = serde_json::to_writer(&mut out, &self.model);
+        self.model_span = (start, out.len());
+        put(&mut out, "messages", &self.messages);
+        if self.stream {
+            put(&mut out, "stream", &true);
+        }
+        self.stream_options_span = stream_options.map(|raw| {
+            out.extend_from_slice(b",\"stream_options\":");
+            let start = out.len();
+            out.extend_from_slice(&raw);
+            (start, out.len())
+        });
+        if let Some(n) = self.max_tokens {
+            put(&mut out, self.max_tokens_name, &n);
+        }
+        for (key, value) in [
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if let Some(v) = value {
+                put(&mut out, key, &v);
+            }
+        }
+        if let Some(seed) = self.seed {
+            put(&mut out, "seed", &seed);
+        }
+        if let Some(n) = self.n {
+            put(&mut out, "n", &n);
+        }
+        if !self.stop.is_empty() {
+            put(&mut out, "stop", &self.stop);
+        }
+        if let Some(format) = &self.response_format {
+            put(&mut out, "response_format", format);
+        }
+        if !self.tools.is_empty() {
+            put(&mut out, "tools", &self.tools);
+        }
+        if let Some(choice) = &self.tool_choice {
+            put(&mut out, "tool_choice", choice);
+        }
+        for (key, value) in &self.extra {
+            put(&mut out, key, value);
+        }
+        out.push(b'}');
+        self.body = Bytes::from(out);
     }
 
     /// The body exactly as the client sent it.
@@ -689,6 +835,79 @@ impl ChatRequest {
         }
         out.extend_from_slice(&self.body[at..]);
         out.freeze()
+    }
+}
+
+/// Values written into a body one by one.
+mod erased {
+    /// A value serde can write as JSON.
+    pub trait Json {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize + ?Sized> Json for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            // Writing JSON into memory does not fail.
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+}
+
+/// A message as OpenAI takes it.
+impl serde::Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("role", self.role.as_str())?;
+        m.serialize_entry("content", &self.content)?;
+        if let Some(name) = &self.name {
+            m.serialize_entry("name", name)?;
+        }
+        if !self.tool_calls.is_empty() {
+            let calls: Vec<Value> = self
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments}})
+                })
+                .collect();
+            m.serialize_entry("tool_calls", &calls)?;
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.serialize_entry("tool_call_id", id)?;
+        }
+        for (k, v) in &self.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+/// Content as OpenAI takes it: `null`, a string, or the parts.
+impl serde::Serialize for Content {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Content::None => s.serialize_none(),
+            Content::Text(t) => s.serialize_str(t),
+            Content::Parts { parts, .. } => s.collect_seq(parts),
+        }
+    }
+}
+
+impl serde::Serialize for Part {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Part::Text(t) => serde_json::json!({"type": "text", "text": t}).serialize(s),
+            Part::Image { url, detail } => {
+                let mut image = serde_json::json!({"url": url});
+                if let Some(d) = detail {
+                    image["detail"] = Value::String(d.clone());
+                }
+                serde_json::json!({"type": "image_url", "image_url": image}).serialize(s)
+            }
+            Part::Other(v) => v.serialize(s),
+        }
     }
 }
 
@@ -917,6 +1136,51 @@ mod tests {
         ] {
             assert_eq!(parse(bad).unwrap_err().code, Some("invalid_type"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_body_written_again_reads_back_the_same() {
+        let text = r#"{"temperature":0.5,"model":"m","stream":true,"stream_options":{"include_usage":false,"x":1},
+            "max_completion_tokens":9,"seed":3,"stop":["a"],"response_format":{"type":"json_object"},
+            "tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto","user":"u-1",
+            "messages":[{"role":"system","content":"Be brief."},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},
+              {"role":"tool","tool_call_id":"c","content":"18C","x_note":2},
+              {"role":"user","name":"ann","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:,","detail":"low"}}]}]}"#;
+        let r = parse(text).unwrap();
+        let mut messages = r.messages.clone();
+        messages[0].content = Content::Text("Be very brief.".into());
+        let again = r.with_messages(messages);
+        let reread = ChatRequest::parse(again.body().clone()).unwrap();
+        assert_eq!(reread.messages, again.messages);
+        assert_eq!(reread.messages[0].content.text(), "Be very brief.");
+        let (a, b) = (&reread, &r);
+        assert_eq!(a.model, b.model);
+        assert_eq!((a.stream, a.include_usage), (b.stream, b.include_usage));
+        assert_eq!(a.max_tokens, b.max_tokens);
+        assert_eq!((a.temperature, a.seed), (b.temperature, b.seed));
+        assert_eq!(a.stop, b.stop);
+        assert_eq!(a.response_format, b.response_format);
+        assert_eq!(a.tools, b.tools);
+        assert_eq!(a.tool_choice, b.tool_choice);
+        assert_eq!(a.extra, b.extra);
+        let v: Value = serde_json::from_slice(again.body()).unwrap();
+        assert_eq!(v["max_completion_tokens"], 9, "under the name it came");
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": false, "x": 1})
+        );
+        // The spans are right: the model splice and the usage request still work.
+        let up: Value = serde_json::from_slice(&again.upstream_body("big", true)).unwrap();
+        assert_eq!(up["model"], "big");
+        assert_eq!(up["stream_options"]["include_usage"], true);
+
+        let fresh = ChatRequest::new("small", reread.messages[..1].to_vec());
+        let v: Value = serde_json::from_slice(fresh.body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "small", "messages": [{"role": "system", "content": "Be very brief."}]})
+        );
     }
 
     #[test]

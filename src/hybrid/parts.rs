@@ -246,14 +246,8 @@ pub fn apply(req: &ChatRequest, plan: &Plan, texts: &[String]) -> Vec<Message> {
         }
     }
     if let Some((range, summary)) = turns {
-        let message = Message {
-            role: Role::System,
-            content: Content::Text(format!("Summary of the earlier conversation:\n{summary}")),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-            name: None,
-            extra: Default::default(),
-        };
+        let text = format!("Summary of the earlier conversation:\n{summary}");
+        let message = Message::text(Role::System, text);
         messages.splice(range, [message]);
     }
     messages

@@ -95,6 +95,9 @@ pub fn line(
         "usage_estimated": rec.usage.map(|_| rec.usage_estimated),
         "cost_usd": rec.usage.map(|_| rec.cost),
         "baseline_cost_usd": rec.usage.map(|_| rec.baseline_cost),
+        "hybrid": rec.hybrid.map(|h| h.done.as_str()),
+        "tokens_before": rec.hybrid.map(|h| h.before),
+        "tokens_after": rec.hybrid.map(|h| h.after),
         "latency_ms": ms(elapsed),
         "first_byte_ms": rec.first_byte.map(ms),
     })

@@ -41,9 +41,20 @@ pub fn account(
         rec.usage_estimated = true;
         estimate_usage(request, output_bytes)
     });
-    let (spent, baseline) = cost(config, upstream, model, usage);
+    let (spent, _) = cost(config, upstream, model, usage);
+    // The baseline reads what the client sent: the prompt tokens the hybrid stage saved count.
+    let saved = rec.hybrid.map_or(0, |h| h.before.saturating_sub(h.after));
+    let original = Usage {
+        prompt_tokens: usage.prompt_tokens + saved,
+        ..usage
+    };
+    let (_, baseline) = cost(config, upstream, model, original);
     rec.usage = Some(usage);
-    rec.cost = if hit { 0.0 } else { spent };
+    rec.cost = if hit {
+        0.0
+    } else {
+        spent + rec.summarizer_cost
+    };
     rec.baseline_cost = baseline;
 }
 

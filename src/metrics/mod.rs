@@ -52,6 +52,11 @@ pub struct Record {
     pub baseline_cost: f64,
     /// From arrival to the first body byte sent back.
     pub first_byte: Option<Duration>,
+    /// What the hybrid stage did, for hybrid requests.
+    pub hybrid: Option<crate::hybrid::Report>,
+    /// What the hybrid stage's summaries cost, in US dollars (0 unless the summarizer upstream
+    /// is priced).
+    pub summarizer_cost: f64,
 }
 
 impl Record {

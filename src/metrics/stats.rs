@@ -83,6 +83,16 @@ fn quantile(families: &[MetricFamily], name: &str, q: f64) -> Option<f64> {
     Some(lower.0)
 }
 
+/// Hybrid requests the stage left as they were.
+fn skipped(families: &[MetricFamily]) -> f64 {
+    let name = "switchyard_hybrid_requests_total";
+    label_values(families, name, "outcome")
+        .iter()
+        .filter(|o| o.starts_with("skipped"))
+        .map(|o| total(families, name, &[("outcome", o)], Part::Sum))
+        .sum()
+}
+
 /// Distinct values of one label in a family.
 fn label_values(families: &[MetricFamily], name: &str, label: &str) -> Vec<String> {
     let mut out: Vec<String> = families
@@ -182,6 +192,15 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
             "prompt": total(&f, tokens, &[("direction", "prompt")], Part::Sum),
             "completion": total(&f, tokens, &[("direction", "completion")], Part::Sum),
             "estimated": total(&f, tokens, &[("source", "estimated")], Part::Sum),
+        },
+        "hybrid": {
+            "requests": total(&f, "switchyard_hybrid_requests_total", &[], Part::Sum),
+            "shortened": total(&f, "switchyard_hybrid_requests_total", &[], Part::Sum)
+                - skipped(&f),
+            "prompt_tokens_saved": total(&f, "switchyard_hybrid_prompt_tokens_saved_total", &[], Part::Sum),
+            "summaries": total(&f, "switchyard_hybrid_summaries_total", &[("source", "local")], Part::Sum),
+            "summaries_cached": total(&f, "switchyard_hybrid_summaries_total", &[("source", "cache")], Part::Sum),
+            "stage_p50_ms": quantile(&f, "switchyard_hybrid_stage_seconds", 0.5).map(|v| round(v * 1e3, 3)),
         },
         "cost_usd": {
             "spent": round(cost, 6),

@@ -42,6 +42,8 @@ pub struct Explain<'a> {
     pub cache: Option<CacheOutcome>,
     /// `x-switchyard-fallback`: `from->to` when the request went down its fallback chain.
     pub fallback: Option<&'a str>,
+    /// `x-switchyard-tokens-before`, `-after` and `x-switchyard-hybrid`, for hybrid requests.
+    pub hybrid: Option<crate::hybrid::Report>,
 }
 
 impl<'a> Explain<'a> {
@@ -55,6 +57,7 @@ impl<'a> Explain<'a> {
             score: None,
             cache: None,
             fallback: None,
+            hybrid: None,
         }
     }
 
@@ -87,6 +90,20 @@ impl<'a> Explain<'a> {
             if let Ok(value) = HeaderValue::from_str(&format!("{score:.3}")) {
                 headers.insert(HeaderName::from_static(h::SCORE), value);
             }
+        }
+        if let Some(report) = &self.hybrid {
+            headers.insert(
+                HeaderName::from_static(h::TOKENS_BEFORE),
+                HeaderValue::from(report.before),
+            );
+            headers.insert(
+                HeaderName::from_static(h::TOKENS_AFTER),
+                HeaderValue::from(report.after),
+            );
+            headers.insert(
+                HeaderName::from_static(h::HYBRID),
+                HeaderValue::from_static(report.done.as_str()),
+            );
         }
     }
 }
@@ -226,6 +243,7 @@ mod tests {
         score: None,
         cache: Some(CacheOutcome::Miss),
         fallback: None,
+        hybrid: None,
     };
 
     fn upstream_head(headers: &[(&'static str, &'static str)]) -> Head {

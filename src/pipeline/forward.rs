@@ -28,7 +28,10 @@ impl Job<'_> {
         rec: &mut Record,
         mut flight: Option<Flight>,
     ) -> Result<(), Gone> {
-        let plan = route::plan(&p.config, self.decision);
+        let mut plan = route::plan(&p.config, self.decision);
+        if !self.fallbacks {
+            plan.truncate(1);
+        }
         let primary = p.upstreams[self.decision.upstream].name();
         // The last failure, and the last error an upstream answered itself (a 429, a 503 with
         // its message), which tells the client more than a later fallback's refused connection.

@@ -19,6 +19,10 @@ pub(super) struct Job<'a> {
     pub conversation: u64,
     /// Where a complete answer of the plan's first upstream is stored.
     pub store: Option<(&'a Cache, Key)>,
+    /// Whether the plan's fallbacks are tried (not for the gateway's own calls).
+    pub fallbacks: bool,
+    /// What the hybrid stage did, for its headers.
+    pub hybrid: Option<crate::hybrid::Report>,
 }
 
 /// One upstream of the plan, as it is tried.
@@ -46,6 +50,7 @@ impl Job<'_> {
             score: self.decision.score,
             cache,
             fallback,
+            hybrid: self.hybrid,
             ..Explain::served(
                 self.incoming.request_id,
                 self.served_route(p, upstream),

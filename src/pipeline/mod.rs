@@ -10,6 +10,7 @@ mod cached;
 pub mod downstream;
 pub mod explain;
 mod forward;
+mod hybrid;
 mod job;
 mod metrics;
 mod relay;
@@ -25,6 +26,7 @@ use http::HeaderMap;
 use crate::api::{ApiError, ChatRequest};
 use crate::cache::{Cache, CacheMetrics};
 use crate::config::Config;
+use crate::hybrid::{HybridMetrics, Stage};
 use crate::metrics::{Metrics, Record};
 use crate::route::{self, Decision};
 use crate::upstream::call::Transport;
@@ -61,6 +63,8 @@ pub struct Pipeline<T> {
     transport: T,
     counts: PipelineMetrics,
     upstream_metrics: UpstreamMetrics,
+    /// The hybrid stage and its summary cache.
+    hybrid: Stage,
     /// Some upstream balances by conversation, so requests need their conversation key.
     conversations: bool,
 }
@@ -80,6 +84,8 @@ impl<T: Transport> Pipeline<T> {
         let counts = PipelineMetrics::register(registry).map_err(failed)?;
         let upstream_metrics = UpstreamMetrics::register(registry).map_err(failed)?;
         let cache_metrics = CacheMetrics::register(registry).map_err(failed)?;
+        let hybrid_metrics = HybridMetrics::register(registry).map_err(failed)?;
+        let hybrid = Stage::new(&config.hybrid, hybrid_metrics);
         let cache = config
             .cache
             .enabled
@@ -93,6 +99,7 @@ impl<T: Transport> Pipeline<T> {
             transport,
             counts,
             upstream_metrics,
+            hybrid,
         })
     }
 
@@ -123,12 +130,28 @@ impl<T: Transport> Pipeline<T> {
             }
             cached::Looked::Miss(flight) => flight,
         };
+        let shortened;
+        let outcome = self
+            .shorten(incoming.request_id, &request, &decision, rec)
+            .await;
+        let (sent, hybrid) = match outcome {
+            Some(o) => match o.messages {
+                Some(messages) => {
+                    shortened = request.with_messages(messages);
+                    (&shortened, Some(o.report))
+                }
+                None => (&request, Some(o.report)),
+            },
+            None => (&request, None),
+        };
         let job = job::Job {
             incoming,
-            request: &request,
+            request: sent,
             decision: &decision,
             conversation: self.conversation_key(&request),
             store: cached.store_key(),
+            fallbacks: true,
+            hybrid,
         };
         job.run(self, down, rec, flight).await
     }

@@ -279,3 +279,160 @@ async fn a_bad_body_gets_an_openai_error_and_reaches_no_upstream() {
     assert_eq!(v["error"]["code"], "invalid_json");
     assert!(p.transport.take_sent().is_empty());
 }
+
+const HYBRID_YAML: &str = r#"
+upstreams:
+  local:
+    route: local
+    url: "http://10.0.0.1:8000"
+    model: small
+    retry: {attempts: 1}
+  cloud:
+    route: cloud
+    url: "http://10.0.0.3:8000"
+    model: big
+    api_key: sk-upstream-secret
+    retry: {attempts: 1}
+models:
+  - {name: auto, upstream: local}
+default_route: {upstream: cloud}
+routing:
+  classify: [auto]
+  upstreams: {local: local, cloud: cloud, hybrid: cloud}
+  rules:
+    - name: long-document
+      when: {feature: tokens, gt: 300}
+      route: hybrid
+hybrid:
+  min_part_tokens: 100
+  summary_tokens: 64
+"#;
+
+fn hybrid_pipeline() -> Pipeline<Scripted> {
+    let config = Config::from_yaml(HYBRID_YAML, |_| None).expect("test config");
+    Pipeline::new(config, Scripted::new()).expect("pipeline")
+}
+
+fn rag_body(stream: bool) -> Bytes {
+    let doc: String = (0..120)
+        .map(|i| format!("Fact {i}: the setting number {i} defaults to {}.", i * 3))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let body = serde_json::json!({
+        "model": "auto",
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": format!("Context:\n{doc}\n\nQuestion: What does setting 77 default to?")}
+        ]
+    });
+    Bytes::from(body.to_string())
+}
+
+fn summary(text: &str) -> Reply {
+    Reply::json(
+        &serde_json::json!({
+            "id": "chatcmpl-s", "object": "chat.completion", "created": 1, "model": "small",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 12, "total_tokens": 912}
+        })
+        .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_hybrid_request_reaches_the_cloud_with_its_document_summarized() {
+    let p = hybrid_pipeline();
+    let t = &p.transport;
+    t.script("local", [summary("Setting 77 defaults to 231.")]);
+    t.script("cloud", [Reply::json(ANSWER)]);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk-client"),
+    );
+    let (got, rec) = serve(&p, rag_body(false), &headers).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.header("x-switchyard-route"), Some("hybrid"));
+    assert_eq!(got.header("x-switchyard-hybrid"), Some("summarized"));
+    let before: u64 = got
+        .header("x-switchyard-tokens-before")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let after: u64 = got
+        .header("x-switchyard-tokens-after")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after * 10 < before, "{before} -> {after}");
+
+    let sent = t.take_sent();
+    let order: Vec<&str> = sent.iter().map(|s| s.backend.as_str()).collect();
+    assert_eq!(order, ["local", "cloud"]);
+    let ask = sent[0].json();
+    assert_eq!(ask["model"], "small");
+    assert_eq!(ask["temperature"], 0.0);
+    assert_eq!(ask["max_tokens"], 64);
+    assert!(ask["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("What does setting 77 default to?"));
+    assert!(
+        sent[0].head.headers.get("authorization").is_none(),
+        "no key reaches the local model"
+    );
+
+    let cloud = sent[1].json();
+    assert_eq!(cloud["model"], "big");
+    assert_eq!(
+        cloud["messages"][0],
+        serde_json::json!({"role": "system", "content": "Answer briefly."})
+    );
+    assert_eq!(
+        cloud["messages"][1]["content"],
+        "Context:\nSetting 77 defaults to 231.\n\nQuestion: What does setting 77 default to?",
+        "exactly the summary in place of the document, the question intact"
+    );
+    assert_eq!(&got.body[..], ANSWER.as_bytes());
+    let h = rec.hybrid.expect("a hybrid report");
+    assert_eq!(h.summarizer.prompt_tokens, 900);
+    assert!(rec.baseline_cost >= rec.cost);
+}
+
+#[tokio::test]
+async fn a_failing_local_model_sends_the_original_and_the_client_never_knows() {
+    let p = hybrid_pipeline();
+    let t = &p.transport;
+    t.script(
+        "local",
+        [Reply::status(500, r#"{"error":"model crashed"}"#, &[])],
+    );
+    t.script("cloud", [Reply::json(ANSWER)]);
+    let (got, _) = serve(&p, rag_body(false), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(
+        got.header("x-switchyard-hybrid"),
+        Some("skipped:local_failed")
+    );
+    assert_eq!(
+        got.header("x-switchyard-tokens-before"),
+        got.header("x-switchyard-tokens-after")
+    );
+    let sent = t.take_sent();
+    assert_eq!(sent.len(), 2, "a summary never falls back to the cloud");
+    let original: serde_json::Value = serde_json::from_slice(&rag_body(false)).unwrap();
+    assert_eq!(
+        sent[1].json()["messages"],
+        original["messages"],
+        "the original goes on"
+    );
+
+    // A streaming client gets the cloud's stream as usual.
+    t.script("local", [summary("Setting 77 defaults to 231.")]);
+    let events = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"231\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    t.script("cloud", [Reply::pieces("text/event-stream", &[events])]);
+    let (got, _) = serve(&p, rag_body(true), &HeaderMap::new()).await;
+    assert_eq!(got.header("x-switchyard-hybrid"), Some("summarized"));
+    assert!(String::from_utf8_lossy(&got.body).ends_with("data: [DONE]\n\n"));
+}
