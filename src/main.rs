@@ -179,6 +179,9 @@ fn dry_run(config: &Config) -> Result<(), String> {
     let request = switchyard::api::ChatRequest::parse(body.into())
         .map_err(|e| String::from_utf8_lossy(&e.to_json()).into_owned())?;
     let decision = switchyard::route::decide(config, &request, None);
-    say!("{}", switchyard::route::explain(config, &decision));
+    say!(
+        "{}",
+        switchyard::route::explain(config, &decision, &request)
+    );
     Ok(())
 }

@@ -80,7 +80,7 @@ impl Default for HybridConfig {
             min_part_tokens: 400,
             keep_last_turns: 4,
             keep_ratio: 0.25,
-            summary_tokens: 400,
+            summary_tokens: 256,
             markers: MARKERS.iter().map(|m| (*m).to_owned()).collect(),
             document_prompt: DOCUMENT_PROMPT.to_owned(),
             history_prompt: HISTORY_PROMPT.to_owned(),

@@ -299,8 +299,13 @@ pub fn split_question(text: &str, markers: &[String]) -> Option<(Range<usize>, S
     let doc = match marked(text, markers) {
         Some(range) => range,
         None => {
+            // Without markers, the closing paragraphs must hold a question: a long text to
+            // translate or rewrite has none, and must reach the cloud whole.
             let body = trimmed(text, 0..text.len());
             let start = question_start(&text[body.clone()])? + body.start;
+            if !asks(&text[start..body.end]) {
+                return None;
+            }
             trimmed(text, body.start..start)
         }
     };
@@ -318,6 +323,45 @@ pub fn split_question(text: &str, markers: &[String]) -> Option<(Range<usize>, S
     }
     let question = question.split_whitespace().collect::<Vec<_>>().join(" ");
     Some((doc, question))
+}
+
+/// Whether a text asks something: a question mark, or an opening word that asks or instructs.
+fn asks(text: &str) -> bool {
+    const OPENINGS: [&str; 24] = [
+        "what",
+        "how",
+        "why",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "is",
+        "are",
+        "can",
+        "could",
+        "does",
+        "do",
+        "should",
+        "would",
+        "explain",
+        "summarize",
+        "list",
+        "describe",
+        "compare",
+        "answer",
+        "tell",
+    ];
+    if text.contains('?') {
+        return true;
+    }
+    let first = text
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_lowercase();
+    OPENINGS.contains(&first.as_str())
 }
 
 /// Where the question begins in a text without markers: its trailing paragraphs (up to
@@ -515,6 +559,13 @@ mod tests {
         let plan = find(&req, &c);
         let kinds: Vec<Kind> = plan.parts.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, [Kind::System, Kind::User, Kind::ToolResult]);
+    }
+
+    #[test]
+    fn a_long_text_without_a_question_is_not_split() {
+        let text = format!("Translate into French:\n\n{}\n\n{}", doc(40), doc(3));
+        let req = request(json!([{"role": "user", "content": text}]));
+        assert!(find(&req, &config()).parts.is_empty());
     }
 
     #[test]

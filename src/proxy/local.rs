@@ -147,8 +147,8 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
         Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
-    let body =
-        serde_json::to_vec(&crate::route::explain(gw.config(), &decision)).unwrap_or_default();
+    let body = serde_json::to_vec(&crate::route::explain(gw.config(), &decision, &request))
+        .unwrap_or_default();
     let answer = Explain {
         rule: Some(decision.rule),
         score: decision.score,

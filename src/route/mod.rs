@@ -177,21 +177,32 @@ pub fn plan<'a>(config: &'a Config, decision: &Decision<'a>) -> Vec<Step<'a>> {
 }
 
 /// The dry-run answer of `POST /v1/route` and `switchyard route`.
-pub fn explain(config: &Config, decision: &Decision) -> serde_json::Value {
+///
+/// For a hybrid request it adds what the hybrid stage would shorten (the parts found and their
+/// sizes), without calling anything.
+pub fn explain(config: &Config, decision: &Decision, request: &ChatRequest) -> serde_json::Value {
     let features: serde_json::Map<String, serde_json::Value> = decision
         .features
         .iter()
         .flat_map(|f| f.iter())
         .map(|(f, v)| (f.name().to_owned(), serde_json::json!(v)))
         .collect();
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "route": decision.route.as_str(),
         "rule": decision.rule,
         "score": decision.score,
         "model": decision.model,
         "upstream": config.upstream(decision.upstream).name,
         "features": features,
-    })
+    });
+    if decision.route == Route::Hybrid {
+        let mut preview = crate::hybrid::Stage::preview(&config.hybrid, request);
+        if let Some(method) = decision.shorten {
+            preview["method"] = method.as_str().into();
+        }
+        out["hybrid"] = preview;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -421,7 +432,7 @@ routing:
     fn the_dry_run_explains_everything() {
         let c = routed(Some("sk"));
         let req = chat("auto", "hello", serde_json::json!({}));
-        let v = explain(&c, &decide(&c, &req, None));
+        let v = explain(&c, &decide(&c, &req, None), &req);
         assert_eq!(v["route"], "local");
         assert_eq!(v["rule"], "hello");
         assert_eq!(v["upstream"], "local");
