@@ -1,8 +1,9 @@
 //! Extractive shortening: the sentences of a part that bear on the question, kept verbatim and in
 //! their order, the rest dropped. Sentences are scored with BM25 against the question's words;
-//! the best ones are kept (with the sentences around the very best, which often hold the answer
-//! when the best only names the subject) until the kept text reaches its target size. No model is
-//! called: it costs microseconds and never changes a fact it keeps.
+//! the best ones are kept, each with the two sentences on either side (the answer often sits
+//! next to the sentence that names its subject, in words the question does not use), until the
+//! kept text reaches its target size. No model is called: it costs microseconds and never
+//! changes a fact it keeps.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -13,8 +14,8 @@ use crate::classify::estimate_tokens;
 const K1: f64 = 1.2;
 /// BM25's length normalization.
 const B: f64 = 0.75;
-/// How many of the best sentences also keep their neighbours.
-const WITH_NEIGHBOURS: usize = 3;
+/// How many sentences on each side of a matching sentence are kept with it.
+const RADIUS: usize = 2;
 /// Written where sentences were dropped.
 pub const GAP: &str = " […] ";
 
@@ -61,14 +62,9 @@ pub fn extract(text: &str, question: &str, keep_tokens: u64) -> String {
         if kept >= keep_tokens && rank > 0 {
             break;
         }
-        take(i, &mut keep, &mut kept);
-        if rank < WITH_NEIGHBOURS && scores[i] > 0.0 {
-            if i > 0 {
-                take(i - 1, &mut keep, &mut kept);
-            }
-            if i + 1 < units.len() {
-                take(i + 1, &mut keep, &mut kept);
-            }
+        let radius = if scores[i] > 0.0 { RADIUS } else { 0 };
+        for j in i.saturating_sub(radius)..(i + radius + 1).min(units.len()) {
+            take(j, &mut keep, &mut kept);
         }
     }
 
@@ -235,7 +231,7 @@ mod tests {
             .map(|i| format!("Line {i} mentions gamma."))
             .collect::<Vec<_>>()
             .join("\n");
-        let out = extract(&long, "gamma line 40 and line 3", 30);
+        let out = extract(&long, "gamma line 40 and line 3", 80);
         let three = out.find("Line 3 ").expect("line 3 kept");
         let forty = out.find("Line 40 ").expect("line 40 kept");
         assert!(three < forty, "original order: {out}");

@@ -364,27 +364,24 @@ fn asks(text: &str) -> bool {
     OPENINGS.contains(&first.as_str())
 }
 
-/// Where the question begins in a text without markers: its trailing paragraphs (up to
-/// [`QUESTION_TOKENS`]), or its last sentences when it is one paragraph.
+/// Where the question begins in a text without markers: the trailing paragraphs up to the
+/// first (from the end) that asks something, within [`QUESTION_TOKENS`]; or the last
+/// sentences when the text is one paragraph.
 fn question_start(text: &str) -> Option<usize> {
-    let mut start = text.len();
+    let mut end = text.len();
     let mut tokens = 0;
     for (at, _) in text.rmatch_indices("\n\n") {
-        let paragraph = &text[at..start];
-        let t = estimate_tokens(paragraph);
-        if tokens > 0 && tokens + t > QUESTION_TOKENS {
-            break;
-        }
-        tokens += t;
-        start = at;
+        let paragraph = &text[at..end];
+        tokens += estimate_tokens(paragraph);
         if tokens > QUESTION_TOKENS {
             break;
         }
+        if asks(paragraph) {
+            return Some(at).filter(|&a| a > 0);
+        }
+        end = at;
     }
-    if start < text.len() && start > 0 {
-        return Some(start);
-    }
-    // One paragraph: its last sentences.
+    // One paragraph (or no paragraph that asks): its last sentences.
     let mut cut = None;
     for (at, _) in text.match_indices(['.', '?', '!']) {
         let after = &text[at + 1..];

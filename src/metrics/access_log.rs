@@ -98,6 +98,7 @@ pub fn line(
         "hybrid": rec.hybrid.map(|h| h.done.as_str()),
         "tokens_before": rec.hybrid.map(|h| h.before),
         "tokens_after": rec.hybrid.map(|h| h.after),
+        "hybrid_ms": rec.hybrid.map(|h| ms(h.elapsed)),
         "latency_ms": ms(elapsed),
         "first_byte_ms": rec.first_byte.map(ms),
     })
