@@ -164,6 +164,8 @@ pub enum Reason {
     NoHealthyBackend,
     /// The prompt is longer than the upstream's context.
     ContextOverflow,
+    /// The answer did not hold the structure the request asked for.
+    InvalidOutput,
 }
 
 impl Reason {
@@ -177,6 +179,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::NoHealthyBackend => "no_healthy_backend",
             Reason::ContextOverflow => "context_overflow",
+            Reason::InvalidOutput => "invalid_output",
         }
     }
 }

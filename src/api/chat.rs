@@ -715,6 +715,16 @@ impl ChatRequest {
         req
     }
 
+    /// The same request asking for one whole answer instead of a stream.
+    pub fn without_stream(&self) -> ChatRequest {
+        let mut req = self.with_messages(self.messages.clone());
+        req.stream = false;
+        req.include_usage = false;
+        req.stream_options_span = None;
+        req.write_body();
+        req
+    }
+
     /// Writes the body again from the typed view (the model first, so its span is known; the
     /// client's `stream_options` as they were).
     pub fn write_body(&mut self) {

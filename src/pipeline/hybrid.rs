@@ -135,6 +135,7 @@ impl<T: Transport> Pipeline<T> {
             store: None,
             fallbacks: false,
             hybrid: None,
+            escalated: None,
         };
         let mut down = Collect::new(SUMMARY_LIMIT);
         let mut rec = Record::new();

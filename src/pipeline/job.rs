@@ -23,6 +23,9 @@ pub(super) struct Job<'a> {
     pub fallbacks: bool,
     /// What the hybrid stage did, for its headers.
     pub hybrid: Option<crate::hybrid::Report>,
+    /// `from->to` when the request was sent on after its first upstream's answer was refused
+    /// (structured output that did not hold).
+    pub escalated: Option<&'a str>,
 }
 
 /// One upstream of the plan, as it is tried.
@@ -49,7 +52,7 @@ impl Job<'_> {
             rule: Some(self.decision.rule),
             score: self.decision.score,
             cache,
-            fallback,
+            fallback: fallback.or(self.escalated),
             hybrid: self.hybrid,
             ..Explain::served(
                 self.incoming.request_id,

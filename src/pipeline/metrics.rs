@@ -11,6 +11,7 @@ pub struct PipelineMetrics {
     decisions: IntCounterVec,
     fallbacks: IntCounterVec,
     context_overflows: IntCounterVec,
+    checks: IntCounterVec,
 }
 
 /// What was done with a prompt too long for an upstream.
@@ -44,7 +45,13 @@ impl PipelineMetrics {
                 "Prompts estimated longer than an upstream's num_ctx",
                 &["upstream", "action"],
             )?,
+            checks: counter(
+                "switchyard_structured_output_checks_total",
+                "Local answers checked against the structure their request asked for, by result",
+                &["result"],
+            )?,
         };
+        registry.register(Box::new(m.checks.clone()))?;
         registry.register(Box::new(m.decisions.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.context_overflows.clone()))?;
@@ -63,6 +70,11 @@ impl PipelineMetrics {
         self.fallbacks
             .with_label_values(&[from, to, reason.as_str()])
             .inc();
+    }
+
+    /// A local answer was checked.
+    pub(super) fn checked(&self, result: super::validate::Checked) {
+        self.checks.with_label_values(&[result.as_str()]).inc();
     }
 
     /// A prompt was too long for `upstream`.

@@ -16,6 +16,7 @@ mod metrics;
 mod relay;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,13 +124,34 @@ impl<T: Transport> Pipeline<T> {
         };
         self.note(&decision, rec);
         let cached = cached::Cached::of(self, &incoming, &request, &decision, rec);
-        let flight = match cached.look_up().await {
+        let mut flight = match cached.look_up().await {
             cached::Looked::Hit(entry) => {
                 return cached::replay(self, &incoming, &request, &decision, &entry, down, rec)
                     .await
             }
             cached::Looked::Miss(flight) => flight,
         };
+        if decision.validate && decision.route == Route::Local {
+            if let Some(expect) = validate::expectation(&request) {
+                let checking = validate::Checking {
+                    incoming,
+                    request: &request,
+                    decision: &decision,
+                    store: cached.store_key(),
+                };
+                match self
+                    .checked(&checking, &expect, &mut flight, down, rec)
+                    .await?
+                {
+                    None => return Ok(()),
+                    Some(_) => {
+                        return self
+                            .escalate(incoming, &request, &decision, down, rec)
+                            .await
+                    }
+                }
+            }
+        }
         let shortened;
         let outcome = self
             .shorten(incoming.request_id, &request, &decision, rec)
@@ -152,8 +174,52 @@ impl<T: Transport> Pipeline<T> {
             store: cached.store_key(),
             fallbacks: true,
             hybrid,
+            escalated: None,
         };
         job.run(self, down, rec, flight).await
+    }
+
+    /// Sends a request whose local answer did not hold its structure to the next upstream of its
+    /// plan (the cloud), which answers it whatever it says; without one, the plan runs as usual.
+    async fn escalate<D: Downstream>(
+        &self,
+        incoming: Incoming<'_>,
+        request: &ChatRequest,
+        decision: &Decision<'_>,
+        down: &mut D,
+        rec: &mut Record,
+    ) -> Result<(), Gone> {
+        let plan = route::plan(&self.config, decision);
+        let (escalated, label);
+        let (decision, fallbacks, label) = match plan.get(1) {
+            Some(next) => {
+                let from = self.upstreams[decision.upstream].name();
+                let to = self.upstreams[next.upstream].name();
+                self.counts
+                    .fallback(from, to, crate::vocab::Reason::InvalidOutput);
+                escalated = Decision {
+                    upstream: next.upstream,
+                    model: next.model,
+                    route: self.config.upstream(next.upstream).route,
+                    ..decision.clone()
+                };
+                label = format!("{from}->{to}");
+                (&escalated, false, Some(label.as_str()))
+            }
+            None => (decision, true, None),
+        };
+        rec.route = Some(decision.route);
+        let job = job::Job {
+            incoming,
+            request,
+            decision,
+            conversation: self.conversation_key(request),
+            store: None,
+            fallbacks,
+            hybrid: None,
+            escalated: label,
+        };
+        job.run(self, down, rec, None).await
     }
 
     /// Where `request` goes: a route the client forces with `x-switchyard-route` (when the

@@ -436,3 +436,85 @@ async fn a_failing_local_model_sends_the_original_and_the_client_never_knows() {
     assert_eq!(got.header("x-switchyard-hybrid"), Some("summarized"));
     assert!(String::from_utf8_lossy(&got.body).ends_with("data: [DONE]\n\n"));
 }
+
+fn validating_pipeline() -> Pipeline<Scripted> {
+    let yaml = HYBRID_YAML.replace(
+        "  rules:\n",
+        "  rules:\n    - name: schema-on-local\n      when: {feature: json_schema, eq: 1}\n      route: local\n      validate: true\n",
+    );
+    let config = Config::from_yaml(&yaml, |_| None).expect("test config");
+    Pipeline::new(config, Scripted::new()).expect("pipeline")
+}
+
+fn schema_body(stream: bool) -> Bytes {
+    let body = serde_json::json!({
+        "model": "auto", "stream": stream,
+        "messages": [{"role": "user", "content": "Ann is 41. Extract the person."}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+            "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+            "required": ["name", "age"]}}}
+    });
+    Bytes::from(body.to_string())
+}
+
+#[tokio::test]
+async fn structured_output_from_the_local_model_is_checked_and_escalated_when_wrong() {
+    let p = validating_pipeline();
+    let t = &p.transport;
+    // Valid: the local answer goes back, as JSON and replayed as a stream.
+    t.script(
+        "local",
+        [
+            summary(r#"{"name":"Ann","age":41}"#),
+            summary(r#"{"name":"Ann","age":41}"#),
+        ],
+    );
+    let (got, _) = serve(&p, schema_body(false), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.header("x-switchyard-route"), Some("local"));
+    assert!(got.header("x-switchyard-fallback").is_none());
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        r#"{"name":"Ann","age":41}"#
+    );
+    let (got, _) = serve(&p, schema_body(true), &HeaderMap::new()).await;
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"{\"name\":\"Ann\",\"age\":41}"#) && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    let sent = t.take_sent();
+    assert!(
+        sent.iter().all(|s| s.backend == "local"),
+        "the cloud was never asked"
+    );
+    assert_eq!(
+        sent[1].json()["stream"],
+        serde_json::Value::Null,
+        "the local answer is asked whole"
+    );
+
+    // Invalid (a string for an integer): the cloud answers, the client sees an ordinary answer.
+    t.script("local", [summary(r#"{"name":"Ann","age":"forty-one"}"#)]);
+    t.script("cloud", [Reply::json(ANSWER)]);
+    let (got, rec) = serve(&p, schema_body(false), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.body[..], ANSWER.as_bytes());
+    assert_eq!(got.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(got.header("x-switchyard-route"), Some("cloud"));
+    assert_eq!(rec.route, Some(Route::Cloud));
+    let order: Vec<String> = t.take_sent().into_iter().map(|s| s.backend).collect();
+    assert_eq!(order, ["local", "cloud"]);
+    let checks = r#"switchyard_structured_output_checks_total{result="invalid"}"#;
+    assert_eq!(metric(&p, checks), 1.0);
+    assert_eq!(
+        metric(
+            &p,
+            r#"switchyard_structured_output_checks_total{result="valid"}"#
+        ),
+        2.0
+    );
+    let fell = r#"switchyard_fallbacks_total{from="local",reason="invalid_output",to="cloud"}"#;
+    assert_eq!(metric(&p, fell), 1.0);
+}
