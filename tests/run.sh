@@ -14,5 +14,13 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+
+# The real small model (tests/small_model.sh installs it), for the hybrid stage's real-model test.
+small=${SWITCHYARD_SMALL_MODEL_DIR:-$HOME/.cache/switchyard/small-model}
+if [ -x "$small/venv/bin/python" ] && [ -f "$small/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  export SWITCHYARD_LLAMA_PYTHON="$small/venv/bin/python"
+  export SWITCHYARD_SMALL_MODEL="$small/SmolLM2-135M-Instruct.Q4_1.gguf"
+fi
+
 SWITCHYARD_BIN=target/debug/switchyard PYTHONDONTWRITEBYTECODE=1 \
-  "$venv/bin/python" -m pytest -p no:cacheprovider -q tests/e2e
+  "$venv/bin/python" -m pytest -p no:cacheprovider -q -rs tests/e2e

@@ -16,6 +16,8 @@ ordinary SDK call:
 * ``tools`` present and the last message is a user message: a call of the first tool with the
   arguments ``{"city": "Paris"}``;
 * ``response_format.type == "json_schema"``: content is a JSON document valid for the schema;
+* a first (system) message asking to shorten a document or summarize a conversation, as the
+  gateway's hybrid stage asks: content ``SUMMARY: <the first five words of the text>``;
 * otherwise: content ``echo: <last user message>``.
 
 ``please stream slowly`` in the last user message spaces streamed events by ``SLOW_STREAM_DELAY``
@@ -321,6 +323,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif (req.get("response_format") or {}).get("type") == "json_schema":
             schema = req["response_format"].get("json_schema", {}).get("schema", {})
             content = json.dumps(example_for_schema(schema))
+        elif _summary_request(messages):
+            content = _summary(user_text)
         else:
             content = f"echo: {user_text}"
 
@@ -392,6 +396,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = json.dumps(example_for_schema(fmt))
         elif fmt == "json":
             content = json.dumps({"echo": user_text})
+        elif _summary_request(messages):
+            content = _summary(user_text)
         else:
             content = f"echo: {user_text}"
 
@@ -482,6 +488,17 @@ def embedding_for(text: str) -> list[float]:
     """A deterministic vector for ``text``; its values are exact in float32."""
     digest = hashlib.sha256(text.encode()).digest()
     return [(b - 128) / 128 for b in digest[:EMBEDDING_DIMENSIONS]]
+
+
+def _summary_request(messages: list) -> bool:
+    """Whether the first message asks to shorten a document or summarize a conversation."""
+    first = messages[0] if messages and isinstance(messages[0], dict) else {}
+    text = _text_of(first.get("content")) if first.get("role") == "system" else ""
+    return text.startswith(("You shorten documents", "You summarize the earlier part"))
+
+
+def _summary(text: str) -> str:
+    return "SUMMARY: " + " ".join(text.split()[:5])
 
 
 def _text_of(content: Any) -> str:
