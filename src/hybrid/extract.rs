@@ -5,7 +5,6 @@
 //! kept text reaches its target size. No model is called: it costs microseconds and never
 //! changes a fact it keeps.
 
-use std::collections::HashMap;
 use std::ops::Range;
 
 use crate::classify::estimate_tokens;
@@ -40,9 +39,10 @@ pub fn extract(text: &str, question: &str, keep_tokens: u64) -> String {
     if units.is_empty() || estimate_tokens(text) <= keep_tokens {
         return text.to_owned();
     }
-    let query = terms(question);
-    let docs: Vec<Vec<String>> = units.iter().map(|r| terms(&text[r.clone()])).collect();
-    let scores = bm25(&query, &docs);
+    let mut query = terms(question);
+    query.sort();
+    query.dedup();
+    let scores = bm25(&query, &count(text, &units, &query));
 
     let mut order: Vec<usize> = (0..units.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
@@ -117,25 +117,46 @@ fn sentences(text: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// The words of a text that carry meaning: lower case, stop words out, plural and verb endings
-/// cut; numbers kept whole.
+/// Words too common to tell sentences apart, for look-up.
+static STOP: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+    std::sync::LazyLock::new(|| STOPWORDS.iter().copied().collect());
+
+/// Calls `each` with every word of `text` that carries meaning: lower case, stop words out,
+/// plural and verb endings cut (see [`stem`]); numbers kept whole.
+fn each_term(text: &str, mut each: impl FnMut(&str)) {
+    let mut lower = String::new();
+    let mut stemmed = String::new();
+    for word in text.split(|c: char| !c.is_alphanumeric()) {
+        if word.is_empty() {
+            continue;
+        }
+        lower.clear();
+        if word.is_ascii() {
+            lower.push_str(word);
+            lower.make_ascii_lowercase();
+        } else {
+            lower.extend(word.chars().flat_map(char::to_lowercase));
+        }
+        let digits = lower.bytes().all(|b| b.is_ascii_digit());
+        if STOP.contains(lower.as_str()) || (lower.len() < 2 && !digits) {
+            continue;
+        }
+        each(stem(&lower, &mut stemmed));
+    }
+}
+
+/// The terms of a text, as [`each_term`] finds them.
 fn terms(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .filter(|w| {
-            !STOPWORDS.contains(&w.as_str())
-                && (w.len() > 1 || w.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(|w| stem(&w))
-        .collect()
+    let mut out = Vec::new();
+    each_term(text, |t| out.push(t.to_owned()));
+    out
 }
 
 /// A light stemmer: enough for "compressed", "compresses" and "compression" to meet at
-/// "compress".
-fn stem(word: &str) -> String {
-    if word.len() <= 4 || word.chars().any(|c| c.is_ascii_digit()) {
-        return word.to_owned();
+/// "compress". Returns `word` cut, or `buf` when a letter had to be added.
+fn stem<'a>(word: &'a str, buf: &'a mut String) -> &'a str {
+    if word.len() <= 4 || word.bytes().any(|b| b.is_ascii_digit()) {
+        return word;
     }
     for suffix in [
         "ations", "ation", "ions", "ion", "ings", "ing", "ies", "ed", "es", "ly", "s",
@@ -145,42 +166,70 @@ fn stem(word: &str) -> String {
         }
         if let Some(stem) = word.strip_suffix(suffix) {
             if stem.len() >= 3 {
-                return if suffix == "ies" {
-                    format!("{stem}y")
-                } else {
-                    stem.to_owned()
-                };
+                if suffix == "ies" {
+                    buf.clear();
+                    buf.push_str(stem);
+                    buf.push('y');
+                    return buf;
+                }
+                return stem;
             }
         }
     }
-    word.to_owned()
+    word
 }
 
-/// BM25 scores of `docs` for `query`, with document frequencies taken over `docs`.
-fn bm25(query: &[String], docs: &[Vec<String>]) -> Vec<f64> {
-    let n = docs.len() as f64;
-    let avg = docs.iter().map(Vec::len).sum::<usize>() as f64 / n.max(1.0);
-    let mut unique: Vec<&String> = query.iter().collect();
-    unique.sort();
-    unique.dedup();
-    let mut df: HashMap<&str, f64> = HashMap::with_capacity(unique.len());
-    for q in &unique {
-        let count = docs.iter().filter(|d| d.iter().any(|t| t == *q)).count();
-        df.insert(q.as_str(), count as f64);
+/// Per sentence: how many terms it has, and how often each query term occurs in it.
+struct Counts {
+    lengths: Vec<u32>,
+    /// `units × query` counts, row by row.
+    tf: Vec<u16>,
+}
+
+/// Counts the query's terms in each sentence, in one pass over the text.
+fn count(text: &str, units: &[Range<usize>], query: &[String]) -> Counts {
+    let q = query.len();
+    let mut counts = Counts {
+        lengths: vec![0; units.len()],
+        tf: vec![0; units.len() * q],
+    };
+    for (i, range) in units.iter().enumerate() {
+        let row = &mut counts.tf[i * q..(i + 1) * q];
+        let length = &mut counts.lengths[i];
+        each_term(&text[range.clone()], |t| {
+            *length += 1;
+            if let Ok(k) = query.binary_search_by(|x| x.as_str().cmp(t)) {
+                row[k] = row[k].saturating_add(1);
+            }
+        });
     }
-    docs.iter()
-        .map(|d| {
-            let len = d.len() as f64;
-            unique
-                .iter()
-                .map(|q| {
-                    let tf = d.iter().filter(|t| t == q).count() as f64;
+    counts
+}
+
+/// BM25 scores of the sentences for the (sorted, distinct) query terms, document frequencies
+/// taken over the sentences.
+fn bm25(query: &[String], counts: &Counts) -> Vec<f64> {
+    let q = query.len();
+    let n = counts.lengths.len();
+    let avg = counts.lengths.iter().map(|&l| f64::from(l)).sum::<f64>() / (n.max(1) as f64);
+    let idf: Vec<f64> = (0..q)
+        .map(|k| {
+            let df = (0..n).filter(|&i| counts.tf[i * q + k] > 0).count() as f64;
+            ((n as f64 - df + 0.5) / (df + 0.5) + 1.0).ln()
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let len = f64::from(counts.lengths[i]);
+            let norm = K1 * (1.0 - B + B * len / avg.max(1.0));
+            (0..q)
+                .map(|k| {
+                    let tf = f64::from(counts.tf[i * q + k]);
                     if tf == 0.0 {
-                        return 0.0;
+                        0.0
+                    } else {
+                        idf[k] * tf * (K1 + 1.0) / (tf + norm)
                     }
-                    let df = df[q.as_str()];
-                    let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-                    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg.max(1.0)))
                 })
                 .sum()
         })
@@ -239,9 +288,11 @@ mod tests {
 
     #[test]
     fn words_meet_at_their_stems() {
-        assert_eq!(stem("compression"), "compress");
-        assert_eq!(stem("compressed"), "compress");
-        assert_eq!(stem("libraries"), "library");
+        let mut buf = String::new();
+        assert_eq!(stem("compression", &mut buf), "compress");
+        assert_eq!(stem("compressed", &mut buf), "compress");
+        assert_eq!(stem("compress", &mut buf), "compress");
+        assert_eq!(stem("libraries", &mut buf), "library");
         assert_eq!(
             terms("The zlib.compress() level"),
             ["zlib", "compress", "level"]
