@@ -271,7 +271,11 @@ impl Stage {
     ) -> Result<(Vec<String>, Usage), Usage> {
         let work = plan.parts.iter().map(|part| async move {
             match part.kind {
-                Kind::History => self.history(config, req, part, summarizer, model).await,
+                Kind::History => {
+                    let question = plan.question.as_str();
+                    self.history(config, req, part, question, method, summarizer, model)
+                        .await
+                }
                 _ => {
                     let text = parts::text_of(req, part);
                     self.document(config, &text, &plan.question, method, summarizer, model)
@@ -317,14 +321,29 @@ impl Stage {
         let capacity = capacity(config, &instructions, model);
         let extracted;
         let text = if method == Shorten::Both {
-            extracted = extract::extract(text, question, capacity);
+            extracted = extract::extract(text, question, fit(capacity));
             extracted.as_str()
         } else {
             text
         };
+        self.chunked(config, &instructions, text, capacity, summarizer, model)
+            .await
+    }
+
+    /// `text` cut into chunks of at most `capacity` tokens, each summarized (or found in the
+    /// cache) at once, joined.
+    async fn chunked<S: Summarizer>(
+        &self,
+        config: &HybridConfig,
+        instructions: &str,
+        text: &str,
+        capacity: u64,
+        summarizer: &S,
+        model: Model<'_>,
+    ) -> Result<(String, Usage), Usage> {
         let work = chunks(text, capacity)
             .into_iter()
-            .map(|chunk| self.summary(config, &instructions, chunk, summarizer, model));
+            .map(|chunk| self.summary(config, instructions, chunk, summarizer, model));
         let mut used = Usage::default();
         let mut out = Vec::new();
         let mut failed = false;
@@ -348,11 +367,14 @@ impl Stage {
 
     /// The older turns: the longest prefix summarized before is reused, and only the turns
     /// after it are summarized with that summary.
+    #[allow(clippy::too_many_arguments)]
     async fn history<S: Summarizer>(
         &self,
         config: &HybridConfig,
         req: &ChatRequest,
         part: &Part,
+        question: &str,
+        method: Shorten,
         summarizer: &S,
         model: Model<'_>,
     ) -> Result<(String, Usage), Usage> {
@@ -385,11 +407,17 @@ impl Stage {
             ),
             None => parts::transcript(turns),
         };
-        let (summary, used) = summarizer
-            .summarize(config.history_prompt.clone(), text, config.summary_tokens)
-            .await
-            .map_err(|_| Usage::default())?;
-        self.metrics.summary(false);
+        // Longer than the model reads: extracted to fit (`both`), else summarized in chunks.
+        let capacity = capacity(config, &config.history_prompt, model);
+        let text = if method == Shorten::Both {
+            extract::extract(&text, question, fit(capacity))
+        } else {
+            text
+        };
+        let instructions = &config.history_prompt;
+        let (summary, used) = self
+            .chunked(config, instructions, &text, capacity, summarizer, model)
+            .await?;
         self.summaries.insert(whole, Arc::from(summary.as_str()));
         Ok((summary, used))
     }
@@ -453,6 +481,12 @@ fn capacity(config: &HybridConfig, instructions: &str, model: Model<'_>) -> u64 
     context
         .saturating_sub(config.summary_tokens + estimate_tokens(instructions) + TEMPLATE_TOKENS)
         .max(MIN_CHUNK)
+}
+
+/// What extraction aims at to fit `capacity`: a little less, for the sentence that crosses the
+/// line and the marks where text was dropped.
+fn fit(capacity: u64) -> u64 {
+    capacity * 4 / 5
 }
 
 /// `text` cut at paragraph (else line, else word) boundaries into pieces of at most `tokens`.

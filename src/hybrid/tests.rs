@@ -316,3 +316,33 @@ async fn a_part_longer_than_the_model_reads_is_cut_into_chunks() {
     assert!(text.contains("SUMMARY[1]") && text.contains(&format!("SUMMARY[{}]", inputs.len())));
     assert!(matches!(out.report.done, Done::Summarized));
 }
+
+#[tokio::test]
+async fn history_longer_than_the_model_reads_is_cut_or_extracted_to_fit() {
+    let mut c = config();
+    c.summary_tokens = 64;
+    // Only the history is long enough to shorten.
+    c.min_part_tokens = 150;
+    let small = Model {
+        name: "small",
+        context: Some(512),
+    };
+    for method in [Shorten::Abstractive, Shorten::Both] {
+        let s = stage(&c);
+        let fake = Fake::default();
+        let out = s
+            .run(&c, &conversation(30), method, Some((&fake, small)))
+            .await;
+        assert!(out.messages.is_some(), "{method:?}: {:?}", out.report);
+        let inputs = fake.inputs.lock().unwrap().clone();
+        assert!(
+            inputs.iter().all(|i| estimate_tokens(i) <= 512),
+            "{method:?}: every call fits the context"
+        );
+        if method == Shorten::Both {
+            assert_eq!(inputs.len(), 1, "extracted to one call's worth");
+        } else {
+            assert!(inputs.len() > 1, "cut into chunks");
+        }
+    }
+}
