@@ -517,4 +517,18 @@ async fn structured_output_from_the_local_model_is_checked_and_escalated_when_wr
     );
     let fell = r#"switchyard_fallbacks_total{from="local",reason="invalid_output",to="cloud"}"#;
     assert_eq!(metric(&p, fell), 1.0);
+
+    // A streaming client whose local answer fails the check gets the cloud's stream.
+    t.script("local", [summary("Ann is forty-one.")]);
+    let events = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"{}\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+    t.script("cloud", [Reply::pieces("text/event-stream", &[events])]);
+    let (got, _) = serve(&p, schema_body(true), &HeaderMap::new()).await;
+    assert_eq!(got.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(String::from_utf8_lossy(&got.body), events);
+    let sent = t.take_sent();
+    assert_eq!(
+        sent[1].json()["stream"],
+        true,
+        "the cloud is asked for a stream"
+    );
 }
