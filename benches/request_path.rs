@@ -124,6 +124,7 @@ fn pipeline(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let headers = client_header();
+    let tenant = switchyard::auth::Tenant::of(&headers);
     let mut group = c.benchmark_group("pipeline");
     for (name, stream) in [("json", false), ("stream", true)] {
         let p = Pipeline::new(config(), Scripted::new()).expect("pipeline");
@@ -140,6 +141,7 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| {
                 runtime.block_on(async {
                     let incoming = Incoming {
+                        tenant: &tenant,
                         request_id: "req-bench",
                         started: std::time::Instant::now(),
                         headers: &headers,

@@ -28,6 +28,19 @@ enum Command {
     Route,
     /// Fit the routing scorer on labelled rows and print cross-validated metrics.
     Train(TrainArgs),
+    /// Gateway keys: `key new --name NAME` prints a fresh key once, and the YAML with its hash.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a fresh key.
+    New {
+        /// The key's name: the tenant in metrics, `/stats` and the access log.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -66,6 +79,23 @@ macro_rules! say {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Key(KeyCommand::New { name })) = &cli.command {
+        return match switchyard::auth::new_key() {
+            Ok((key, hash)) => {
+                say!("# The key for `{name}` (shown once: give it to them, it is not stored):");
+                say!("#   {key}");
+                say!("# Add this to the configuration's `keys:` list:");
+                say!("keys:");
+                say!("  - name: {name}");
+                say!("    sha256: {hash}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard key new: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::Train(args)) = &cli.command {
         return match train(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -103,7 +133,9 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Train(_) => unreachable!("handled before the configuration is read"),
+        Command::Train(_) | Command::Key(_) => {
+            unreachable!("handled before the configuration is read")
+        }
         Command::Route => match dry_run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

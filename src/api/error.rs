@@ -150,6 +150,39 @@ impl ApiError {
         }
     }
 
+    /// A 401: no gateway key, a wrong one, or an expired one.
+    pub fn unauthorized(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status: 401,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
+    /// A 403: the key may not do this (use this route or model, force a route, read this).
+    pub fn forbidden(message: impl Into<String>, param: Option<&str>, code: &'static str) -> Self {
+        ApiError {
+            status: 403,
+            message: message.into(),
+            kind: "permission_error",
+            param: param.map(str::to_owned),
+            code: Some(code),
+        }
+    }
+
+    /// A 429 for a key over one of its limits.
+    pub fn rate_limited(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status: 429,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
     /// A 500 for a fault of the gateway itself.
     pub fn internal(detail: &str) -> Self {
         ApiError {

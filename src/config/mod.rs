@@ -7,6 +7,7 @@
 
 mod hybrid;
 mod interpolate;
+mod keys;
 mod observe;
 mod raw;
 mod resilience;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use hybrid::HybridConfig;
 pub use interpolate::interpolate;
+pub use keys::{days_from_civil, KeyConfig};
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER};
@@ -294,6 +296,8 @@ pub struct Config {
     pub access_log: Option<AccessLogTarget>,
     /// The hybrid stage.
     pub hybrid: HybridConfig,
+    /// Gateway keys; empty: the gateway is open to whoever reaches it.
+    pub keys: Vec<KeyConfig>,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
     /// Things worth telling the operator that do not stop the gateway.
@@ -460,6 +464,7 @@ impl Checker<'_> {
         let access_log = self.access_log(raw.access_log.as_ref());
         let local_route = routing.as_ref().map(|r| r.local.upstream);
         let hybrid = self.hybrid(raw.hybrid.as_ref(), &upstreams, &names, local_route);
+        let keys = self.keys(&raw.keys);
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
         Some(Config {
             listen: server.listen,
@@ -475,6 +480,7 @@ impl Checker<'_> {
             pricing,
             access_log,
             hybrid,
+            keys,
             model_names,
             warnings,
         })

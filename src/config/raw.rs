@@ -58,6 +58,30 @@ pub struct RawConfig {
     pub pricing: Option<RawPricing>,
     pub access_log: Option<RawAccessLog>,
     pub hybrid: Option<RawHybrid>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub name: Text,
+    pub sha256: Text,
+    pub routes: Option<Vec<Text>>,
+    pub models: Option<Vec<Text>>,
+    pub force_route: Option<Spanned<bool>>,
+    pub requests_per_minute: Option<Text>,
+    pub tokens_per_minute: Option<Text>,
+    pub budget_usd: Option<RawBudget>,
+    pub expires: Option<Text>,
+    pub admin: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub day: Option<Text>,
+    pub month: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

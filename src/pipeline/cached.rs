@@ -9,7 +9,6 @@ use super::downstream::{Downstream, Gone};
 use super::explain::{self, Explain};
 use super::{Incoming, Pipeline};
 use crate::api::ChatRequest;
-use crate::auth::Tenant;
 use crate::cache::{Cache, Entry, Flight, Found, Key, Use};
 use crate::metrics::{self, Record};
 use crate::route::Decision;
@@ -42,7 +41,7 @@ impl<'p> Cached<'p> {
         decision: &Decision<'_>,
         rec: &mut Record,
     ) -> Cached<'p> {
-        let tenant = Tenant::of(incoming.headers);
+        let tenant = incoming.tenant;
         let usage = match &p.cache {
             Some(_) => Use::decide(
                 true,
@@ -63,7 +62,7 @@ impl<'p> Cached<'p> {
             )),
             _ => None,
         };
-        rec.tenant = Some(tenant.id);
+        rec.tenant = Some(tenant.id.clone());
         rec.cache = Some(usage.outcome());
         Cached {
             usage,

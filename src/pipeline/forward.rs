@@ -32,6 +32,11 @@ impl Job<'_> {
         if !self.fallbacks {
             plan.truncate(1);
         }
+        // A key's fallbacks stay on the routes it may use.
+        if let Some(key) = self.incoming.tenant.key.map(|i| &p.config.keys[i]) {
+            let first = plan[0];
+            plan.retain(|s| *s == first || key.allows_route(p.config.upstream(s.upstream).route));
+        }
         let primary = p.upstreams[self.decision.upstream].name();
         // The last failure, and the last error an upstream answered itself (a 429, a 503 with
         // its message), which tells the client more than a later fallback's refused connection.

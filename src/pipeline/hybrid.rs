@@ -10,6 +10,7 @@ use super::downstream::Collect;
 use super::job::Job;
 use super::{Incoming, Pipeline};
 use crate::api::{ChatRequest, Completion, Message, Role, Usage};
+use crate::auth::Tenant;
 use crate::hybrid::{Model, Outcome, Summarizer};
 use crate::metrics::Record;
 use crate::route::Decision;
@@ -122,8 +123,13 @@ impl<T: Transport> Pipeline<T> {
             validate: false,
         };
         let headers = HeaderMap::new();
+        let gateway = Tenant {
+            id: String::new(),
+            key: None,
+        };
         let job = Job {
             incoming: Incoming {
+                tenant: &gateway,
                 request_id,
                 started: Instant::now(),
                 headers: &headers,

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::api::{ApiError, ChatRequest};
+use crate::auth::Tenant;
 use crate::cache::{Cache, CacheMetrics};
 use crate::config::Config;
 use crate::hybrid::{HybridMetrics, Stage};
@@ -49,6 +50,8 @@ pub struct Incoming<'a> {
     pub headers: &'a HeaderMap,
     /// The path and query the client asked for (sent on to OpenAI-compatible upstreams).
     pub path: &'a str,
+    /// Who asks (authenticated by the caller).
+    pub tenant: &'a Tenant,
 }
 
 /// The configuration, the upstreams and the state every chat request shares.
@@ -118,7 +121,7 @@ impl<T: Transport> Pipeline<T> {
             Ok(r) => r,
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
-        let decision = match self.decide(incoming.headers, &request) {
+        let decision = match self.decide(incoming.tenant, incoming.headers, &request) {
             Ok(d) => d,
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
@@ -222,25 +225,56 @@ impl<T: Transport> Pipeline<T> {
         job.run(self, down, rec, None).await
     }
 
-    /// Where `request` goes: a route the client forces with `x-switchyard-route` (when the
-    /// configuration allows it), the classifier, or the model table.
+    /// Where `request` goes: a route the client forces with `x-switchyard-route` (when its key,
+    /// or without keys the configuration, allows it), the classifier, or the model table; a 403
+    /// for a model or route the tenant's key may not use.
     pub fn decide<'a>(
         &'a self,
+        tenant: &Tenant,
         headers: &HeaderMap,
         request: &'a ChatRequest,
     ) -> Result<Decision<'a>, ApiError> {
-        let forced = self.forced_route(headers)?;
-        Ok(route::decide(&self.config, request, forced))
+        let key = tenant.key.map(|i| &self.config.keys[i]);
+        if let Some(key) = key.filter(|k| !k.allows_model(&request.model)) {
+            return Err(ApiError::forbidden(
+                format!(
+                    "The key `{}` may not use the model `{}`.",
+                    key.name, request.model
+                ),
+                Some("model"),
+                "model_not_allowed",
+            ));
+        }
+        let forced = self.forced_route(tenant, headers)?;
+        let decision = route::decide(&self.config, request, forced);
+        if let Some(key) = key.filter(|k| !k.allows_route(decision.route)) {
+            return Err(ApiError::forbidden(
+                format!(
+                    "The key `{}` may not use the {} route, where this request goes.",
+                    key.name, decision.route
+                ),
+                None,
+                "route_not_allowed",
+            ));
+        }
+        Ok(decision)
     }
 
-    /// The route a client forces, when the configuration allows it (otherwise the header is
-    /// ignored).
-    fn forced_route(&self, headers: &HeaderMap) -> Result<Option<Route>, ApiError> {
-        let allowed = self
-            .config
-            .routing
-            .as_ref()
-            .is_some_and(|r| r.allow_route_header);
+    /// The route a client forces, when its key (without keys: the configuration) allows it;
+    /// otherwise the header is ignored.
+    fn forced_route(
+        &self,
+        tenant: &Tenant,
+        headers: &HeaderMap,
+    ) -> Result<Option<Route>, ApiError> {
+        let allowed = match tenant.key {
+            Some(i) => self.config.keys[i].force_route,
+            None => self
+                .config
+                .routing
+                .as_ref()
+                .is_some_and(|r| r.allow_route_header),
+        };
         let Some(value) = headers.get(vocab::header::ROUTE).filter(|_| allowed) else {
             return Ok(None);
         };

@@ -55,7 +55,9 @@ fn body(model: &str, extra: &str) -> Bytes {
 
 /// Serves one request with these client headers; returns what the client got and the record.
 async fn serve(p: &Pipeline<Scripted>, body: Bytes, headers: &HeaderMap) -> (Collect, Record) {
+    let tenant = crate::auth::Tenant::of(headers);
     let incoming = Incoming {
+        tenant: &tenant,
         request_id: "req-test",
         started: Instant::now(),
         headers,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::session::read_body;
 use super::{write_error, write_json, write_whole, Ctx, Gateway};
 use crate::api::ApiError;
+use crate::auth::Tenant;
 use crate::pipeline::{explain, Explain};
 
 #[derive(Serialize)]
@@ -143,7 +144,8 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
     let headers = &session.req_header().headers;
-    let decision = match gw.pipeline.decide(headers, &request) {
+    let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(headers));
+    let decision = match gw.pipeline.decide(&tenant, headers, &request) {
         Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };

@@ -27,8 +27,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::api::ApiError;
-use crate::config::Config;
+use crate::api::{ids, ApiError};
+use crate::auth::Tenant;
+use crate::config::{Config, KeyConfig};
 use crate::metrics::{AccessLog, Record};
 use crate::pipeline::{explain, Explain, Incoming, Pipeline};
 use crate::upstream::client::Pooled;
@@ -84,6 +85,17 @@ impl Gateway {
     fn upstream(&self, index: usize) -> &Upstream {
         &self.pipeline.upstreams[index]
     }
+
+    /// The key of the request's tenant, when keys are configured.
+    fn key_of(&self, ctx: &Ctx) -> Option<&KeyConfig> {
+        ctx.tenant.as_ref()?.key.map(|i| &self.config().keys[i])
+    }
+
+    /// Whether the request may read the gateway's own reports: without keys, anyone; with keys,
+    /// an admin key.
+    fn may_read_reports(&self, ctx: &Ctx) -> bool {
+        self.config().keys.is_empty() || self.key_of(ctx).is_some_and(|k| k.admin)
+    }
 }
 
 /// Per-request state.
@@ -96,6 +108,8 @@ pub struct Ctx {
     lease: Option<crate::upstream::Lease>,
     /// What is known of the request, for its metrics and access-log line.
     record: Record,
+    /// Who asks, once authenticated (every path but `/health`).
+    tenant: Option<Tenant>,
     _in_flight: Option<InFlight>,
 }
 
@@ -134,6 +148,11 @@ impl Gateway {
         }
         match path.as_str() {
             "/v1/chat/completions" => self.chat(session, ctx).await?,
+            "/metrics" | "/stats" if !self.may_read_reports(ctx) => {
+                let error =
+                    ApiError::forbidden(format!("{path} is for admin keys."), None, "admin_only");
+                write_error(session, &error, &Explain::gateway(&ctx.request_id), &[]).await?;
+            }
             "/metrics" => local::metrics(self, session, ctx).await?,
             "/stats" => local::stats(self, session, ctx).await?,
             "/v1/route" => local::route(self, session, ctx).await?,
@@ -177,7 +196,9 @@ impl Gateway {
             .path_and_query()
             .map_or("/v1/chat/completions", |p| p.as_str())
             .to_owned();
+        let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(&headers));
         let incoming = Incoming {
+            tenant: &tenant,
             request_id: &ctx.request_id,
             started: ctx.started,
             headers: &headers,
@@ -237,6 +258,7 @@ impl ProxyHttp for Gateway {
             passthrough: None,
             lease: None,
             record: Record::new(),
+            tenant: None,
             _in_flight: None,
         }
     }
@@ -245,10 +267,33 @@ impl ProxyHttp for Gateway {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         ctx._in_flight = Some(InFlight(Arc::clone(&self.in_flight)));
         ctx.request_id = self.ids.for_request(session.req_header());
+        if session.req_header().uri.path() != "/health" {
+            let headers = &session.req_header().headers;
+            match Tenant::authenticate(&self.config().keys, headers, ids::unix_now()) {
+                Ok(tenant) => {
+                    ctx.record.tenant = Some(tenant.id.clone());
+                    ctx.tenant = Some(tenant);
+                }
+                Err(e) => {
+                    write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
+                    return Ok(true);
+                }
+            }
+        }
         match self.dispatch(session, ctx).await? {
             Handled::Done => Ok(true),
             Handled::Passthrough(index) => {
                 let upstream = self.upstream(index);
+                let side = upstream.config.route;
+                if let Some(key) = self.key_of(ctx).filter(|k| !k.allows_route(side)) {
+                    let e = ApiError::forbidden(
+                        format!("The key `{}` may not use the {side} route.", key.name),
+                        None,
+                        "route_not_allowed",
+                    );
+                    write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
+                    return Ok(true);
+                }
                 ctx.passthrough = Some(index);
                 ctx.record.route = Some(upstream.config.route);
                 ctx.record.upstream = Some(upstream.name().to_owned());

@@ -19,6 +19,17 @@ pub fn run(config: Config) -> Result<(), String> {
     std::net::TcpListener::bind(config.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
 
+    if config.keys.is_empty() {
+        let open = "no gateway keys are configured (`keys:`): anyone who reaches the gateway may use it, and its upstream keys";
+        if config.listen.ip().is_loopback() {
+            log::warn!("{open}; it listens on loopback only ({})", config.listen);
+        } else {
+            log::error!(
+                "{open}, and it listens on {}, beyond loopback: add keys (`switchyard key new --name NAME`)",
+                config.listen
+            );
+        }
+    }
     let drain = config.drain_timeout;
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -1,0 +1,68 @@
+"""Gateway keys through the official SDK: a missing or wrong key raises AuthenticationError, a model
+the key may not use raises PermissionDeniedError, and the right key gets its answer."""
+
+from __future__ import annotations
+
+import hashlib
+
+import openai
+import pytest
+
+from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY
+
+KEY = "sy-sdk-team-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def gateway_config_text(free_port, mock_upstream) -> str:
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    return f"""\
+server:
+  listen: "127.0.0.1:{free_port}"
+  drain_timeout: 2s
+upstreams:
+  local:
+    kind: openai
+    route: local
+    url: "{mock_upstream.url}"
+    model: "{LOCAL_MODEL}"
+  cloud:
+    kind: openai
+    route: cloud
+    url: "{mock_upstream.url}"
+    model: "{CLOUD_MODEL}"
+    api_key: "{UPSTREAM_KEY}"
+models:
+  - {{name: auto, upstream: local}}
+  - {{name: gpt-4o, upstream: cloud}}
+default_route: {{upstream: cloud}}
+keys:
+  - name: sdk-team
+    sha256: {digest}
+    models: [auto]
+"""
+
+
+def sdk(gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{gateway.base_url}/v1",
+        api_key=key,
+        max_retries=0,
+        timeout=20.0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+    )
+
+
+def test_the_right_key_gets_in_and_others_are_told_why(gateway):
+    messages = [{"role": "user", "content": "hello"}]
+    answer = sdk(gateway, KEY).chat.completions.create(model="auto", messages=messages)
+    assert answer.choices[0].message.content == "echo: hello"
+
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        sdk(gateway, "sy-not-a-key-at-all").chat.completions.create(model="auto", messages=messages)
+    assert wrong.value.code == "invalid_api_key"
+    assert "sy-not-a-key-at-all" not in str(wrong.value)
+
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        sdk(gateway, KEY).chat.completions.create(model="gpt-4o", messages=messages)
+    assert denied.value.code == "model_not_allowed"

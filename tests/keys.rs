@@ -1,0 +1,174 @@
+//! Gateway keys over real sockets: who gets in, what each key may use, and who reads the
+//! gateway's own reports.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+/// SHA-256 of the test keys (`switchyard key new` prints such lines).
+const TEAM_A: &str = "sy-team-a-0123456789";
+const TEAM_B: &str = "sy-team-b-0123456789";
+const ADMIN: &str = "sy-admin-0123456789";
+const EXPIRED: &str = "sy-expired-0123456789";
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn config(local: &str, cloud: &str) -> String {
+    two_upstreams(local, cloud, "")
+        + &format!(
+            r#"
+routing:
+  classify: [auto]
+  upstreams: {{local: local, cloud: cloud, hybrid: cloud}}
+  rules:
+    - {{name: all-local, route: local}}
+keys:
+  - name: team-a
+    sha256: {}
+    models: [auto]
+    routes: [local]
+  - name: team-b
+    sha256: {}
+    force_route: true
+  - name: admin
+    sha256: {}
+    admin: true
+  - name: old
+    sha256: {}
+    expires: 2020-01-31
+"#,
+            sha256(TEAM_A),
+            sha256(TEAM_B),
+            sha256(ADMIN),
+            sha256(EXPIRED)
+        )
+}
+
+async fn post(
+    gw: &Gateway,
+    key: Option<&str>,
+    body: serde_json::Value,
+    extra: &[(&str, &str)],
+) -> Response {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    headers.extend_from_slice(extra);
+    request(
+        gw.addr(),
+        "POST",
+        "/v1/chat/completions",
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+fn ask(model: &str) -> serde_json::Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+#[tokio::test]
+async fn only_keys_get_in_and_each_uses_what_it_may() {
+    let local = echo_cloud().await;
+    let cloud = echo_cloud().await;
+    let gw = Gateway::start(&config(&local.url(), &cloud.url()));
+
+    for (key, code) in [
+        (None, "missing_api_key"),
+        (Some("sy-nobody"), "invalid_api_key"),
+        (Some(EXPIRED), "expired_api_key"),
+    ] {
+        let r = post(&gw, key, ask("auto"), &[]).await;
+        let e = r.assert_error(401);
+        assert_eq!(e["code"], code, "{key:?}");
+    }
+    assert!(
+        local.requests().is_empty() && cloud.requests().is_empty(),
+        "nothing reached an upstream"
+    );
+
+    let r = post(&gw, Some(TEAM_A), ask("auto"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = local.requests();
+    assert_eq!(sent.len(), 1);
+    assert!(!String::from_utf8_lossy(&sent[0].body).contains(TEAM_A));
+    assert!(
+        sent[0].header("authorization").is_none(),
+        "the gateway key never reaches an upstream"
+    );
+
+    let r = post(&gw, Some(TEAM_A), ask("gpt-4o"), &[]).await;
+    assert_eq!(r.assert_error(403)["code"], "model_not_allowed");
+
+    // team-b may force a route; team-a's header is ignored.
+    let r = post(
+        &gw,
+        Some(TEAM_B),
+        ask("auto"),
+        &[("x-switchyard-route", "cloud")],
+    )
+    .await;
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+    assert_eq!(cloud.requests().len(), 1);
+    let r = post(
+        &gw,
+        Some(TEAM_A),
+        ask("auto"),
+        &[("x-switchyard-route", "cloud")],
+    )
+    .await;
+    assert_eq!(r.header("x-switchyard-route"), Some("local"));
+
+    // Reports: admin only; health stays open for probes.
+    for key in [None, Some(TEAM_A)] {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let r = request(gw.addr(), "GET", "/metrics", &headers, b"").await;
+        assert!(r.status == 401 || r.status == 403, "{key:?}: {}", r.status);
+    }
+    let admin = format!("Bearer {ADMIN}");
+    let r = request(
+        gw.addr(),
+        "GET",
+        "/metrics",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("switchyard_requests_total"));
+    assert_eq!(
+        request(gw.addr(), "GET", "/health", &[], b"").await.status,
+        200
+    );
+
+    // The access log and the cache name the key; no key appears anywhere in the log.
+    let log = gw.log();
+    for secret in [TEAM_A, TEAM_B, ADMIN] {
+        assert!(!log.contains(secret), "a key in the log");
+    }
+}
+
+#[tokio::test]
+async fn a_key_held_to_local_never_falls_back_to_the_cloud() {
+    let cloud = echo_cloud().await;
+    let refused = format!("http://{}", refused_addr());
+    let gw = Gateway::start(&config(&refused, &cloud.url()));
+    let r = post(&gw, Some(TEAM_A), ask("auto"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(cloud.requests().is_empty(), "team-a may not use the cloud");
+    let r = post(&gw, Some(TEAM_B), ask("auto"), &[]).await;
+    assert_eq!(r.status, 200, "team-b falls back as usual");
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+}
