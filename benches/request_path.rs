@@ -142,6 +142,7 @@ fn pipeline(c: &mut Criterion) {
                 runtime.block_on(async {
                     let incoming = Incoming {
                         tenant: &tenant,
+                        standing: None,
                         request_id: "req-bench",
                         started: std::time::Instant::now(),
                         headers: &headers,

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod classify;
 pub mod config;
 pub mod hybrid;
+pub mod limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

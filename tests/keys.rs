@@ -172,3 +172,105 @@ async fn a_key_held_to_local_never_falls_back_to_the_cloud() {
     assert_eq!(r.status, 200, "team-b falls back as usual");
     assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
 }
+
+const LIMITED: &str = "sy-limited-0123456789";
+const THRIFTY: &str = "sy-thrifty-0123456789";
+
+fn limited_config(local: &str, cloud: &str) -> String {
+    two_upstreams(local, cloud, "")
+        + &format!(
+            r#"
+pricing:
+  models:
+    llama-local: {{input: 1000, output: 1000}}
+keys:
+  - name: limited
+    sha256: {}
+    requests_per_minute: 2
+    tokens_per_minute: 4000
+  - name: thrifty
+    sha256: {}
+    budget_usd: {{day: 0.05}}
+"#,
+            sha256(LIMITED),
+            sha256(THRIFTY)
+        )
+}
+
+#[tokio::test]
+async fn limits_refuse_with_the_headers_openai_clients_read() {
+    let local = echo_cloud().await;
+    let cloud = echo_cloud().await;
+    let gw = Gateway::start(&limited_config(&local.url(), &cloud.url()));
+
+    let too_big = json!({"model": "auto", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post(&gw, Some(LIMITED), too_big, &[]).await;
+    assert_eq!(r.assert_error(429)["code"], "tokens_limit_exceeded");
+
+    let r = post(&gw, Some(LIMITED), ask("auto"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("1"));
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("4000"));
+    let left: u64 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        left < 4000 - 1000,
+        "charged the prompt and the default max_tokens: {left}"
+    );
+    assert_eq!(post(&gw, Some(LIMITED), ask("auto"), &[]).await.status, 200);
+    let r = post(&gw, Some(LIMITED), ask("auto"), &[]).await;
+    assert_eq!(r.assert_error(429)["code"], "rate_limit_exceeded");
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=120).contains(&wait), "{wait}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    assert!(r.header("x-ratelimit-reset-requests").is_some());
+    assert_eq!(
+        local.requests().len(),
+        2,
+        "refused requests reach no upstream"
+    );
+
+    // The budget: each answer costs about a quarter of the day's; the one that would pass it is
+    // refused. A request whose estimate alone is over the budget is refused at once.
+    let small =
+        json!({"model": "auto", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let mut served = 0;
+    let refused = loop {
+        let r = post(&gw, Some(THRIFTY), small.clone(), &[]).await;
+        if r.status != 200 || served == 10 {
+            break r;
+        }
+        served += 1;
+    };
+    assert!((2..10).contains(&served), "{served} answers fit the budget");
+    assert_eq!(refused.assert_error(429)["code"], "insufficient_quota");
+    assert_eq!(post(&gw, Some(THRIFTY), ask("auto"), &[]).await.status, 429);
+    let own = request(
+        gw.addr(),
+        "GET",
+        "/stats",
+        &[("authorization", &format!("Bearer {THRIFTY}"))],
+        b"",
+    )
+    .await;
+    let v = own.json();
+    assert_eq!(v["key"], "thrifty");
+    assert!(v["spent_usd"]["day"].as_f64().unwrap() > 0.0, "{v}");
+    let m = metrics_as(&gw, None).await;
+    assert!(
+        m.is_empty() || !m.contains("switchyard_requests_total"),
+        "metrics are not open once keys exist"
+    );
+}
+
+async fn metrics_as(gw: &Gateway, key: Option<&str>) -> String {
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    request(gw.addr(), "GET", "/metrics", &headers, b"")
+        .await
+        .text()
+}

@@ -278,6 +278,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Largest chat request body accepted.
     pub max_body_bytes: u64,
+    /// The completion tokens a key is charged at admission for a request without `max_tokens`.
+    pub default_max_tokens: u64,
     /// Every upstream, in file order.
     pub upstreams: Vec<UpstreamConfig>,
     /// The model table, in file order.
@@ -471,6 +473,7 @@ impl Checker<'_> {
             threads: server.threads,
             drain_timeout: server.drain_timeout,
             max_body_bytes: server.max_body_bytes,
+            default_max_tokens: server.default_max_tokens,
             upstreams,
             models,
             default_route: default_route?,
@@ -513,11 +516,21 @@ impl Checker<'_> {
                 n => Ok(n),
             },
         );
+        let default_max_tokens = self.parsed(
+            "limits.default_max_tokens",
+            raw.limits.default_max_tokens.as_ref(),
+            1000,
+            |t| {
+                t.parse::<u64>()
+                    .map_err(|_| format!("`{t}` is not a whole number"))
+            },
+        );
         Server {
             listen,
             drain_timeout,
             threads,
             max_body_bytes,
+            default_max_tokens,
         }
     }
 
@@ -616,6 +629,7 @@ struct Server {
     drain_timeout: Duration,
     threads: usize,
     max_body_bytes: u64,
+    default_max_tokens: u64,
 }
 
 /// Every model name the configuration mentions: the only values of the `model` label.

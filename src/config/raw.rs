@@ -219,6 +219,7 @@ pub struct RawServer {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body_bytes: Option<Text>,
+    pub default_max_tokens: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

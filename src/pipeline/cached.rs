@@ -118,6 +118,7 @@ pub(super) async fn replay<T: Transport, D: Downstream>(
         rule: Some(decision.rule),
         score: decision.score,
         cache: Some(CacheOutcome::Hit),
+        standing: incoming.standing,
         ..Explain::served(
             incoming.request_id,
             decision.route,

@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::downstream::Head;
 use crate::api::ApiError;
+use crate::limit::Standing;
 use crate::vocab::{self, CacheOutcome, Route};
 
 /// Upstream response headers that never reach the client: hop-by-hop headers, and those that
@@ -44,6 +45,8 @@ pub struct Explain<'a> {
     pub fallback: Option<&'a str>,
     /// `x-switchyard-tokens-before`, `-after` and `x-switchyard-hybrid`, for hybrid requests.
     pub hybrid: Option<crate::hybrid::Report>,
+    /// `x-ratelimit-*`: what the key has left, for requests of a key with limits.
+    pub standing: Option<Standing>,
 }
 
 impl<'a> Explain<'a> {
@@ -58,6 +61,7 @@ impl<'a> Explain<'a> {
             cache: None,
             fallback: None,
             hybrid: None,
+            standing: None,
         }
     }
 
@@ -91,6 +95,9 @@ impl<'a> Explain<'a> {
                 headers.insert(HeaderName::from_static(h::SCORE), value);
             }
         }
+        if let Some(standing) = &self.standing {
+            rate_headers(headers, standing);
+        }
         if let Some(report) = &self.hybrid {
             headers.insert(
                 HeaderName::from_static(h::TOKENS_BEFORE),
@@ -104,6 +111,27 @@ impl<'a> Explain<'a> {
                 HeaderName::from_static(h::HYBRID),
                 HeaderValue::from_static(report.done.as_str()),
             );
+        }
+    }
+}
+
+/// The `x-ratelimit-*` headers OpenAI sends, for what a key has left.
+fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
+    for (what, state) in [("requests", standing.requests), ("tokens", standing.tokens)] {
+        let Some((limit, left, reset)) = state else {
+            continue;
+        };
+        for (name, value) in [
+            (format!("x-ratelimit-limit-{what}"), limit.to_string()),
+            (format!("x-ratelimit-remaining-{what}"), left.to_string()),
+            (
+                format!("x-ratelimit-reset-{what}"),
+                crate::limit::duration(reset),
+            ),
+        ] {
+            if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+                headers.insert(n, v);
+            }
         }
     }
 }
@@ -244,6 +272,7 @@ mod tests {
         cache: Some(CacheOutcome::Miss),
         fallback: None,
         hybrid: None,
+        standing: None,
     };
 
     fn upstream_head(headers: &[(&'static str, &'static str)]) -> Head {

@@ -130,6 +130,7 @@ impl<T: Transport> Pipeline<T> {
         let job = Job {
             incoming: Incoming {
                 tenant: &gateway,
+                standing: None,
                 request_id,
                 started: Instant::now(),
                 headers: &headers,

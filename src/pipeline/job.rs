@@ -54,6 +54,7 @@ impl Job<'_> {
             cache,
             fallback: fallback.or(self.escalated),
             hybrid: self.hybrid,
+            standing: self.incoming.standing,
             ..Explain::served(
                 self.incoming.request_id,
                 self.served_route(p, upstream),

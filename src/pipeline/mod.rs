@@ -24,11 +24,13 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderMap;
 
+use crate::api::ids;
 use crate::api::{ApiError, ChatRequest};
 use crate::auth::Tenant;
 use crate::cache::{Cache, CacheMetrics};
-use crate::config::Config;
+use crate::config::{Config, KeyConfig};
 use crate::hybrid::{HybridMetrics, Stage};
+use crate::limit::{Charge, LimitMetrics, Limits, Refusal, Standing};
 use crate::metrics::{Metrics, Record};
 use crate::route::{self, Decision};
 use crate::upstream::call::Transport;
@@ -52,6 +54,9 @@ pub struct Incoming<'a> {
     pub path: &'a str,
     /// Who asks (authenticated by the caller).
     pub tenant: &'a Tenant,
+    /// What the tenant's key has left after this request, when it has limits (set by the
+    /// pipeline).
+    pub standing: Option<Standing>,
 }
 
 /// The configuration, the upstreams and the state every chat request shares.
@@ -69,6 +74,8 @@ pub struct Pipeline<T> {
     upstream_metrics: UpstreamMetrics,
     /// The hybrid stage and its summary cache.
     hybrid: Stage,
+    /// The keys' limits and budgets.
+    limits: Limits,
     /// Some upstream balances by conversation, so requests need their conversation key.
     conversations: bool,
 }
@@ -90,6 +97,7 @@ impl<T: Transport> Pipeline<T> {
         let cache_metrics = CacheMetrics::register(registry).map_err(failed)?;
         let hybrid_metrics = HybridMetrics::register(registry).map_err(failed)?;
         let hybrid = Stage::new(&config.hybrid, hybrid_metrics);
+        let limits = Limits::new(LimitMetrics::register(registry).map_err(failed)?);
         let cache = config
             .cache
             .enabled
@@ -104,6 +112,7 @@ impl<T: Transport> Pipeline<T> {
             counts,
             upstream_metrics,
             hybrid,
+            limits,
         })
     }
 
@@ -126,20 +135,51 @@ impl<T: Transport> Pipeline<T> {
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
         self.note(&decision, rec);
-        let cached = cached::Cached::of(self, &incoming, &request, &decision, rec);
+        let mut incoming = incoming;
+        let key = incoming.tenant.key.map(|i| &self.config.keys[i]);
+        let charge = match key {
+            None => None,
+            Some(key) => match self.admit(key, &request, &decision) {
+                Ok(charge) => Some(charge),
+                Err(refusal) => return self.refuse_limit(&incoming, refusal, down).await,
+            },
+        };
+        incoming.standing = charge.map(|c| c.standing);
+        let served = self.serve(incoming, &request, &decision, down, rec).await;
+        if let (Some(key), Some(charge)) = (key, charge) {
+            let used = rec
+                .usage
+                .map_or(0, |u| u.prompt_tokens + u.completion_tokens);
+            self.limits
+                .settle(key, &charge, used, rec.cost, ids::unix_now());
+        }
+        served
+    }
+
+    /// Serves a decided, admitted request: the cache, a checked local answer, the hybrid
+    /// stage, the plan.
+    async fn serve<D: Downstream>(
+        &self,
+        incoming: Incoming<'_>,
+        request: &ChatRequest,
+        decision: &Decision<'_>,
+        down: &mut D,
+        rec: &mut Record,
+    ) -> Result<(), Gone> {
+        let (request, decision) = (request, decision);
+        let cached = cached::Cached::of(self, &incoming, request, decision, rec);
         let mut flight = match cached.look_up().await {
             cached::Looked::Hit(entry) => {
-                return cached::replay(self, &incoming, &request, &decision, &entry, down, rec)
-                    .await
+                return cached::replay(self, &incoming, request, decision, &entry, down, rec).await
             }
             cached::Looked::Miss(flight) => flight,
         };
         if decision.validate && decision.route == Route::Local {
-            if let Some(expect) = validate::expectation(&request) {
+            if let Some(expect) = validate::expectation(request) {
                 let checking = validate::Checking {
                     incoming,
-                    request: &request,
-                    decision: &decision,
+                    request,
+                    decision,
                     store: cached.store_key(),
                 };
                 match self
@@ -147,17 +187,13 @@ impl<T: Transport> Pipeline<T> {
                     .await?
                 {
                     None => return Ok(()),
-                    Some(_) => {
-                        return self
-                            .escalate(incoming, &request, &decision, down, rec)
-                            .await
-                    }
+                    Some(_) => return self.escalate(incoming, request, decision, down, rec).await,
                 }
             }
         }
         let shortened;
         let outcome = self
-            .shorten(incoming.request_id, &request, &decision, rec)
+            .shorten(incoming.request_id, request, decision, rec)
             .await;
         let (sent, hybrid) = match outcome {
             Some(o) => match o.messages {
@@ -165,21 +201,55 @@ impl<T: Transport> Pipeline<T> {
                     shortened = request.with_messages(messages);
                     (&shortened, Some(o.report))
                 }
-                None => (&request, Some(o.report)),
+                None => (request, Some(o.report)),
             },
-            None => (&request, None),
+            None => (request, None),
         };
         let job = job::Job {
             incoming,
             request: sent,
-            decision: &decision,
-            conversation: self.conversation_key(&request),
+            decision,
+            conversation: self.conversation_key(request),
             store: cached.store_key(),
             fallbacks: true,
             hybrid,
             escalated: None,
         };
         job.run(self, down, rec, flight).await
+    }
+
+    /// Charges a keyed request to its key's limits: its estimated tokens (the prompt and
+    /// `max_tokens`, or the configured default) and their cost at the decided upstream.
+    fn admit(
+        &self,
+        key: &KeyConfig,
+        request: &ChatRequest,
+        decision: &Decision<'_>,
+    ) -> Result<Charge, Box<Refusal>> {
+        let prompt = crate::classify::estimate_prompt_tokens(&request.messages);
+        let completion = request.max_tokens.unwrap_or(self.config.default_max_tokens);
+        let price = self.config.price(decision.upstream, decision.model);
+        let cost = price.cost(prompt, completion);
+        self.limits
+            .admit(key, prompt + completion, cost, ids::unix_now())
+    }
+
+    /// Answers a request over its key's limits: a 429 with `Retry-After` and `x-ratelimit-*`.
+    async fn refuse_limit<D: Downstream>(
+        &self,
+        incoming: &Incoming<'_>,
+        refusal: Box<Refusal>,
+        down: &mut D,
+    ) -> Result<(), Gone> {
+        let explain = Explain {
+            cache: Some(CacheOutcome::Bypass),
+            standing: Some(refusal.standing),
+            ..Explain::gateway(incoming.request_id)
+        };
+        let wait = (refusal.retry_after.ceil() as u64).max(1).to_string();
+        let extra = [(http::header::RETRY_AFTER, wait.as_str())];
+        let (head, body) = explain::error_answer(&refusal.error, &explain, &extra);
+        down.respond(head, body).await
     }
 
     /// Sends a request whose local answer did not hold its structure to the next upstream of its
@@ -321,6 +391,23 @@ impl<T: Transport> Pipeline<T> {
         };
         let (head, body) = explain::error_answer(error, &explain, &[]);
         down.respond(head, body).await
+    }
+
+    /// What a key has spent and has left, for its own `/stats`.
+    pub fn key_report(&self, key: &KeyConfig) -> serde_json::Value {
+        let (day, month, standing) = self.limits.report(key, ids::unix_now());
+        let window = |w: Option<(u64, u64, f64)>| {
+            w.map(|(limit, left, reset)| {
+                serde_json::json!({"limit": limit, "remaining": left, "reset_seconds": reset})
+            })
+        };
+        serde_json::json!({
+            "key": key.name,
+            "spent_usd": {"day": day, "month": month},
+            "budget_usd": {"day": key.budget_day, "month": key.budget_month},
+            "requests_per_minute": window(standing.requests),
+            "tokens_per_minute": window(standing.tokens),
+        })
     }
 
     /// The transport the upstreams are reached through.

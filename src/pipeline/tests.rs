@@ -58,6 +58,7 @@ async fn serve(p: &Pipeline<Scripted>, body: Bytes, headers: &HeaderMap) -> (Col
     let tenant = crate::auth::Tenant::of(headers);
     let incoming = Incoming {
         tenant: &tenant,
+        standing: None,
         request_id: "req-test",
         started: Instant::now(),
         headers,

@@ -158,6 +158,7 @@ impl<T: Transport> Pipeline<T> {
             rule: Some(c.decision.rule),
             score: c.decision.score,
             cache: rec.cache,
+            standing: c.incoming.standing,
             ..Explain::served(
                 c.incoming.request_id,
                 c.decision.route,

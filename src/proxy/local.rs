@@ -178,6 +178,16 @@ pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     write_json(session, 200, body, &explain(ctx)).await
 }
 
+/// `GET /stats` for a key that is not an admin: its own spend and what it has left.
+pub(super) async fn own_stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let Some(key) = gw.key_of(ctx) else {
+        let error = ApiError::forbidden("/stats is for gateway keys.", None, "admin_only");
+        return write_error(session, &error, &explain(ctx), &[]).await;
+    };
+    let body = serde_json::to_vec_pretty(&gw.pipeline.key_report(key)).unwrap_or_default();
+    write_json(session, 200, body, &explain(ctx)).await
+}
+
 /// `GET /metrics`: Prometheus' text format.
 pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     refresh_gauges(gw);

@@ -148,7 +148,8 @@ impl Gateway {
         }
         match path.as_str() {
             "/v1/chat/completions" => self.chat(session, ctx).await?,
-            "/metrics" | "/stats" if !self.may_read_reports(ctx) => {
+            "/stats" if !self.may_read_reports(ctx) => local::own_stats(self, session, ctx).await?,
+            "/metrics" if !self.may_read_reports(ctx) => {
                 let error =
                     ApiError::forbidden(format!("{path} is for admin keys."), None, "admin_only");
                 write_error(session, &error, &Explain::gateway(&ctx.request_id), &[]).await?;
@@ -199,6 +200,7 @@ impl Gateway {
         let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(&headers));
         let incoming = Incoming {
             tenant: &tenant,
+            standing: None,
             request_id: &ctx.request_id,
             started: ctx.started,
             headers: &headers,

@@ -11,11 +11,13 @@ import pytest
 from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY
 
 KEY = "sy-sdk-team-0123456789abcdef"
+ONCE = "sy-sdk-once-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream) -> str:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
+    once = hashlib.sha256(ONCE.encode()).hexdigest()
     return f"""\
 server:
   listen: "127.0.0.1:{free_port}"
@@ -40,6 +42,9 @@ keys:
   - name: sdk-team
     sha256: {digest}
     models: [auto]
+  - name: once-a-minute
+    sha256: {once}
+    requests_per_minute: 1
 """
 
 
@@ -66,3 +71,14 @@ def test_the_right_key_gets_in_and_others_are_told_why(gateway):
     with pytest.raises(openai.PermissionDeniedError) as denied:
         sdk(gateway, KEY).chat.completions.create(model="gpt-4o", messages=messages)
     assert denied.value.code == "model_not_allowed"
+
+
+def test_a_key_over_its_limit_gets_the_sdks_rate_limit_error(gateway):
+    client = sdk(gateway, ONCE)
+    messages = [{"role": "user", "content": "hello"}]
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=messages)
+    assert raw.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="auto", messages=messages)
+    assert limited.value.code == "rate_limit_exceeded"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
