@@ -13,6 +13,9 @@ struct Cli {
     /// Configuration file (default: the embedded conf/switchyard.yaml).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Reload the configuration file when it changes (SIGHUP always reloads it).
+    #[arg(long, global = true)]
+    watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -143,7 +146,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run => match switchyard::proxy::run(config) {
+        Command::Run => match switchyard::proxy::run(config, cli.config.clone(), cli.watch) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: {e}");

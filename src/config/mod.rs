@@ -210,7 +210,7 @@ impl Default for Timeouts {
 }
 
 /// One upstream server as configured.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     /// The name used in YAML, headers and `/health`.
     pub name: String,

@@ -87,6 +87,7 @@ pub struct Metrics {
     cost: CounterVec,
     baseline_cost: CounterVec,
     savings: GaugeVec,
+    reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -138,9 +139,17 @@ impl Metrics {
                 ),
                 &by_model,
             )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "switchyard_config_reloads_total",
+                    "Configuration reloads, by result (ok, or error: the old one kept serving)",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         let r = &m.registry;
+        r.register(Box::new(m.reloads.clone()))?;
         r.register(Box::new(m.requests.clone()))?;
         r.register(Box::new(m.duration.clone()))?;
         r.register(Box::new(m.first_token.clone()))?;
@@ -155,6 +164,12 @@ impl Metrics {
     /// The registry the other modules register their metrics in.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// A reload of the configuration took effect (`ok`) or was refused.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.with_label_values(&[result]).inc();
     }
 
     /// Sets the number of requests being served.

@@ -57,7 +57,7 @@ impl<'p> Cached<'p> {
         let upstream = &p.upstreams[decision.upstream];
         let key = match (&p.cache, usage.store) {
             (Some(cache), true) => Some((
-                cache,
+                &**cache,
                 cache.key(&tenant.id, upstream.name(), decision.model, request),
             )),
             _ => None,

@@ -66,16 +66,17 @@ pub struct Pipeline<T> {
     /// The upstreams, in configuration order.
     pub upstreams: Vec<Arc<Upstream>>,
     /// The response cache, when enabled.
-    pub cache: Option<Cache>,
+    pub cache: Option<Arc<Cache>>,
     /// The request metrics and the registry of all metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     transport: T,
     counts: PipelineMetrics,
     upstream_metrics: UpstreamMetrics,
+    cache_metrics: CacheMetrics,
     /// The hybrid stage and its summary cache.
-    hybrid: Stage,
+    hybrid: Arc<Stage>,
     /// The keys' limits and budgets.
-    limits: Limits,
+    limits: Arc<Limits>,
     /// Some upstream balances by conversation, so requests need their conversation key.
     conversations: bool,
 }
@@ -96,23 +97,65 @@ impl<T: Transport> Pipeline<T> {
         let upstream_metrics = UpstreamMetrics::register(registry).map_err(failed)?;
         let cache_metrics = CacheMetrics::register(registry).map_err(failed)?;
         let hybrid_metrics = HybridMetrics::register(registry).map_err(failed)?;
-        let hybrid = Stage::new(&config.hybrid, hybrid_metrics);
-        let limits = Limits::new(LimitMetrics::register(registry).map_err(failed)?);
+        let hybrid = Arc::new(Stage::new(&config.hybrid, hybrid_metrics));
+        let limits = Arc::new(Limits::new(
+            LimitMetrics::register(registry).map_err(failed)?,
+        ));
         let cache = config
             .cache
             .enabled
-            .then(|| Cache::new(&config.cache, cache_metrics));
+            .then(|| Arc::new(Cache::new(&config.cache, cache_metrics.clone())));
         Ok(Pipeline {
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
             upstreams,
             cache,
-            metrics,
+            metrics: Arc::new(metrics),
             transport,
             counts,
             upstream_metrics,
+            cache_metrics,
             hybrid,
             limits,
+        })
+    }
+
+    /// The pipeline for a new configuration, keeping what must survive a reload: the metrics,
+    /// the response and summary caches, the limits' counters, the connection pool, and every
+    /// upstream whose settings did not change (its backends' health and pooled connections
+    /// with it). The cache's own settings take effect at the next start.
+    pub fn reloaded(&self, config: Config) -> Result<Pipeline<T>, String>
+    where
+        T: Clone,
+    {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|c| match self.upstreams.iter().find(|u| u.config == *c) {
+                Some(same) => Ok(Arc::clone(same)),
+                None => Upstream::new(c.clone()).map(Arc::new),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cache = match (&self.cache, config.cache.enabled) {
+            (_, false) => None,
+            (Some(cache), true) => Some(Arc::clone(cache)),
+            (None, true) => Some(Arc::new(Cache::new(
+                &config.cache,
+                self.cache_metrics.clone(),
+            ))),
+        };
+        Ok(Pipeline {
+            conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
+            config: Arc::new(config),
+            upstreams,
+            cache,
+            metrics: Arc::clone(&self.metrics),
+            transport: self.transport.clone(),
+            counts: self.counts.clone(),
+            upstream_metrics: self.upstream_metrics.clone(),
+            cache_metrics: self.cache_metrics.clone(),
+            hybrid: Arc::clone(&self.hybrid),
+            limits: Arc::clone(&self.limits),
         })
     }
 

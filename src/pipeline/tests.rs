@@ -1,5 +1,6 @@
 //! The pipeline driven without a socket: a scripted upstream, a collecting downstream.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -534,4 +535,31 @@ async fn structured_output_from_the_local_model_is_checked_and_escalated_when_wr
         true,
         "the cloud is asked for a stream"
     );
+}
+
+#[test]
+fn a_reload_keeps_unchanged_upstreams_the_cache_and_the_counters() {
+    let config = Config::from_yaml(YAML, |_| None).expect("test config");
+    let p = Pipeline::new(config, crate::upstream::client::Pooled::new()).expect("pipeline");
+    let changed = YAML.replace("http://10.0.0.3:8000", "http://10.0.0.9:8000");
+    let next = p
+        .reloaded(Config::from_yaml(&changed, |_| None).expect("new config"))
+        .expect("reloaded");
+    assert!(
+        Arc::ptr_eq(&p.upstreams[0], &next.upstreams[0]),
+        "local: unchanged, kept"
+    );
+    assert!(
+        Arc::ptr_eq(&p.upstreams[2], &next.upstreams[2]),
+        "native: unchanged, kept"
+    );
+    assert!(
+        !Arc::ptr_eq(&p.upstreams[1], &next.upstreams[1]),
+        "cloud: a new URL"
+    );
+    assert_eq!(next.upstreams[1].pool.backends[0].url.host, "10.0.0.9");
+    let (a, b) = (p.cache.as_ref().unwrap(), next.cache.as_ref().unwrap());
+    assert!(Arc::ptr_eq(a, b), "the cache survives");
+    assert!(Arc::ptr_eq(&p.metrics, &next.metrics));
+    assert!(Arc::ptr_eq(&p.limits, &next.limits));
 }

@@ -42,7 +42,7 @@ fn model_object<'a>(gw: &Gateway, id: &'a str) -> ModelObject<'a> {
 pub(super) async fn models(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let list = ModelList {
         object: "list",
-        data: gw
+        data: ctx
             .config()
             .models
             .iter()
@@ -55,7 +55,7 @@ pub(super) async fn models(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
 
 /// `GET /v1/models/{id}`: one model, or 404 as OpenAI answers for an unknown one.
 pub(super) async fn model(gw: &Gateway, session: &mut Session, ctx: &Ctx, id: &str) -> Result<()> {
-    match gw.config().models.iter().find(|m| m.name == id) {
+    match ctx.config().models.iter().find(|m| m.name == id) {
         Some(m) => {
             let body = serde_json::to_vec(&model_object(gw, &m.name)).unwrap_or_default();
             write_json(session, 200, body, &explain(ctx)).await
@@ -96,7 +96,7 @@ struct BackendHealth {
 /// serving, and falls back where it can).
 pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let now = std::time::Instant::now();
-    let upstreams: Vec<UpstreamHealth> = gw
+    let upstreams: Vec<UpstreamHealth> = ctx
         .pipeline
         .upstreams
         .iter()
@@ -130,9 +130,9 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
 }
 
 /// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
-pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+pub(super) async fn route(session: &mut Session, ctx: &Ctx) -> Result<()> {
     let gateway = explain(ctx);
-    let body = match read_body(session, gw.config().max_body_bytes).await? {
+    let body = match read_body(session, ctx.config().max_body_bytes).await? {
         Ok(body) => body,
         Err(e) => {
             session.set_keepalive(None);
@@ -145,11 +145,11 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     };
     let headers = &session.req_header().headers;
     let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(headers));
-    let decision = match gw.pipeline.decide(&tenant, headers, &request) {
+    let decision = match ctx.pipeline.decide(&tenant, headers, &request) {
         Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
-    let body = serde_json::to_vec(&crate::route::explain(gw.config(), &decision, &request))
+    let body = serde_json::to_vec(&crate::route::explain(ctx.config(), &decision, &request))
         .unwrap_or_default();
     let answer = Explain {
         rule: Some(decision.rule),
@@ -157,41 +157,41 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
         ..Explain::served(
             &ctx.request_id,
             decision.route,
-            gw.upstream(decision.upstream).name(),
+            ctx.upstream(decision.upstream).name(),
         )
     };
     write_json(session, 200, body, &answer).await
 }
 
 /// Brings the gauges that are read rather than counted up to date.
-fn refresh_gauges(gw: &Gateway) {
+fn refresh_gauges(gw: &Gateway, ctx: &Ctx) {
     let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);
-    gw.pipeline.metrics.set_in_flight(in_flight);
-    gw.pipeline.refresh_gauges();
+    ctx.pipeline.metrics.set_in_flight(in_flight);
+    ctx.pipeline.refresh_gauges();
 }
 
 /// `GET /stats`: a JSON summary for people.
 pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    refresh_gauges(gw);
-    let summary = crate::metrics::stats(&gw.pipeline.metrics, gw.started.elapsed());
+    refresh_gauges(gw, ctx);
+    let summary = crate::metrics::stats(&ctx.pipeline.metrics, gw.started.elapsed());
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx)).await
 }
 
 /// `GET /stats` for a key that is not an admin: its own spend and what it has left.
-pub(super) async fn own_stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    let Some(key) = gw.key_of(ctx) else {
+pub(super) async fn own_stats(session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let Some(key) = ctx.key() else {
         let error = ApiError::forbidden("/stats is for gateway keys.", None, "admin_only");
         return write_error(session, &error, &explain(ctx), &[]).await;
     };
-    let body = serde_json::to_vec_pretty(&gw.pipeline.key_report(key)).unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&ctx.pipeline.key_report(key)).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx)).await
 }
 
 /// `GET /metrics`: Prometheus' text format.
 pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
-    refresh_gauges(gw);
-    let body = gw.pipeline.metrics.render();
+    refresh_gauges(gw, ctx);
+    let body = ctx.pipeline.metrics.render();
     let content_type = crate::metrics::CONTENT_TYPE;
     let head = explain::sized_head(200, content_type, body.len(), &explain(ctx));
     write_whole(session, head, bytes::Bytes::from(body)).await

@@ -11,6 +11,7 @@
 //! - anything else: 404.
 
 mod local;
+mod reload;
 mod request_id;
 mod server;
 mod session;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderName;
@@ -41,7 +43,9 @@ use session::{expects_continue, read_body, SessionDownstream};
 /// The gateway: the chat pipeline on pingora's client connections, and what the glue itself
 /// keeps (request ids, the requests in flight, the access log).
 pub struct Gateway {
-    pipeline: Pipeline<Pooled>,
+    /// The pipeline of the configuration now in force; a reload swaps it, and each request keeps
+    /// the one it started with.
+    pipeline: Arc<ArcSwap<Pipeline<Pooled>>>,
     started: Instant,
     started_unix: u64,
     in_flight: Arc<AtomicUsize>,
@@ -57,7 +61,7 @@ impl Gateway {
             None => None,
         };
         Ok(Gateway {
-            pipeline: Pipeline::new(config, Pooled::new())?,
+            pipeline: Arc::new(ArcSwap::from_pointee(Pipeline::new(config, Pooled::new())?)),
             started: Instant::now(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -68,16 +72,27 @@ impl Gateway {
         })
     }
 
-    /// The background service that checks the upstreams' backends.
+    /// The background service that checks the upstreams' backends (those of the configuration
+    /// in force, whatever reloads happen).
     pub fn health_checks(&self) -> crate::upstream::health::HealthChecks {
-        crate::upstream::health::HealthChecks::new(self.pipeline.upstreams.clone())
+        let pipeline = Arc::clone(&self.pipeline);
+        crate::upstream::health::HealthChecks::new(Box::new(move || {
+            pipeline.load().upstreams.clone()
+        }))
+    }
+
+    /// What reloads the configuration: the pipeline it swaps.
+    pub fn reloader(&self) -> reload::Reloader {
+        reload::Reloader::new(Arc::clone(&self.pipeline))
     }
 
     /// The number of requests being served now; the drain on SIGTERM waits for it to reach 0.
     pub fn in_flight(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.in_flight)
     }
+}
 
+impl Ctx {
     fn config(&self) -> &Config {
         &self.pipeline.config
     }
@@ -87,19 +102,21 @@ impl Gateway {
     }
 
     /// The key of the request's tenant, when keys are configured.
-    fn key_of(&self, ctx: &Ctx) -> Option<&KeyConfig> {
-        ctx.tenant.as_ref()?.key.map(|i| &self.config().keys[i])
+    fn key(&self) -> Option<&KeyConfig> {
+        self.tenant.as_ref()?.key.map(|i| &self.config().keys[i])
     }
 
     /// Whether the request may read the gateway's own reports: without keys, anyone; with keys,
     /// an admin key.
-    fn may_read_reports(&self, ctx: &Ctx) -> bool {
-        self.config().keys.is_empty() || self.key_of(ctx).is_some_and(|k| k.admin)
+    fn may_read_reports(&self) -> bool {
+        self.config().keys.is_empty() || self.key().is_some_and(|k| k.admin)
     }
 }
 
 /// Per-request state.
 pub struct Ctx {
+    /// The pipeline (and configuration) this request is served with, from start to end.
+    pipeline: Arc<Pipeline<Pooled>>,
     request_id: String,
     started: Instant,
     /// Set for pass-through requests: the upstream pingora forwards to.
@@ -148,15 +165,15 @@ impl Gateway {
         }
         match path.as_str() {
             "/v1/chat/completions" => self.chat(session, ctx).await?,
-            "/stats" if !self.may_read_reports(ctx) => local::own_stats(self, session, ctx).await?,
-            "/metrics" if !self.may_read_reports(ctx) => {
+            "/stats" if !ctx.may_read_reports() => local::own_stats(session, ctx).await?,
+            "/metrics" if !ctx.may_read_reports() => {
                 let error =
                     ApiError::forbidden(format!("{path} is for admin keys."), None, "admin_only");
                 write_error(session, &error, &Explain::gateway(&ctx.request_id), &[]).await?;
             }
             "/metrics" => local::metrics(self, session, ctx).await?,
             "/stats" => local::stats(self, session, ctx).await?,
-            "/v1/route" => local::route(self, session, ctx).await?,
+            "/v1/route" => local::route(session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
             // Other methods on a model (DELETE of a fine-tune) are the provider's business.
@@ -164,7 +181,7 @@ impl Gateway {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
             }
             p if p.starts_with("/v1/") => {
-                return Ok(Handled::Passthrough(self.config().passthrough))
+                return Ok(Handled::Passthrough(ctx.config().passthrough))
             }
             _ => {
                 let error = ApiError::unknown_path(method.as_str(), &path);
@@ -177,7 +194,7 @@ impl Gateway {
     /// `POST /v1/chat/completions`: reads the body, then the pipeline answers.
     async fn chat(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.record.cache = Some(CacheOutcome::Bypass);
-        let body = match read_body(session, self.config().max_body_bytes).await? {
+        let body = match read_body(session, ctx.config().max_body_bytes).await? {
             Ok(body) => body,
             Err(e) => {
                 // The rest of an oversized body is not read: the connection cannot be reused.
@@ -207,7 +224,7 @@ impl Gateway {
             path: &path,
         };
         let mut down = SessionDownstream::new(session);
-        let served = self
+        let served = ctx
             .pipeline
             .chat(incoming, body, &mut down, &mut ctx.record)
             .await;
@@ -255,6 +272,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            pipeline: self.pipeline.load_full(),
             request_id: String::new(),
             started: Instant::now(),
             passthrough: None,
@@ -271,7 +289,7 @@ impl ProxyHttp for Gateway {
         ctx.request_id = self.ids.for_request(session.req_header());
         if session.req_header().uri.path() != "/health" {
             let headers = &session.req_header().headers;
-            match Tenant::authenticate(&self.config().keys, headers, ids::unix_now()) {
+            match Tenant::authenticate(&ctx.config().keys, headers, ids::unix_now()) {
                 Ok(tenant) => {
                     ctx.record.tenant = Some(tenant.id.clone());
                     ctx.tenant = Some(tenant);
@@ -285,9 +303,10 @@ impl ProxyHttp for Gateway {
         match self.dispatch(session, ctx).await? {
             Handled::Done => Ok(true),
             Handled::Passthrough(index) => {
-                let upstream = self.upstream(index);
+                let pipeline = Arc::clone(&ctx.pipeline);
+                let upstream = &pipeline.upstreams[index];
                 let side = upstream.config.route;
-                if let Some(key) = self.key_of(ctx).filter(|k| !k.allows_route(side)) {
+                if let Some(key) = ctx.key().filter(|k| !k.allows_route(side)) {
                     let e = ApiError::forbidden(
                         format!("The key `{}` may not use the {side} route.", key.name),
                         None,
@@ -310,8 +329,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
-        let upstream = self.upstream(index);
+        let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
+        let upstream = ctx.upstream(index);
         let Some(lease) = upstream.pool.select(0, &[]) else {
             return Error::e_explain(ErrorType::ConnectError, "no healthy backend");
         };
@@ -329,13 +348,13 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
+        let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
         let path = upstream_request
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let upstream = self.upstream(index);
+        let upstream = ctx.upstream(index);
         let backend = match &ctx.lease {
             Some(lease) => lease.backend(),
             None => &upstream.pool.backends[0],
@@ -353,8 +372,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let index = ctx.passthrough.unwrap_or(self.config().passthrough);
-        let upstream = self.upstream(index);
+        let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
+        let upstream = ctx.upstream(index);
         // Pass-through answers are never cached.
         let explain = Explain {
             cache: Some(CacheOutcome::Bypass),
@@ -379,7 +398,7 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map(|h| h.status);
         let elapsed = ctx.started.elapsed();
         let label = status.as_ref().map_or("none", |s| s.as_str());
-        self.pipeline.metrics.record(&ctx.record, label, elapsed);
+        ctx.pipeline.metrics.record(&ctx.record, label, elapsed);
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             log.write(crate::metrics::access_log_line(
@@ -396,7 +415,7 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let upstream = ctx
             .passthrough
-            .map(|i| self.upstream(i).name())
+            .map(|i| ctx.upstream(i).name())
             .unwrap_or("none");
         let error = match e.etype() {
             ErrorType::HTTPStatus(code) => ApiError {

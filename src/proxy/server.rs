@@ -1,5 +1,6 @@
 //! Starting the pingora server, and draining it on SIGTERM.
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,10 @@ use pingora::server::{ExecutionPhase, Server};
 use super::Gateway;
 use crate::config::Config;
 
-/// Runs the gateway until SIGTERM (drain, then exit 0) or SIGINT (exit at once). Returns only
-/// when it cannot start.
-pub fn run(config: Config) -> Result<(), String> {
+/// Runs the gateway until SIGTERM (drain, then exit 0) or SIGINT (exit at once); SIGHUP (and,
+/// with `watch`, a change of the file) reloads the configuration from `path` (the embedded
+/// default when `None`). Returns only when it cannot start.
+pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), String> {
     // pingora binds in a service thread and panics there if the port is taken, while the process
     // lives on; find out here and say so.
     std::net::TcpListener::bind(config.listen)
@@ -48,6 +50,7 @@ pub fn run(config: Config) -> Result<(), String> {
     server.bootstrap();
 
     let gateway = Gateway::new(config)?;
+    gateway.reloader().spawn(path, watch)?;
     let in_flight = gateway.in_flight();
     let checks =
         pingora::services::background::background_service("health checks", gateway.health_checks());

@@ -21,7 +21,9 @@ use super::call::{Exchange, ExchangeError, Transport};
 use super::{Backend, Upstream, POOL_IDLE};
 use crate::config::Timeouts;
 
-/// The real transport: pingora's client, with one pool of connections shared by all requests.
+/// The real transport: pingora's client, with one pool of connections shared by all requests
+/// (and by every pipeline a reload makes).
+#[derive(Clone)]
 pub struct Pooled {
     connector: Arc<Connector>,
 }

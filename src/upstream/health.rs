@@ -1,6 +1,7 @@
 //! Active health checks: a `GET` to every backend at its upstream's interval, run as a pingora
 //! background service next to the proxy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,51 +18,81 @@ use crate::config::Timeouts;
 /// The `User-Agent` of health checks.
 pub const USER_AGENT: &str = concat!("switchyard-health-check/", env!("CARGO_PKG_VERSION"));
 
-/// Checks the backends of every enabled upstream whose `health.active` is on.
+/// The upstreams to check now (those of the configuration in force).
+pub type Source = Box<dyn Fn() -> Vec<Arc<Upstream>> + Send + Sync>;
+
+/// How often the set of upstreams is looked at again (after a reload, say).
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Checks the backends of every enabled upstream whose `health.active` is on; upstreams that a
+/// reload adds are checked from the next rescan, and those it removes no more.
 pub struct HealthChecks {
-    upstreams: Vec<Arc<Upstream>>,
+    source: Source,
 }
 
 impl HealthChecks {
-    /// Checks for these upstreams.
-    pub fn new(upstreams: Vec<Arc<Upstream>>) -> HealthChecks {
-        HealthChecks { upstreams }
+    /// Checks for the upstreams `source` gives.
+    pub fn new(source: Source) -> HealthChecks {
+        HealthChecks { source }
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthChecks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Arc::new(Pooled::new());
-        let mut tasks = Vec::new();
-        for upstream in &self.upstreams {
-            if !upstream.config.enabled || !upstream.config.health.active {
-                continue;
-            }
-            for index in 0..upstream.pool.backends.len() {
-                let upstream = Arc::clone(upstream);
-                let connector = Arc::clone(&connector);
-                tasks.push(tokio::spawn(async move {
-                    let interval = upstream.config.health.interval;
-                    loop {
-                        let backend = &upstream.pool.backends[index];
-                        let ok = check(&connector, &upstream, backend).await;
-                        if backend.record_check(ok, &upstream.config.health) {
-                            if ok {
-                                log::info!("backend {} is healthy again", backend.label);
-                            } else {
-                                log::warn!("backend {} failed its health checks", backend.label);
-                            }
-                        }
-                        tokio::time::sleep(interval).await;
+        let transport = Arc::new(Pooled::new());
+        // One task per backend, keyed by its upstream (by address) and index.
+        let mut tasks: HashMap<(usize, usize), tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let upstreams = (self.source)();
+            let mut wanted = Vec::new();
+            for upstream in upstreams
+                .iter()
+                .filter(|u| u.config.enabled && u.config.health.active)
+            {
+                for index in 0..upstream.pool.backends.len() {
+                    wanted.push((Arc::as_ptr(upstream) as usize, index));
+                    let slot = (Arc::as_ptr(upstream) as usize, index);
+                    if tasks.contains_key(&slot) {
+                        continue;
                     }
-                }));
+                    let upstream = Arc::clone(upstream);
+                    let transport = Arc::clone(&transport);
+                    tasks.insert(slot, tokio::spawn(watch(transport, upstream, index)));
+                }
+            }
+            tasks.retain(|slot, task| {
+                let keep = wanted.contains(slot);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(RESCAN) => {}
             }
         }
-        let _ = shutdown.changed().await;
-        for task in tasks {
+        for task in tasks.into_values() {
             task.abort();
         }
+    }
+}
+
+/// Checks one backend at its upstream's interval, for as long as the task lives.
+async fn watch(transport: Arc<Pooled>, upstream: Arc<Upstream>, index: usize) {
+    let interval = upstream.config.health.interval;
+    loop {
+        let backend = &upstream.pool.backends[index];
+        let ok = check(&transport, &upstream, backend).await;
+        if backend.record_check(ok, &upstream.config.health) {
+            if ok {
+                log::info!("backend {} is healthy again", backend.label);
+            } else {
+                log::warn!("backend {} failed its health checks", backend.label);
+            }
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

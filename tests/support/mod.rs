@@ -86,6 +86,8 @@ passthrough:
 /// A running gateway process; killed when dropped.
 pub struct Gateway {
     pub port: u16,
+    /// The configuration file it runs (rewrite it, then [`Gateway::hangup`], to reload).
+    pub config: PathBuf,
     child: Child,
     log: PathBuf,
 }
@@ -110,7 +112,12 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start switchyard");
-        let mut gw = Gateway { port, child, log };
+        let mut gw = Gateway {
+            port,
+            config,
+            child,
+            log,
+        };
         gw.wait_ready();
         gw
     }
@@ -141,6 +148,22 @@ impl Gateway {
     /// The gateway's address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Sends SIGHUP: reload the configuration.
+    pub fn hangup(&self) {
+        let ok = Command::new("kill")
+            .arg("-HUP")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -HUP failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends SIGTERM.
