@@ -73,7 +73,7 @@ fn cache(c: &mut Criterion) {
         max_entry_bytes: 1 << 20,
     };
     let metrics = CacheMetrics::register(&prometheus::Registry::new()).expect("new registry");
-    let cache = Cache::new(&config, metrics);
+    let cache = Cache::new(&config, metrics, None);
     let parsed = ChatRequest::parse(body.clone()).expect("valid");
     let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", &parsed);
     cache.store(key, Entry::new(answer(), None), None);

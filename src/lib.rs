@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod proxy;
 pub mod route;
+pub mod state;
 pub mod upstream;
 pub mod vocab;
 

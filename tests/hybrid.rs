@@ -99,18 +99,7 @@ fn rag(question: &str, stream: bool) -> Value {
 }
 
 async fn post(gw: &Gateway, body: &Value) -> Response {
-    let auth = format!("Bearer {CLIENT_KEY}");
-    request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .await
+    chat(gw.addr(), body).await
 }
 
 #[tokio::test]

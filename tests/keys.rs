@@ -12,14 +12,6 @@ const TEAM_B: &str = "sy-team-b-0123456789";
 const ADMIN: &str = "sy-admin-0123456789";
 const EXPIRED: &str = "sy-expired-0123456789";
 
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn config(local: &str, cloud: &str) -> String {
     two_upstreams(local, cloud, "")
         + &format!(

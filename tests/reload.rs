@@ -14,14 +14,6 @@ use tokio::sync::Notify;
 const TEAM: &str = "sy-reload-team-0123456789";
 const NEWCOMER: &str = "sy-reload-new-0123456789";
 
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn config(
     port: u16,
     local: &str,
@@ -60,19 +52,8 @@ routing:
 }
 
 async fn ask(gw: &Gateway, key: &str) -> Response {
-    let auth = format!("Bearer {key}");
     let body = json!({"model": "auto", "messages": [{"role": "user", "content": "hello"}]});
-    request(
-        gw.addr(),
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body.to_string().as_bytes(),
-    )
-    .await
+    chat_as(gw.addr(), key, &body).await
 }
 
 #[tokio::test]

@@ -4,11 +4,13 @@
 //! again. Two requests share a key when they ask the same upstream model the same thing: object
 //! key order, whitespace and number spelling (`0` against `0.0`) do not matter, and neither do
 //! `stream` and `stream_options`, since a stored answer replays in either form. The tenant is
-//! part of the key, so one tenant never receives another's answer. The hashers are seeded at
-//! random when the gateway starts, so nobody can craft two requests that collide.
+//! part of the key, so one tenant never receives another's answer. The hash is SHA-256 (cut to
+//! 128 bits): nobody can craft two requests that collide, and every replica computes the same
+//! key for the same request, so replicas can share answers.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
+
+use sha2::{Digest, Sha256};
 
 use serde_json::{Map, Value};
 
@@ -18,32 +20,20 @@ use crate::api::{ChatRequest, Content, Message, Part};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key(pub u128);
 
-/// Computes keys with two independently seeded hashers.
-pub struct Keyer {
-    a: RandomState,
-    b: RandomState,
-}
-
-impl Default for Keyer {
-    fn default() -> Self {
-        Keyer::new()
-    }
-}
+/// Computes keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Keyer;
 
 impl Keyer {
-    /// A keyer with fresh random seeds.
+    /// A keyer.
     pub fn new() -> Keyer {
-        Keyer {
-            a: RandomState::new(),
-            b: RandomState::new(),
-        }
+        Keyer
     }
 
     /// The key of `req` sent to `model` on `upstream` for `tenant`.
     pub fn key(&self, tenant: &str, upstream: &str, model: &str, req: &ChatRequest) -> Key {
-        let mut ha = self.a.build_hasher();
-        let mut hb = self.b.build_hasher();
-        let h = &mut Both(&mut ha, &mut hb);
+        let mut sha = Sha(Sha256::new());
+        let h = &mut sha;
         tenant.hash(h);
         upstream.hash(h);
         model.hash(h);
@@ -70,7 +60,10 @@ impl Keyer {
         }
         optional(req.tool_choice.as_ref(), h);
         object(&req.extra, h);
-        Key((u128::from(ha.finish()) << 64) | u128::from(hb.finish()))
+        let digest = sha.0.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        Key(u128::from_be_bytes(first))
     }
 }
 
@@ -140,16 +133,17 @@ fn object(map: &Map<String, Value>, h: &mut impl Hasher) {
     }
 }
 
-/// Feeds one value to both hashers.
-struct Both<'a, A: Hasher, B: Hasher>(&'a mut A, &'a mut B);
+/// Feeds what `Hash` writes to SHA-256.
+struct Sha(Sha256);
 
-impl<A: Hasher, B: Hasher> Hasher for Both<'_, A, B> {
+impl Hasher for Sha {
     fn write(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
-        self.1.write(bytes);
+        self.0.update(bytes);
     }
+
+    /// Unused: the key is the digest itself.
     fn finish(&self) -> u64 {
-        self.0.finish()
+        0
     }
 }
 
@@ -255,8 +249,8 @@ mod tests {
     }
 
     #[test]
-    fn seeds_differ_between_keyers() {
+    fn keys_are_the_same_in_every_process() {
         let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-        assert_ne!(key(&Keyer::new(), body), key(&Keyer::new(), body));
+        assert_eq!(key(&Keyer::new(), body), key(&Keyer::new(), body));
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::api::{ChatRequest, Completion};
 use crate::config::CacheConfig;
+use crate::state::Shared;
 use crate::vocab::{CacheOutcome, CachePolicy};
 pub use key::{Key, Keyer};
 pub use metrics::CacheMetrics;
@@ -140,12 +141,16 @@ pub struct Cache {
     flights: Arc<Mutex<Flights>>,
     keyer: Keyer,
     max_entry_bytes: u64,
+    ttl: Duration,
     metrics: CacheMetrics,
+    /// Answers shared with the other replicas, when configured.
+    shared: Option<Arc<Shared>>,
 }
 
 impl Cache {
-    /// A cache with the configured size, lifetime and entry limit, counting into `metrics`.
-    pub fn new(config: &CacheConfig, metrics: CacheMetrics) -> Cache {
+    /// A cache with the configured size, lifetime and entry limit, counting into `metrics`;
+    /// with `shared`, answers are also stored in, and looked for in, the replicas' shared store.
+    pub fn new(config: &CacheConfig, metrics: CacheMetrics, shared: Option<Arc<Shared>>) -> Cache {
         let on_evict = metrics.clone();
         let store = moka::sync::Cache::builder()
             .max_capacity(config.max_bytes)
@@ -166,7 +171,9 @@ impl Cache {
             flights: Arc::new(Mutex::new(HashMap::new())),
             keyer: Keyer::new(),
             max_entry_bytes: config.max_entry_bytes,
+            ttl: config.ttl,
             metrics,
+            shared,
         }
     }
 
@@ -211,8 +218,17 @@ impl Cache {
                 Found::Entry(entry)
             }
             Lookup::Lead(flight) => {
+                if let Some(entry) = self.look_up_shared(key, flight).await {
+                    self.metrics.lookup(Looked::Hit);
+                    return Found::Entry(entry);
+                }
                 self.metrics.lookup(Looked::Miss);
-                Found::Lead(Some(flight))
+                // The flight was handed on: lead again, unless another request leads now.
+                match self.lookup(key) {
+                    Lookup::Hit(entry) => Found::Entry(entry),
+                    Lookup::Lead(flight) => Found::Lead(Some(flight)),
+                    Lookup::Wait(_) => Found::Lead(None),
+                }
             }
             Lookup::Wait(rx) => {
                 if let Some(entry) = wait(rx, patience).await {
@@ -230,12 +246,28 @@ impl Cache {
         }
     }
 
-    /// Stores an answer (when small enough) and hands it to the requests waiting on `flight`.
+    /// An answer another replica stored, kept here and handed to those waiting on `flight`;
+    /// `None` (and `flight` dropped, releasing them) when there is none.
+    async fn look_up_shared(&self, key: Key, flight: Flight) -> Option<Arc<Entry>> {
+        let json = self.shared.as_ref()?.cached(key.0).await?;
+        let completion = Completion::from_json(&json)?;
+        let entry = Arc::new(Entry::new(completion, Some(json)));
+        self.store.insert(key, Arc::clone(&entry));
+        flight.tx.send_replace(Some(Arc::clone(&entry)));
+        Some(entry)
+    }
+
+    /// Stores an answer (when small enough) and hands it to the requests waiting on `flight`;
+    /// with a shared store, the other replicas get it too.
     pub fn store(&self, key: Key, entry: Entry, flight: Option<Flight>) {
         let entry = Arc::new(entry);
         if entry.json.len() as u64 <= self.max_entry_bytes {
             self.store.insert(key, Arc::clone(&entry));
             self.metrics.stored();
+            if let Some(shared) = &self.shared {
+                let (shared, json, ttl) = (Arc::clone(shared), entry.json.clone(), self.ttl);
+                tokio::spawn(async move { shared.store(key.0, json, ttl).await });
+            }
         }
         if let Some(flight) = flight {
             flight.tx.send_replace(Some(entry));
@@ -354,7 +386,7 @@ mod tests {
 
     #[tokio::test]
     async fn misses_coalesce_and_waiters_get_the_answer() {
-        let cache = Cache::new(&config(), test_metrics());
+        let cache = Cache::new(&config(), test_metrics(), None);
         let key = Key(1);
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!("first look-up leads")
@@ -371,7 +403,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_leader_releases_its_waiters() {
-        let cache = Cache::new(&config(), test_metrics());
+        let cache = Cache::new(&config(), test_metrics(), None);
         let key = Key(1);
         let Lookup::Lead(flight) = cache.lookup(key) else {
             panic!()
@@ -393,7 +425,7 @@ mod tests {
             max_entry_bytes: 1500,
             ..config()
         };
-        let cache = Cache::new(&cfg, CacheMetrics::register(&registry).unwrap());
+        let cache = Cache::new(&cfg, CacheMetrics::register(&registry).unwrap(), None);
         let big = Key(2);
         cache.store(big, entry(&"x".repeat(2000)), None);
         assert!(matches!(cache.lookup(big), Lookup::Lead(_)));

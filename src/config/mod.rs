@@ -12,6 +12,7 @@ mod observe;
 mod raw;
 mod resilience;
 mod routing;
+mod state;
 mod units;
 mod upstreams;
 
@@ -27,6 +28,7 @@ pub use keys::{days_from_civil, KeyConfig};
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER};
+pub use state::StateConfig;
 pub use units::{parse_duration, parse_size};
 
 use crate::vocab::Route;
@@ -300,6 +302,8 @@ pub struct Config {
     pub hybrid: HybridConfig,
     /// Gateway keys; empty: the gateway is open to whoever reaches it.
     pub keys: Vec<KeyConfig>,
+    /// Where limits, budgets and cached answers are shared between replicas.
+    pub state: StateConfig,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
     /// Things worth telling the operator that do not stop the gateway.
@@ -467,6 +471,7 @@ impl Checker<'_> {
         let local_route = routing.as_ref().map(|r| r.local.upstream);
         let hybrid = self.hybrid(raw.hybrid.as_ref(), &upstreams, &names, local_route);
         let keys = self.keys(&raw.keys);
+        let state = self.state(raw.state.as_ref());
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
         Some(Config {
             listen: server.listen,
@@ -484,6 +489,7 @@ impl Checker<'_> {
             access_log,
             hybrid,
             keys,
+            state,
             model_names,
             warnings,
         })

@@ -60,6 +60,15 @@ pub struct RawConfig {
     pub hybrid: Option<RawHybrid>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    pub state: Option<RawState>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub redis: Option<Text>,
+    pub fail_open: Option<Spanned<bool>>,
+    pub timeout: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

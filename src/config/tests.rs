@@ -334,3 +334,29 @@ fn each_example_does_what_it_says() {
     assert_eq!(small.upstreams[0].kind, UpstreamKind::OpenAi);
     assert_eq!(small.upstreams[0].backends[0].port, 8091);
 }
+
+fn with_state(state: &str) -> Result<Config, Vec<ConfigError>> {
+    routed(&format!("    - {{name: all, route: cloud}}\n{state}"))
+}
+
+#[test]
+fn shared_state_is_checked_and_its_url_kept_secret() {
+    let c = with_state(
+        "state:\n  redis: \"redis://:hunter2@cache:6379/1\"\n  timeout: 50ms\n  fail_open: false\n",
+    )
+    .expect("valid state");
+    let url = c.state.redis.as_ref().map(Secret::expose);
+    assert_eq!(url, Some("redis://:hunter2@cache:6379/1"));
+    assert_eq!(c.state.timeout, Duration::from_millis(50));
+    assert!(!c.state.fail_open);
+    assert!(!format!("{:?}", c.state).contains("hunter2"));
+    assert_eq!(with_state("").unwrap().state, StateConfig::default());
+
+    let errors =
+        with_state("state:\n  redis: \"http://:hunter2@cache\"\n  timeout: 0s\n").unwrap_err();
+    let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(text[0].contains("not a redis://"), "{text:?}");
+    assert!(text[1].contains("state.timeout"), "{text:?}");
+    assert!(!text.concat().contains("hunter2"), "{text:?}");
+}

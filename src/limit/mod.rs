@@ -9,13 +9,14 @@
 mod metrics;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora_limits::rate::{Rate, RateComponents};
 
 use crate::api::ApiError;
 use crate::config::{days_from_civil, KeyConfig};
+use crate::state::{Ask, Shared};
 pub use metrics::LimitMetrics;
 
 /// The window of the per-minute limits.
@@ -48,6 +49,8 @@ pub struct Charge {
     pub tokens: u64,
     /// US dollars charged on the estimate.
     pub cost: f64,
+    /// False when the shared counters could not be reached and the request went uncounted.
+    pub counted: bool,
     /// The key's standing after the charge.
     pub standing: Standing,
 }
@@ -61,28 +64,121 @@ struct Spend {
     month_usd: f64,
 }
 
-/// The limits of every key, in this process.
+/// The limits of every key: this process's counters, or the replicas' shared ones.
 pub struct Limits {
     requests: Rate,
     tokens: Rate,
     spend: Mutex<HashMap<String, Spend>>,
     metrics: LimitMetrics,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Limits {
-    /// Empty counters, counting refusals into `metrics`.
-    pub fn new(metrics: LimitMetrics) -> Limits {
+    /// Empty counters, counting refusals into `metrics`; the counters are `shared`'s when
+    /// given.
+    pub fn new(metrics: LimitMetrics, shared: Option<Arc<Shared>>) -> Limits {
         Limits {
             requests: Rate::new(MINUTE),
             tokens: Rate::new(MINUTE),
             spend: Mutex::new(HashMap::new()),
             metrics,
+            shared,
         }
     }
 
     /// Admits a request of `tokens` estimated tokens costing `cost` for `key` at `now` (seconds
-    /// since the Unix epoch), charging it; or refuses it, charging nothing.
-    pub fn admit(
+    /// since the Unix epoch), charging it; or refuses it, charging nothing. With shared state the
+    /// counters are Redis's; when Redis fails, the request is admitted uncounted (`fail_open`,
+    /// or a key without limits) or refused with 503.
+    pub async fn admit(
+        &self,
+        key: &KeyConfig,
+        tokens: u64,
+        cost: f64,
+        now: u64,
+    ) -> Result<Charge, Box<Refusal>> {
+        let Some(shared) = &self.shared else {
+            return self.admit_here(key, tokens, cost, now);
+        };
+        let ask = ask(key, tokens, cost, now);
+        let Some(v) = shared.admit(&ask).await else {
+            let limited = key.requests_per_minute.is_some()
+                || key.tokens_per_minute.is_some()
+                || key.budget_day.is_some()
+                || key.budget_month.is_some();
+            if shared.fail_open || !limited {
+                return Ok(Charge {
+                    tokens,
+                    cost,
+                    counted: false,
+                    standing: Standing {
+                        requests: None,
+                        tokens: None,
+                    },
+                });
+            }
+            return Err(Box::new(Refusal {
+                error: ApiError {
+                    status: 503,
+                    message: "The gateway cannot check this key's limits right now; please retry."
+                        .into(),
+                    kind: "server_error",
+                    param: None,
+                    code: Some("limits_unavailable"),
+                },
+                retry_after: 1.0,
+                standing: Standing {
+                    requests: None,
+                    tokens: None,
+                },
+            }));
+        };
+        let left = MINUTE.as_secs_f64() * (1.0 - ask.window.1);
+        let win = |(prev, curr): (f64, f64)| Window {
+            count: prev * (1.0 - ask.window.1) + curr,
+            prev,
+            curr,
+            left,
+        };
+        let counts = Counts {
+            requests: win(v.requests),
+            tokens: win(v.tokens),
+            spent: v.spent,
+        };
+        let standing = self.judge(key, tokens, cost, &counts, now)?;
+        if v.code != 0 {
+            // Redis counted otherwise between the read and the script (another replica): its
+            // word holds.
+            let kind = match v.code {
+                2 => "tokens",
+                3 => "budget_day",
+                4 => "budget_month",
+                _ => "requests",
+            };
+            self.metrics.refused(&key.name, kind);
+            let error = ApiError::rate_limited(
+                format!(
+                    "Rate limit reached for key `{}`. Please try again shortly.",
+                    key.name
+                ),
+                code(kind),
+            );
+            return Err(Box::new(Refusal {
+                error,
+                retry_after: 1.0,
+                standing,
+            }));
+        }
+        Ok(Charge {
+            tokens,
+            cost,
+            counted: true,
+            standing: counts.after(key, tokens),
+        })
+    }
+
+    /// [`Limits::admit`] on this process's own counters.
+    fn admit_here(
         &self,
         key: &KeyConfig,
         tokens: u64,
@@ -90,25 +186,48 @@ impl Limits {
         now: u64,
     ) -> Result<Charge, Box<Refusal>> {
         let name = key.name.as_str();
-        let requests = key
-            .requests_per_minute
-            .map(|l| (l, window(&self.requests, name)));
-        let used_tokens = key
-            .tokens_per_minute
-            .map(|l| (l, window(&self.tokens, name)));
-        let standing = |extra_requests: u64, extra_tokens: u64| Standing {
-            requests: requests.map(|(l, w)| (l, w.left(l, extra_requests), w.clear())),
-            tokens: used_tokens.map(|(l, w)| (l, w.left(l, extra_tokens), w.clear())),
+        let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+        let s = current(spend.entry(key.name.clone()).or_default(), now);
+        let counts = Counts {
+            requests: window(&self.requests, name),
+            tokens: window(&self.tokens, name),
+            spent: (s.day_usd, s.month_usd),
         };
+        self.judge(key, tokens, cost, &counts, now)?;
+        s.day_usd += cost;
+        s.month_usd += cost;
+        drop(spend);
+        self.requests.observe(&name, 1);
+        self.tokens.observe(&name, tokens as isize);
+        Ok(Charge {
+            tokens,
+            cost,
+            counted: true,
+            standing: counts.after(key, tokens),
+        })
+    }
+
+    /// Whether a request fits `counts`: the key's standing as it is, or the refusal.
+    fn judge(
+        &self,
+        key: &KeyConfig,
+        tokens: u64,
+        cost: f64,
+        counts: &Counts,
+        now: u64,
+    ) -> Result<Standing, Box<Refusal>> {
+        let name = key.name.as_str();
+        let standing = counts.after(key, 0);
         let refuse = |kind: &'static str, message: String, wait: f64| {
             self.metrics.refused(name, kind);
             Err(Box::new(Refusal {
                 error: ApiError::rate_limited(message, code(kind)),
                 retry_after: wait,
-                standing: standing(0, 0),
+                standing,
             }))
         };
-        if let Some((limit, w)) = requests {
+        if let Some(limit) = key.requests_per_minute {
+            let w = counts.requests;
             if w.count + 1.0 > limit as f64 {
                 let wait = w.wait(w.count + 1.0 - limit as f64);
                 return refuse(
@@ -118,7 +237,8 @@ impl Limits {
                 );
             }
         }
-        if let Some((limit, w)) = used_tokens {
+        if let Some(limit) = key.tokens_per_minute {
+            let w = counts.tokens;
             if tokens > limit {
                 return refuse(
                     "tokens",
@@ -135,43 +255,37 @@ impl Limits {
                 );
             }
         }
-        let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
-        let s = current(spend.entry(key.name.clone()).or_default(), now);
-        if let Some(budget) = key.budget_day.filter(|b| s.day_usd + cost > *b) {
-            let wait = (86_400 - now % 86_400) as f64;
-            drop(spend);
+        let (day, month) = counts.spent;
+        if let Some(budget) = key.budget_day.filter(|b| day + cost > *b) {
             return refuse(
                 "budget_day",
                 format!("Key `{name}` has used its daily budget of ${budget:.2}. It renews at midnight UTC."),
-                wait,
+                (86_400 - now % 86_400) as f64,
             );
         }
-        if let Some(budget) = key.budget_month.filter(|b| s.month_usd + cost > *b) {
-            let wait = seconds_to_next_month(now) as f64;
-            drop(spend);
+        if let Some(budget) = key.budget_month.filter(|b| month + cost > *b) {
             return refuse(
                 "budget_month",
                 format!("Key `{name}` has used its monthly budget of ${budget:.2}. It renews on the first of the month, UTC."),
-                wait,
+                seconds_to_next_month(now) as f64,
             );
         }
-        s.day_usd += cost;
-        s.month_usd += cost;
-        drop(spend);
-        self.requests.observe(&name, 1);
-        self.tokens.observe(&name, tokens as isize);
-        Ok(Charge {
-            tokens,
-            cost,
-            standing: standing(1, tokens),
-        })
+        Ok(standing)
     }
 
     /// Corrects a charge by what the answer used: `tokens` and `cost` replace the estimate.
-    pub fn settle(&self, key: &KeyConfig, charge: &Charge, tokens: u64, cost: f64, now: u64) {
+    pub async fn settle(&self, key: &KeyConfig, charge: &Charge, tokens: u64, cost: f64, now: u64) {
+        if !charge.counted {
+            return;
+        }
+        let delta = tokens as i64 - charge.tokens as i64;
+        if let Some(shared) = &self.shared {
+            let ask = ask(key, 0, 0.0, now);
+            shared.settle(&ask, delta, cost - charge.cost).await;
+            return;
+        }
         let name = key.name.as_str();
-        self.tokens
-            .observe(&name, tokens as isize - charge.tokens as isize);
+        self.tokens.observe(&name, delta as isize);
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         let s = current(spend.entry(key.name.clone()).or_default(), now);
         s.day_usd = (s.day_usd + cost - charge.cost).max(0.0);
@@ -179,22 +293,69 @@ impl Limits {
     }
 
     /// What `key` has spent today and this month, in US dollars, and its standing.
-    pub fn report(&self, key: &KeyConfig, now: u64) -> (f64, f64, Standing) {
+    pub async fn report(&self, key: &KeyConfig, now: u64) -> (f64, f64, Standing) {
+        if let Some(shared) = &self.shared {
+            let a = ask(key, 0, 0.0, now);
+            let (day, month) = shared
+                .spent(&key.name, a.day, a.month)
+                .await
+                .unwrap_or_default();
+            let nothing = Standing {
+                requests: None,
+                tokens: None,
+            };
+            return (day, month, nothing);
+        }
         let name = key.name.as_str();
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         let s = *current(spend.entry(key.name.clone()).or_default(), now);
         drop(spend);
-        let standing = Standing {
+        let counts = Counts {
+            requests: window(&self.requests, name),
+            tokens: window(&self.tokens, name),
+            spent: (s.day_usd, s.month_usd),
+        };
+        (s.day_usd, s.month_usd, counts.after(key, 0))
+    }
+}
+
+/// A key's counts: its two windows and what it spent today and this month.
+struct Counts {
+    requests: Window,
+    tokens: Window,
+    spent: (f64, f64),
+}
+
+impl Counts {
+    /// The key's standing once a request of `tokens` more (and one request, when `tokens` is
+    /// counted) is in.
+    fn after(&self, key: &KeyConfig, tokens: u64) -> Standing {
+        let one = u64::from(tokens > 0);
+        Standing {
             requests: key.requests_per_minute.map(|l| {
-                let w = window(&self.requests, name);
-                (l, w.left(l, 0), w.clear())
+                let w = self.requests;
+                (l, w.left(l, one), w.clear())
             }),
             tokens: key.tokens_per_minute.map(|l| {
-                let w = window(&self.tokens, name);
-                (l, w.left(l, 0), w.clear())
+                let w = self.tokens;
+                (l, w.left(l, tokens), w.clear())
             }),
-        };
-        (s.day_usd, s.month_usd, standing)
+        }
+    }
+}
+
+/// What an admission asks of the shared counters at `now`.
+fn ask(key: &KeyConfig, tokens: u64, cost: f64, now: u64) -> Ask<'_> {
+    let minute = MINUTE.as_secs();
+    let day = now / 86_400;
+    Ask {
+        key: &key.name,
+        window: (now / minute, (now % minute) as f64 / minute as f64),
+        day,
+        month: month_of(day),
+        requests_limit: key.requests_per_minute,
+        tokens: (tokens, key.tokens_per_minute),
+        cost: (cost, key.budget_day, key.budget_month),
     }
 }
 
@@ -346,18 +507,21 @@ mod tests {
     }
 
     fn limits() -> Limits {
-        Limits::new(LimitMetrics::register(&prometheus::Registry::new()).unwrap())
+        Limits::new(
+            LimitMetrics::register(&prometheus::Registry::new()).unwrap(),
+            None,
+        )
     }
 
-    #[test]
-    fn requests_past_the_limit_are_refused_with_a_wait() {
+    #[tokio::test]
+    async fn requests_past_the_limit_are_refused_with_a_wait() {
         let l = limits();
         let k = key(Some(3), None, None);
         for left in [2, 1, 0] {
-            let c = l.admit(&k, 10, 0.0, 1_000).unwrap();
+            let c = l.admit(&k, 10, 0.0, 1_000).await.unwrap();
             assert_eq!(c.standing.requests.map(|r| r.1), Some(left));
         }
-        let r = l.admit(&k, 10, 0.0, 1_000).unwrap_err();
+        let r = l.admit(&k, 10, 0.0, 1_000).await.unwrap_err();
         assert_eq!(
             (r.error.status, r.error.code),
             (429, Some("rate_limit_exceeded"))
@@ -370,35 +534,38 @@ mod tests {
         assert_eq!(r.standing.requests.map(|r| r.1), Some(0));
     }
 
-    #[test]
-    fn tokens_are_charged_on_the_estimate_and_corrected_by_the_usage() {
+    #[tokio::test]
+    async fn tokens_are_charged_on_the_estimate_and_corrected_by_the_usage() {
         let l = limits();
         let k = key(None, Some(1000), None);
-        let c = l.admit(&k, 900, 0.0, 0).unwrap();
-        assert!(l.admit(&k, 200, 0.0, 0).is_err(), "900 + 200 > 1000");
-        l.settle(&k, &c, 100, 0.0, 0);
-        let c2 = l.admit(&k, 200, 0.0, 0).expect("only 100 were used");
+        let c = l.admit(&k, 900, 0.0, 0).await.unwrap();
+        assert!(l.admit(&k, 200, 0.0, 0).await.is_err(), "900 + 200 > 1000");
+        l.settle(&k, &c, 100, 0.0, 0).await;
+        let c2 = l.admit(&k, 200, 0.0, 0).await.expect("only 100 were used");
         assert_eq!(c2.standing.tokens.map(|t| t.1), Some(700));
-        let too_big = l.admit(&k, 5000, 0.0, 0).unwrap_err();
+        let too_big = l.admit(&k, 5000, 0.0, 0).await.unwrap_err();
         assert_eq!(too_big.error.code, Some("tokens_limit_exceeded"));
     }
 
-    #[test]
-    fn budgets_hold_for_their_day_and_renew_the_next() {
+    #[tokio::test]
+    async fn budgets_hold_for_their_day_and_renew_the_next() {
         let l = limits();
         let k = key(None, None, Some(1.0));
         let noon = 20_000 * 86_400 + 43_200;
-        let c = l.admit(&k, 0, 0.8, noon).unwrap();
-        let r = l.admit(&k, 0, 0.3, noon).unwrap_err();
+        let c = l.admit(&k, 0, 0.8, noon).await.unwrap();
+        let r = l.admit(&k, 0, 0.3, noon).await.unwrap_err();
         assert_eq!(r.error.code, Some("insufficient_quota"));
         assert_eq!(r.retry_after, 43_200.0, "until midnight UTC");
-        l.settle(&k, &c, 0, 0.5, noon);
+        l.settle(&k, &c, 0, 0.5, noon).await;
         assert!(
-            l.admit(&k, 0, 0.3, noon).is_ok(),
+            l.admit(&k, 0, 0.3, noon).await.is_ok(),
             "the answer cost less than estimated"
         );
-        assert!(l.admit(&k, 0, 0.9, noon + 86_400).is_ok(), "a new day");
-        assert_eq!(l.report(&k, noon + 86_400).0, 0.9);
+        assert!(
+            l.admit(&k, 0, 0.9, noon + 86_400).await.is_ok(),
+            "a new day"
+        );
+        assert_eq!(l.report(&k, noon + 86_400).await.0, 0.9);
     }
 
     #[test]

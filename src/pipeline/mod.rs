@@ -33,6 +33,7 @@ use crate::hybrid::{HybridMetrics, Stage};
 use crate::limit::{Charge, LimitMetrics, Limits, Refusal, Standing};
 use crate::metrics::{Metrics, Record};
 use crate::route::{self, Decision};
+use crate::state::Shared;
 use crate::upstream::call::Transport;
 use crate::upstream::metrics::UpstreamMetrics;
 use crate::upstream::Upstream;
@@ -77,6 +78,8 @@ pub struct Pipeline<T> {
     hybrid: Arc<Stage>,
     /// The keys' limits and budgets.
     limits: Arc<Limits>,
+    /// The replicas' shared state, when configured (kept across reloads).
+    shared: Option<Arc<Shared>>,
     /// Some upstream balances by conversation, so requests need their conversation key.
     conversations: bool,
 }
@@ -98,13 +101,15 @@ impl<T: Transport> Pipeline<T> {
         let cache_metrics = CacheMetrics::register(registry).map_err(failed)?;
         let hybrid_metrics = HybridMetrics::register(registry).map_err(failed)?;
         let hybrid = Arc::new(Stage::new(&config.hybrid, hybrid_metrics));
+        let shared = Shared::connect(&config.state, registry)?.map(Arc::new);
         let limits = Arc::new(Limits::new(
             LimitMetrics::register(registry).map_err(failed)?,
+            shared.clone(),
         ));
-        let cache = config
-            .cache
-            .enabled
-            .then(|| Arc::new(Cache::new(&config.cache, cache_metrics.clone())));
+        let cache = config.cache.enabled.then(|| {
+            let shared = shared.clone();
+            Arc::new(Cache::new(&config.cache, cache_metrics.clone(), shared))
+        });
         Ok(Pipeline {
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
@@ -117,6 +122,7 @@ impl<T: Transport> Pipeline<T> {
             cache_metrics,
             hybrid,
             limits,
+            shared,
         })
     }
 
@@ -142,6 +148,7 @@ impl<T: Transport> Pipeline<T> {
             (None, true) => Some(Arc::new(Cache::new(
                 &config.cache,
                 self.cache_metrics.clone(),
+                self.shared.clone(),
             ))),
         };
         Ok(Pipeline {
@@ -156,6 +163,7 @@ impl<T: Transport> Pipeline<T> {
             cache_metrics: self.cache_metrics.clone(),
             hybrid: Arc::clone(&self.hybrid),
             limits: Arc::clone(&self.limits),
+            shared: self.shared.clone(),
         })
     }
 
@@ -182,7 +190,7 @@ impl<T: Transport> Pipeline<T> {
         let key = incoming.tenant.key.map(|i| &self.config.keys[i]);
         let charge = match key {
             None => None,
-            Some(key) => match self.admit(key, &request, &decision) {
+            Some(key) => match self.admit(key, &request, &decision).await {
                 Ok(charge) => Some(charge),
                 Err(refusal) => return self.refuse_limit(&incoming, refusal, down).await,
             },
@@ -194,7 +202,8 @@ impl<T: Transport> Pipeline<T> {
                 .usage
                 .map_or(0, |u| u.prompt_tokens + u.completion_tokens);
             self.limits
-                .settle(key, &charge, used, rec.cost, ids::unix_now());
+                .settle(key, &charge, used, rec.cost, ids::unix_now())
+                .await;
         }
         served
     }
@@ -263,7 +272,7 @@ impl<T: Transport> Pipeline<T> {
 
     /// Charges a keyed request to its key's limits: its estimated tokens (the prompt and
     /// `max_tokens`, or the configured default) and their cost at the decided upstream.
-    fn admit(
+    async fn admit(
         &self,
         key: &KeyConfig,
         request: &ChatRequest,
@@ -275,6 +284,7 @@ impl<T: Transport> Pipeline<T> {
         let cost = price.cost(prompt, completion);
         self.limits
             .admit(key, prompt + completion, cost, ids::unix_now())
+            .await
     }
 
     /// Answers a request over its key's limits: a 429 with `Retry-After` and `x-ratelimit-*`.
@@ -437,8 +447,8 @@ impl<T: Transport> Pipeline<T> {
     }
 
     /// What a key has spent and has left, for its own `/stats`.
-    pub fn key_report(&self, key: &KeyConfig) -> serde_json::Value {
-        let (day, month, standing) = self.limits.report(key, ids::unix_now());
+    pub async fn key_report(&self, key: &KeyConfig) -> serde_json::Value {
+        let (day, month, standing) = self.limits.report(key, ids::unix_now()).await;
         let window = |w: Option<(u64, u64, f64)>| {
             w.map(|(limit, left, reset)| {
                 serde_json::json!({"limit": limit, "remaining": left, "reset_seconds": reset})

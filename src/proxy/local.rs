@@ -184,7 +184,7 @@ pub(super) async fn own_stats(session: &mut Session, ctx: &Ctx) -> Result<()> {
         let error = ApiError::forbidden("/stats is for gateway keys.", None, "admin_only");
         return write_error(session, &error, &explain(ctx), &[]).await;
     };
-    let body = serde_json::to_vec_pretty(&ctx.pipeline.key_report(key)).unwrap_or_default();
+    let body = serde_json::to_vec_pretty(&ctx.pipeline.key_report(key).await).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx)).await
 }
 

@@ -415,7 +415,12 @@ pub async fn open_stream(addr: SocketAddr, model: &str, text: &str) -> Streaming
 
 /// Posts a chat request with the client key, as an SDK would.
 pub async fn chat(addr: SocketAddr, body: &serde_json::Value) -> Response {
-    let auth = format!("Bearer {CLIENT_KEY}");
+    chat_as(addr, CLIENT_KEY, body).await
+}
+
+/// Posts a chat request with `key`, as an SDK would.
+pub async fn chat_as(addr: SocketAddr, key: &str, body: &serde_json::Value) -> Response {
+    let auth = format!("Bearer {key}");
     request(
         addr,
         "POST",
@@ -427,6 +432,15 @@ pub async fn chat(addr: SocketAddr, body: &serde_json::Value) -> Response {
         body.to_string().as_bytes(),
     )
     .await
+}
+
+/// The SHA-256 of a gateway key, as `keys[].sha256` holds it.
+pub fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The value of one sample line of Prometheus text (`name{labels} value`), if present.
