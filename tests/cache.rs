@@ -327,7 +327,7 @@ async fn tokens_cost_savings_and_stats_add_up() {
     let (p, c) = MOCK_USAGE;
     let series = |dir: &str| {
         format!(
-            r#"switchyard_tokens_total{{direction="{dir}",model="llama-local",source="reported",upstream="local"}}"#
+            r#"switchyard_tokens_total{{direction="{dir}",model="llama-local",source="reported",tenant="anonymous",upstream="local"}}"#
         )
     };
     assert_eq!(value(&text, &series("prompt")), 2.0 * p as f64, "{text}");
@@ -337,18 +337,18 @@ async fn tokens_cost_savings_and_stats_add_up() {
     let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
     let cost = value(
         &text,
-        r#"switchyard_cost_usd_total{model="llama-local",upstream="local"}"#,
+        r#"switchyard_cost_usd_total{model="llama-local",tenant="anonymous",upstream="local"}"#,
     );
     assert!(close(cost, spent), "{cost} vs {spent}\n{text}");
     let saved = value(
         &text,
-        r#"switchyard_savings_usd{model="llama-local",upstream="local"}"#,
+        r#"switchyard_savings_usd{model="llama-local",tenant="anonymous",upstream="local"}"#,
     );
     assert!(close(saved, baseline - spent), "{saved}");
     assert_eq!(
         value(
             &text,
-            r#"switchyard_requests_total{cache="hit",route="local",status="200",upstream="local"}"#
+            r#"switchyard_requests_total{cache="hit",route="local",status="200",tenant="anonymous",upstream="local"}"#
         ),
         1.0
     );
@@ -417,7 +417,7 @@ async fn usage_is_estimated_when_the_upstream_gives_none() {
     let text = metrics(&gw).await;
     let estimated = value(
         &text,
-        r#"switchyard_tokens_total{direction="completion",model="llama-local",source="estimated",upstream="local"}"#,
+        r#"switchyard_tokens_total{direction="completion",model="llama-local",source="estimated",tenant="anonymous",upstream="local"}"#,
     );
     assert_eq!(
         estimated, 3.0,

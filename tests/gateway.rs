@@ -819,13 +819,13 @@ async fn metrics_count_exactly_what_was_served() {
         |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     assert_eq!(
         get(
-            r#"switchyard_requests_total{cache="bypass",route="local",status="200",upstream="local"}"#
+            r#"switchyard_requests_total{cache="bypass",route="local",status="200",tenant="anonymous",upstream="local"}"#
         ),
         4.0
     );
     assert_eq!(
         get(
-            r#"switchyard_requests_total{cache="bypass",route="gateway",status="400",upstream="none"}"#
+            r#"switchyard_requests_total{cache="bypass",route="gateway",status="400",tenant="anonymous",upstream="none"}"#
         ),
         1.0
     );
@@ -877,7 +877,7 @@ async fn metrics_count_exactly_what_was_served() {
             1.0,
         ),
         (
-            r#"switchyard_requests_total{cache="bypass",route="local",status="502",upstream="local"}"#,
+            r#"switchyard_requests_total{cache="bypass",route="local",status="502",tenant="anonymous",upstream="local"}"#,
             1.0,
         ),
     ] {

@@ -139,7 +139,33 @@ async fn only_keys_get_in_and_each_uses_what_it_may() {
     )
     .await;
     assert_eq!(r.status, 200);
-    assert!(r.text().contains("switchyard_requests_total"));
+    // Each key's traffic under its name; refused strangers are `anonymous`, never themselves.
+    let text = r.text();
+    let served = |tenant: &str, route: &str| {
+        value(
+            &text,
+            &format!(
+                r#"switchyard_requests_total{{cache="bypass",route="{route}",status="200",tenant="{tenant}",upstream="{route}"}}"#
+            ),
+        )
+    };
+    assert_eq!(served("team-a", "local"), 2.0, "{text}");
+    assert_eq!(served("team-b", "cloud"), 1.0, "{text}");
+    assert!(!text.contains("sy-nobody") && !text.contains("tenant=\"old\""));
+    let stats = request(
+        gw.addr(),
+        "GET",
+        "/stats",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await;
+    let by_tenant = &stats.json()["by_tenant"];
+    assert_eq!(
+        by_tenant["team-a"]["requests"], 3.0,
+        "two answers and the 403: {by_tenant}"
+    );
+    assert_eq!(by_tenant["team-b"]["requests"], 1.0, "{by_tenant}");
     assert_eq!(
         request(gw.addr(), "GET", "/health", &[], b"").await.status,
         200

@@ -134,7 +134,7 @@ async fn ollama_answers_become_openai_answers() {
     assert_eq!(
         value(
             &text,
-            r#"switchyard_tokens_total{direction="prompt",model="llama3.1:8b",source="reported",upstream="local"}"#
+            r#"switchyard_tokens_total{direction="prompt",model="llama3.1:8b",source="reported",tenant="anonymous",upstream="local"}"#
         ),
         3.0 * 26.0,
         "{text}"

@@ -24,6 +24,15 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// The tenant as the metrics name it: the key's name, or `anonymous` without keys (a
+    /// fingerprint per client would let clients grow the number of series without bound).
+    pub fn label(&self) -> &str {
+        match self.key {
+            Some(_) => &self.id,
+            None => "anonymous",
+        }
+    }
+
     /// The tenant of a request with these headers when no keys are configured.
     pub fn of(headers: &HeaderMap) -> Tenant {
         let id = match token(headers) {

@@ -16,9 +16,9 @@ impl LimitMetrics {
             refusals: IntCounterVec::new(
                 Opts::new(
                     "switchyard_limit_refusals_total",
-                    "Requests refused with 429, by key and limit (requests, tokens, budget_day, budget_month)",
+                    "Requests refused with 429, by tenant (the key's name) and limit (requests, tokens, budget_day, budget_month)",
                 ),
-                &["key", "limit"],
+                &["tenant", "limit"],
             )?,
         };
         registry.register(Box::new(m.refusals.clone()))?;

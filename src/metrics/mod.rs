@@ -38,8 +38,11 @@ pub struct Record {
     pub rule: Option<String>,
     /// The model sent upstream, as a metric label (see `Config::model_label`).
     pub model: Option<String>,
-    /// The tenant's id.
+    /// The tenant's id (the access log's `tenant`).
     pub tenant: Option<String>,
+    /// The metrics' `tenant` label: the key's name, or `anonymous` without keys (so the
+    /// series are bounded by the configuration, never by clients).
+    pub tenant_label: Option<String>,
     /// How the cache took part, for chat requests.
     pub cache: Option<CacheOutcome>,
     /// Tokens of the answer, reported by the upstream or estimated.
@@ -68,6 +71,11 @@ impl Record {
     /// The `route` label.
     pub fn route_label(&self) -> &'static str {
         crate::vocab::route_label(self.route)
+    }
+
+    /// The `tenant` label: `anonymous` until a key is known.
+    pub fn tenant_label(&self) -> &str {
+        self.tenant_label.as_deref().unwrap_or("anonymous")
     }
 
     /// The `cache` label: `none` for requests that are not chat requests.
@@ -100,11 +108,11 @@ impl Metrics {
                 labels,
             )
         };
-        let by_model = ["upstream", "model"];
+        let by_model = ["upstream", "model", "tenant"];
         let m = Metrics {
             requests: IntCounterVec::new(
                 Opts::new("switchyard_requests_total", "Requests answered"),
-                &["route", "upstream", "status", "cache"],
+                &["route", "upstream", "status", "cache", "tenant"],
             )?,
             duration: histogram(
                 "switchyard_request_duration_seconds",
@@ -119,7 +127,7 @@ impl Metrics {
             in_flight: IntGauge::new("switchyard_in_flight_requests", "Requests being served")?,
             tokens: IntCounterVec::new(
                 Opts::new("switchyard_tokens_total", "Tokens processed upstream"),
-                &["upstream", "model", "direction", "source"],
+                &["upstream", "model", "direction", "source", "tenant"],
             )?,
             cost: CounterVec::new(
                 Opts::new("switchyard_cost_usd_total", "Spent upstream, in US dollars"),
@@ -181,8 +189,9 @@ impl Metrics {
     pub fn record(&self, rec: &Record, status: &str, elapsed: Duration) {
         let upstream = rec.upstream.as_deref().unwrap_or("none");
         let route = rec.route_label();
+        let tenant = rec.tenant_label();
         self.requests
-            .with_label_values(&[route, upstream, status, rec.cache_label()])
+            .with_label_values(&[route, upstream, status, rec.cache_label(), tenant])
             .inc();
         self.duration
             .with_label_values(&[route, upstream])
@@ -202,20 +211,20 @@ impl Metrics {
                 "reported"
             };
             self.tokens
-                .with_label_values(&[upstream, model, "prompt", source])
+                .with_label_values(&[upstream, model, "prompt", source, tenant])
                 .inc_by(usage.prompt_tokens);
             self.tokens
-                .with_label_values(&[upstream, model, "completion", source])
+                .with_label_values(&[upstream, model, "completion", source, tenant])
                 .inc_by(usage.completion_tokens);
         }
         self.cost
-            .with_label_values(&[upstream, model])
+            .with_label_values(&[upstream, model, tenant])
             .inc_by(rec.cost.max(0.0));
         self.baseline_cost
-            .with_label_values(&[upstream, model])
+            .with_label_values(&[upstream, model, tenant])
             .inc_by(rec.baseline_cost.max(0.0));
         self.savings
-            .with_label_values(&[upstream, model])
+            .with_label_values(&[upstream, model, tenant])
             .add(rec.baseline_cost - rec.cost);
     }
 
@@ -257,7 +266,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                r#"switchyard_requests_total{cache="bypass",route="local",status="200",upstream="local"} 1"#
+                r#"switchyard_requests_total{cache="bypass",route="local",status="200",tenant="anonymous",upstream="local"} 1"#
             ),
             "{text}"
         );
@@ -290,12 +299,18 @@ mod tests {
         m.record(&hit, "200", Duration::from_micros(50));
         let prompt = m
             .tokens
-            .with_label_values(&["cloud", "gpt-4o-mini", "prompt", "reported"])
+            .with_label_values(&["cloud", "gpt-4o-mini", "prompt", "reported", "anonymous"])
             .get();
         assert_eq!(prompt, 1000, "the hit did no upstream work");
-        let cost = m.cost.with_label_values(&["cloud", "gpt-4o-mini"]).get();
+        let cost = m
+            .cost
+            .with_label_values(&["cloud", "gpt-4o-mini", "anonymous"])
+            .get();
         assert!((cost - 0.00027).abs() < 1e-12, "{cost}");
-        let saved = m.savings.with_label_values(&["cloud", "gpt-4o-mini"]).get();
+        let saved = m
+            .savings
+            .with_label_values(&["cloud", "gpt-4o-mini", "anonymous"])
+            .get();
         assert!(
             (saved - (0.0045 - 0.00027 + 0.0045)).abs() < 1e-12,
             "{saved}"

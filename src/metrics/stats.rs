@@ -123,7 +123,7 @@ fn round(v: f64, digits: i32) -> f64 {
 
 /// The summary: requests and their share per route, errors, latency and time to first token
 /// (average and estimated percentiles, of requests that reached an upstream or the cache), cache
-/// hit rate, tokens, cost and savings.
+/// hit rate, tokens, cost and savings, and per tenant its requests, tokens, spend and savings.
 pub fn stats(m: &Metrics, uptime: Duration) -> Value {
     let f = m.gather();
     let requests = "switchyard_requests_total";
@@ -166,6 +166,25 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
     let tokens = "switchyard_tokens_total";
     let cost = total(&f, "switchyard_cost_usd_total", &[], Part::Sum);
     let baseline = total(&f, "switchyard_baseline_cost_usd_total", &[], Part::Sum);
+    let mut tenants = serde_json::Map::new();
+    for tenant in label_values(&f, requests, "tenant") {
+        let t = [("tenant", tenant.as_str())];
+        let spent = total(&f, "switchyard_cost_usd_total", &t, Part::Sum);
+        let base = total(&f, "switchyard_baseline_cost_usd_total", &t, Part::Sum);
+        let n = served(&t);
+        if n == 0.0 {
+            continue;
+        }
+        tenants.insert(
+            tenant.clone(),
+            json!({
+                "requests": n,
+                "tokens": total(&f, tokens, &t, Part::Sum),
+                "spent_usd": round(spent, 6),
+                "saved_usd": round(base - spent, 6),
+            }),
+        );
+    }
     json!({
         "uptime_seconds": uptime.as_secs(),
         "requests": {
@@ -173,6 +192,7 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
             "errors": errors,
             "by_route": routes,
         },
+        "by_tenant": tenants,
         "latency_ms": {
             "average": avg_ms(dur),
             "p50": quantile(&f, dur, 0.5).map(|v| round(v * 1e3, 3)),
@@ -250,6 +270,7 @@ mod tests {
             model: Some("gpt-4o".into()),
             cache: Some(CacheOutcome::Bypass),
             cost: 0.00075,
+            tenant_label: Some("team-b".into()),
             ..local.clone()
         };
         m.record(&cloud, "502", Duration::from_millis(200));
@@ -276,5 +297,12 @@ mod tests {
         assert_eq!(s["cost_usd"]["spent"], 0.00075);
         assert_eq!(s["cost_usd"]["baseline"], 0.00225);
         assert_eq!(s["cost_usd"]["saved"], 0.0015);
+        let teams = &s["by_tenant"];
+        assert_eq!(teams["anonymous"]["requests"], 2.0);
+        assert_eq!(teams["anonymous"]["tokens"], 150.0, "the hit did no work");
+        assert_eq!(teams["anonymous"]["saved_usd"], 0.0015);
+        assert_eq!(teams["team-b"]["requests"], 1.0);
+        assert_eq!(teams["team-b"]["spent_usd"], 0.00075);
+        assert_eq!(teams.as_object().map(|t| t.len()), Some(2));
     }
 }

@@ -63,6 +63,7 @@ impl<'p> Cached<'p> {
             _ => None,
         };
         rec.tenant = Some(tenant.id.clone());
+        rec.tenant_label = Some(tenant.label().to_owned());
         rec.cache = Some(usage.outcome());
         Cached {
             usage,

@@ -198,9 +198,14 @@ impl<T: Transport> Pipeline<T> {
         incoming.standing = charge.map(|c| c.standing);
         let served = self.serve(incoming, &request, &decision, down, rec).await;
         if let (Some(key), Some(charge)) = (key, charge) {
-            let used = rec
-                .usage
-                .map_or(0, |u| u.prompt_tokens + u.completion_tokens);
+            // What the answer used upstream (estimated when the upstream said nothing); a
+            // failed request and a cache hit used nothing.
+            let used = match rec.cache {
+                Some(CacheOutcome::Hit) => 0,
+                _ => rec
+                    .usage
+                    .map_or(0, |u| u.prompt_tokens + u.completion_tokens),
+            };
             self.limits
                 .settle(key, &charge, used, rec.cost, ids::unix_now())
                 .await;

@@ -292,6 +292,7 @@ impl ProxyHttp for Gateway {
             match Tenant::authenticate(&ctx.config().keys, headers, ids::unix_now()) {
                 Ok(tenant) => {
                     ctx.record.tenant = Some(tenant.id.clone());
+                    ctx.record.tenant_label = Some(tenant.label().to_owned());
                     ctx.tenant = Some(tenant);
                 }
                 Err(e) => {

@@ -77,31 +77,36 @@ def test_counters_move_by_what_was_sent(client: openai.OpenAI, gateway, mock_ups
         return value(after, name, **labels) - value(before, name, **labels)
 
     req = "switchyard_requests_total"
-    assert moved(req, route="local", upstream="local", status="200", cache="bypass") == 3
-    assert moved(req, route="cloud", upstream="cloud", status="200", cache="bypass") == 1
-    assert moved(req, route="cloud", upstream="cloud", status="200", cache="miss") == 1
-    assert moved(req, route="cloud", upstream="cloud", status="200", cache="hit") == 1
+    assert moved(req, route="local", upstream="local", status="200", tenant="anonymous", cache="bypass") == 3
+    assert moved(req, route="cloud", upstream="cloud", status="200", tenant="anonymous", cache="bypass") == 1
+    assert moved(req, route="cloud", upstream="cloud", status="200", tenant="anonymous", cache="miss") == 1
+    assert moved(req, route="cloud", upstream="cloud", status="200", tenant="anonymous", cache="hit") == 1
 
     tokens = "switchyard_tokens_total"
     local_prompt = sum(c.usage.prompt_tokens for c in local)
-    local_in = moved(tokens, upstream="local", model="llama-local", direction="prompt", source="reported")
+    local_in = moved(tokens, upstream="local", model="llama-local", direction="prompt", source="reported", tenant="anonymous")
     assert local_in == local_prompt
     cloud_prompt = cloud.usage.prompt_tokens
     cloud_completion = cloud.usage.completion_tokens
-    cloud_in = moved(tokens, upstream="cloud", model="gpt-4o", direction="prompt", source="reported")
+    cloud_in = moved(tokens, upstream="cloud", model="gpt-4o", direction="prompt", source="reported", tenant="anonymous")
     miss_prompt = cloud_in - cloud_prompt
     assert miss_prompt > 0, "the miss was counted once, the hit not at all"
 
-    spent = moved("switchyard_cost_usd_total", upstream="cloud", model="gpt-4o")
+    spent = moved("switchyard_cost_usd_total", upstream="cloud", model="gpt-4o", tenant="anonymous")
     cloud_tokens_in = cloud_prompt + miss_prompt
     cloud_tokens_out = moved(
-        tokens, upstream="cloud", model="gpt-4o", direction="completion", source="reported"
+        tokens,
+        upstream="cloud",
+        model="gpt-4o",
+        direction="completion",
+        source="reported",
+        tenant="anonymous",
     )
     assert cloud_tokens_out >= cloud_completion
     assert spent == pytest.approx((cloud_tokens_in * 2.50 + cloud_tokens_out * 10.00) / 1e6, rel=1e-9)
     # Local answers cost nothing and save the whole baseline price.
     local_out = sum(c.usage.completion_tokens for c in local)
-    saved = moved("switchyard_savings_usd", upstream="local", model="llama-local")
+    saved = moved("switchyard_savings_usd", upstream="local", model="llama-local", tenant="anonymous")
     assert saved == pytest.approx((local_prompt * 2.50 + local_out * 10.00) / 1e6, rel=1e-9)
 
     hist = "switchyard_request_duration_seconds_count"
