@@ -41,6 +41,25 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// The sum of the counters matching `pattern`.
+    async fn sum(&self, pattern: &str) -> f64 {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let mut total = 0.0;
+        for key in self.keys(pattern).await {
+            let v: String = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
+            total += v.parse::<f64>().expect("a number");
+        }
+        total
+    }
+
     /// The names of the keys matching `pattern`.
     async fn keys(&self, pattern: &str) -> Vec<String> {
         let client = redis::Client::open(self.url()).expect("redis url");
@@ -77,6 +96,7 @@ keys:
   - name: limited
     sha256: {}
     requests_per_minute: 3
+    tokens_per_minute: 1000
     budget_usd: {{day: 100}}
   - name: admin
     sha256: {}
@@ -133,6 +153,18 @@ async fn replicas_share_one_limit_one_budget_and_one_cache() {
         spent["spent_usd"]["day"].as_f64().unwrap_or(0.0) > 0.0,
         "{spent}"
     );
+    assert_eq!(spent["requests_per_minute"]["remaining"], 0, "{spent}");
+    // Charged on the estimate at admission, corrected to what the answers used.
+    let (p, c) = MOCK_USAGE;
+    // (The correction follows the answer: wait for it.)
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut tokens = redis.sum("sy:limited:tk:*").await;
+    while tokens != 3.0 * (p + c) as f64 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokens = redis.sum("sy:limited:tk:*").await;
+    }
+    assert_eq!(tokens, 3.0 * (p + c) as f64);
+    assert_eq!(redis.sum("sy:limited:rq:*").await, 3.0);
 
     // An answer cached by `a` is served by `b` without asking the upstream again (answers are
     // kept per tenant: `limited`'s three are not `admin`'s).

@@ -16,7 +16,7 @@ use pingora_limits::rate::{Rate, RateComponents};
 
 use crate::api::ApiError;
 use crate::config::{days_from_civil, KeyConfig};
-use crate::state::{Ask, Shared};
+use crate::state::{Ask, Shared, Verdict};
 pub use metrics::LimitMetrics;
 
 /// The window of the per-minute limits.
@@ -133,18 +133,7 @@ impl Limits {
                 },
             }));
         };
-        let left = MINUTE.as_secs_f64() * (1.0 - ask.window.1);
-        let win = |(prev, curr): (f64, f64)| Window {
-            count: prev * (1.0 - ask.window.1) + curr,
-            prev,
-            curr,
-            left,
-        };
-        let counts = Counts {
-            requests: win(v.requests),
-            tokens: win(v.tokens),
-            spent: v.spent,
-        };
+        let counts = Counts::of(&v, ask.window.1);
         let standing = self.judge(key, tokens, cost, &counts, now)?;
         if v.code != 0 {
             // Redis counted otherwise between the read and the script (another replica): its
@@ -296,15 +285,15 @@ impl Limits {
     pub async fn report(&self, key: &KeyConfig, now: u64) -> (f64, f64, Standing) {
         if let Some(shared) = &self.shared {
             let a = ask(key, 0, 0.0, now);
-            let (day, month) = shared
-                .spent(&key.name, a.day, a.month)
-                .await
-                .unwrap_or_default();
-            let nothing = Standing {
-                requests: None,
-                tokens: None,
+            let Some(v) = shared.counts(&a).await else {
+                let unknown = Standing {
+                    requests: None,
+                    tokens: None,
+                };
+                return (0.0, 0.0, unknown);
             };
-            return (day, month, nothing);
+            let counts = Counts::of(&v, a.window.1);
+            return (v.spent.0, v.spent.1, counts.after(key, 0));
         }
         let name = key.name.as_str();
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
@@ -327,6 +316,22 @@ struct Counts {
 }
 
 impl Counts {
+    /// The counts Redis holds, `fraction` of the way into the current minute.
+    fn of(v: &Verdict, fraction: f64) -> Counts {
+        let left = MINUTE.as_secs_f64() * (1.0 - fraction);
+        let window = |(prev, curr): (f64, f64)| Window {
+            count: prev * (1.0 - fraction) + curr,
+            prev,
+            curr,
+            left,
+        };
+        Counts {
+            requests: window(v.requests),
+            tokens: window(v.tokens),
+            spent: v.spent,
+        }
+    }
+
     /// The key's standing once a request of `tokens` more (and one request, when `tokens` is
     /// counted) is in.
     fn after(&self, key: &KeyConfig, tokens: u64) -> Standing {

@@ -15,6 +15,12 @@ use crate::config::StateConfig;
 /// How often a Redis failure is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long counters live, in seconds: a minute window is read for two minutes, a day's spend
+/// for that day, a month's for that month (each with a margin).
+const WINDOW_TTL: u64 = 150;
+const DAY_TTL: u64 = 2 * 86_400;
+const MONTH_TTL: u64 = 32 * 86_400;
+
 /// Checks a key's windows and budgets and, when all hold, counts the request: one round trip,
 /// atomic. KEYS: requests (current, previous window), tokens (current, previous), spend (day,
 /// month). ARGV: the previous window's weight, the requests limit (0: none), the tokens, the
@@ -45,6 +51,21 @@ if verdict == 0 then
 end
 return {verdict, tostring(rq_prev), tostring(rq_curr), tostring(tk_prev), tostring(tk_curr), tostring(day), tostring(month)}
 ";
+
+/// The Redis keys of a key's counters, in the order [`ADMIT`] takes them: requests in the current
+/// and previous minute, tokens likewise, spend today and this month.
+fn counters(ask: &Ask<'_>) -> [String; 6] {
+    let (key, window) = (ask.key, ask.window.0);
+    let previous = window.saturating_sub(1);
+    [
+        format!("sy:{key}:rq:{window}"),
+        format!("sy:{key}:rq:{previous}"),
+        format!("sy:{key}:tk:{window}"),
+        format!("sy:{key}:tk:{previous}"),
+        format!("sy:{key}:day:{}", ask.day),
+        format!("sy:{key}:month:{}", ask.month),
+    ]
+}
 
 /// What Redis said of a request's admission.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -140,26 +161,21 @@ impl Shared {
 
     /// Checks and counts an admission; `None` when Redis failed.
     pub async fn admit(&self, ask: &Ask<'_>) -> Option<Verdict> {
-        let k = |what: &str| format!("sy:{}:{what}", ask.key);
-        let (window, fraction) = ask.window;
         let mut invocation = self.admit.prepare_invoke();
+        for key in counters(ask) {
+            invocation.key(key);
+        }
         invocation
-            .key(k(&format!("rq:{window}")))
-            .key(k(&format!("rq:{}", window.saturating_sub(1))))
-            .key(k(&format!("tk:{window}")))
-            .key(k(&format!("tk:{}", window.saturating_sub(1))))
-            .key(k(&format!("day:{}", ask.day)))
-            .key(k(&format!("month:{}", ask.month)))
-            .arg(1.0 - fraction)
+            .arg(1.0 - ask.window.1)
             .arg(ask.requests_limit.unwrap_or(0))
             .arg(ask.tokens.0)
             .arg(ask.tokens.1.unwrap_or(0))
             .arg(ask.cost.0)
             .arg(ask.cost.1.unwrap_or(-1.0))
             .arg(ask.cost.2.unwrap_or(-1.0))
-            .arg(150)
-            .arg(2 * 86_400)
-            .arg(32 * 86_400);
+            .arg(WINDOW_TTL)
+            .arg(DAY_TTL)
+            .arg(MONTH_TTL);
         let mut conn = self.connection("admit")?;
         let call = invocation
             .invoke_async::<(i64, String, String, String, String, String, String)>(&mut conn);
@@ -175,24 +191,14 @@ impl Shared {
 
     /// Corrects an admission by what the answer used (in the current window and period).
     pub async fn settle(&self, ask: &Ask<'_>, tokens_delta: i64, cost_delta: f64) {
-        let k = |what: &str| format!("sy:{}:{what}", ask.key);
+        let [_, _, tokens, _, day, month] = counters(ask);
         let mut pipe = redis::pipe();
-        pipe.cmd("INCRBY")
-            .arg(k(&format!("tk:{}", ask.window.0)))
-            .arg(tokens_delta)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(k(&format!("tk:{}", ask.window.0)))
-            .arg(150)
-            .ignore()
-            .cmd("INCRBYFLOAT")
-            .arg(k(&format!("day:{}", ask.day)))
-            .arg(cost_delta)
-            .ignore()
-            .cmd("INCRBYFLOAT")
-            .arg(k(&format!("month:{}", ask.month)))
-            .arg(cost_delta)
-            .ignore();
+        pipe.cmd("INCRBY").arg(&tokens).arg(tokens_delta).ignore();
+        pipe.cmd("EXPIRE").arg(&tokens).arg(WINDOW_TTL).ignore();
+        for (key, ttl) in [(&day, DAY_TTL), (&month, MONTH_TTL)] {
+            pipe.cmd("INCRBYFLOAT").arg(key).arg(cost_delta).ignore();
+            pipe.cmd("EXPIRE").arg(key).arg(ttl).ignore();
+        }
         let Some(mut conn) = self.connection("settle") else {
             return;
         };
@@ -201,16 +207,26 @@ impl Shared {
             .await;
     }
 
-    /// What a key has spent today and this month; `None` when Redis failed.
-    pub async fn spent(&self, key: &str, day: u64, month: u64) -> Option<(f64, f64)> {
-        let mut conn = self.connection("spent")?;
+    /// A key's counts as they stand (the verdict's code is 0); `None` when Redis failed.
+    pub async fn counts(&self, ask: &Ask<'_>) -> Option<Verdict> {
+        let mut conn = self.connection("counts")?;
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(format!("sy:{key}:day:{day}"))
-            .arg(format!("sy:{key}:month:{month}"));
-        let call = cmd.query_async::<(Option<String>, Option<String>)>(&mut conn);
-        let (d, m) = self.timed("spent", call).await?;
-        let f = |s: Option<String>| s.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        Some((f(d), f(m)))
+        for key in counters(ask) {
+            cmd.arg(key);
+        }
+        let call = cmd.query_async::<Vec<Option<String>>>(&mut conn);
+        let got = self.timed("counts", call).await?;
+        let n = |i: usize| {
+            got.get(i)
+                .and_then(|v| v.as_deref()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Some(Verdict {
+            code: 0,
+            requests: (n(1), n(0)),
+            tokens: (n(3), n(2)),
+            spent: (n(4), n(5)),
+        })
     }
 
     /// A cached answer (its JSON body) another replica stored.
