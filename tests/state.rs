@@ -220,6 +220,10 @@ async fn a_redis_that_is_down_fails_open_or_closed_as_configured() {
         m.contains(r#"switchyard_state_errors_total{op="admit"}"#),
         "failures are counted"
     );
+    // A key's own report says its spend is unknown rather than zero.
+    let own = get(&open, "/stats", LIMITED).await.json();
+    assert!(own["spent_usd"]["day"].is_null(), "{own}");
+    assert!(own["requests_per_minute"].is_null(), "{own}");
 
     let closed = Gateway::start(&config(
         &local.url(),

@@ -281,8 +281,9 @@ impl Limits {
         s.month_usd = (s.month_usd + cost - charge.cost).max(0.0);
     }
 
-    /// What `key` has spent today and this month, in US dollars, and its standing.
-    pub async fn report(&self, key: &KeyConfig, now: u64) -> (f64, f64, Standing) {
+    /// What `key` has spent today and this month, in US dollars, and its standing; the spend is
+    /// `None` (and the standing empty) when the shared counters cannot be read.
+    pub async fn report(&self, key: &KeyConfig, now: u64) -> (Option<(f64, f64)>, Standing) {
         if let Some(shared) = &self.shared {
             let a = ask(key, 0, 0.0, now);
             let Some(v) = shared.counts(&a).await else {
@@ -290,10 +291,10 @@ impl Limits {
                     requests: None,
                     tokens: None,
                 };
-                return (0.0, 0.0, unknown);
+                return (None, unknown);
             };
             let counts = Counts::of(&v, a.window.1);
-            return (v.spent.0, v.spent.1, counts.after(key, 0));
+            return (Some(v.spent), counts.after(key, 0));
         }
         let name = key.name.as_str();
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,7 +305,7 @@ impl Limits {
             tokens: window(&self.tokens, name),
             spent: (s.day_usd, s.month_usd),
         };
-        (s.day_usd, s.month_usd, counts.after(key, 0))
+        (Some((s.day_usd, s.month_usd)), counts.after(key, 0))
     }
 }
 
@@ -570,7 +571,7 @@ mod tests {
             l.admit(&k, 0, 0.9, noon + 86_400).await.is_ok(),
             "a new day"
         );
-        assert_eq!(l.report(&k, noon + 86_400).await.0, 0.9);
+        assert_eq!(l.report(&k, noon + 86_400).await.0.map(|s| s.0), Some(0.9));
     }
 
     #[test]

@@ -453,7 +453,8 @@ impl<T: Transport> Pipeline<T> {
 
     /// What a key has spent and has left, for its own `/stats`.
     pub async fn key_report(&self, key: &KeyConfig) -> serde_json::Value {
-        let (day, month, standing) = self.limits.report(key, ids::unix_now()).await;
+        // Unknown (null) rather than zero when the shared counters cannot be read.
+        let (spent, standing) = self.limits.report(key, ids::unix_now()).await;
         let window = |w: Option<(u64, u64, f64)>| {
             w.map(|(limit, left, reset)| {
                 serde_json::json!({"limit": limit, "remaining": left, "reset_seconds": reset})
@@ -461,7 +462,7 @@ impl<T: Transport> Pipeline<T> {
         };
         serde_json::json!({
             "key": key.name,
-            "spent_usd": {"day": day, "month": month},
+            "spent_usd": {"day": spent.map(|s| s.0), "month": spent.map(|s| s.1)},
             "budget_usd": {"day": key.budget_day, "month": key.budget_month},
             "requests_per_minute": window(standing.requests),
             "tokens_per_minute": window(standing.tokens),
