@@ -64,8 +64,29 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.5)]
     threshold: f64,
     /// Bits of the word n-gram hash (0 turns n-grams off).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 0)]
     ngram_bits: u32,
+    /// The static embedding table of the semantic part: `builtin`, a file made by
+    /// `tools/distill.py` (the scorer file names it relative to its own folder), or `none` for
+    /// a scorer of surface features only.
+    #[arg(long, default_value = "builtin")]
+    table: String,
+    /// Leave the surface features out (the embedding alone).
+    #[arg(long)]
+    no_features: bool,
+    /// Keep the surface features at a scorer's weights and fit the rest on top of them:
+    /// `surface` (the built-in hand-set weights, `conf/scorer-surface.json`) or a scorer file.
+    #[arg(long)]
+    prior: Option<PathBuf>,
+    /// Fit one intercept for all rows instead of one per source.
+    #[arg(long)]
+    no_group_intercepts: bool,
+    /// L2 penalty on the embedding weights.
+    #[arg(long, default_value_t = 0.1)]
+    l2_embedding: f64,
+    /// Tokens of the last user message the embedding reads, at most.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
     /// Gradient descent steps.
     #[arg(long, default_value_t = 3000)]
     iterations: usize,
@@ -134,6 +155,9 @@ fn main() -> ExitCode {
                 config.upstreams.len(),
                 config.models.len()
             );
+            if let Some(routing) = &config.routing {
+                println!("scorer: {}", routing.scorer.describe());
+            }
             ExitCode::SUCCESS
         }
         Command::Train(_) | Command::Key(_) => {
@@ -162,13 +186,46 @@ fn train(args: &TrainArgs) -> Result<(), String> {
     if rows.is_empty() {
         return Err(format!("{} has no rows", args.data.display()));
     }
+    let table = match args.table.as_str() {
+        "none" => None,
+        "builtin" => Some((
+            switchyard::classify::embedding::builtin()?,
+            "builtin".to_owned(),
+        )),
+        path => {
+            let table = switchyard::classify::StaticTable::load(std::path::Path::new(path))?;
+            let name = std::path::Path::new(path)
+                .file_name()
+                .map_or_else(|| path.to_owned(), |n| n.to_string_lossy().into_owned());
+            Some((std::sync::Arc::new(table), name))
+        }
+    };
+    let prior = match &args.prior {
+        None => None,
+        Some(path) => {
+            let text = if path.as_os_str() == "surface" {
+                switchyard::config::SURFACE_SCORER.to_owned()
+            } else {
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+            };
+            let prior: scorer::Scorer =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(prior.features)
+        }
+    };
     let opts = scorer::TrainOptions {
+        prior,
         ngram_bits: args.ngram_bits,
         iterations: args.iterations,
+        features: !args.no_features,
+        table,
+        max_tokens: args.max_tokens,
+        group_intercepts: !args.no_group_intercepts,
+        l2_embedding: args.l2_embedding,
         ..Default::default()
     };
     if args.folds >= 2 {
-        let report = dataset::cross_validate(&rows, args.folds, opts);
+        let report = dataset::cross_validate(&rows, args.folds, &opts);
         say!(
             "{}-fold cross-validated AUC (held-out rows only):",
             args.folds
@@ -194,7 +251,7 @@ fn train(args: &TrainArgs) -> Result<(), String> {
         }
     }
     let examples: Vec<scorer::Example> = rows.into_iter().map(|r| r.example).collect();
-    let model = scorer::train(&examples, opts);
+    let model = scorer::train(&examples, &opts);
     let json = serde_json::to_string(&model).map_err(|e| e.to_string())?;
     std::fs::write(&args.out, json + "\n").map_err(|e| format!("{}: {e}", args.out.display()))?;
     say!(

@@ -60,10 +60,12 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
                 sources.len() - 1
             }
         };
+        let id = raw.id.unwrap_or_else(|| format!("row-{}", n + 1));
         rows.push(Row {
-            id: raw.id.unwrap_or_else(|| format!("row-{}", n + 1)),
+            id: id.clone(),
             source,
             example: Example {
+                id,
                 request,
                 needs_cloud,
                 group,
@@ -97,7 +99,7 @@ pub struct CvReport {
 }
 
 /// K-fold cross-validation.
-pub fn cross_validate(rows: &[Row], folds: usize, opts: TrainOptions) -> CvReport {
+pub fn cross_validate(rows: &[Row], folds: usize, opts: &TrainOptions) -> CvReport {
     let mut scores = vec![0.0; rows.len()];
     for k in 0..folds {
         let (train_rows, test_rows): (Vec<usize>, Vec<usize>) =
@@ -108,6 +110,7 @@ pub fn cross_validate(rows: &[Row], folds: usize, opts: TrainOptions) -> CvRepor
         let examples: Vec<Example> = train_rows
             .iter()
             .map(|&i| Example {
+                id: rows[i].id.clone(),
                 request: rows[i].example.request.clone(),
                 needs_cloud: rows[i].example.needs_cloud,
                 group: rows[i].example.group,

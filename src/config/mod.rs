@@ -27,7 +27,7 @@ pub use interpolate::interpolate;
 pub use keys::{days_from_civil, KeyConfig};
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
-pub use routing::{Routing, DEFAULT_SCORER};
+pub use routing::{Routing, DEFAULT_SCORER, SURFACE_SCORER};
 pub use state::StateConfig;
 pub use units::{parse_duration, parse_size};
 

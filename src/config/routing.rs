@@ -5,14 +5,18 @@ use std::sync::Arc;
 
 use super::raw::{RawCond, RawRouting, Text};
 use super::{Checker, Target as UpstreamTarget, UpstreamConfig};
-use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, Target};
+use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, StaticTable, Target};
 use crate::vocab::CachePolicy;
 use crate::vocab::Route;
 use serde_saphyr::Spanned;
 
-/// The scorer compiled into the binary: hand-set weights over features standardized with the
-/// statistics of a labelled routing set (see the README).
+/// The scorer compiled into the binary: the semantic scorer, a static embedding of the last user
+/// message over the built-in table on top of hand-set surface weights, fitted to the routing
+/// development set (see the README).
 pub const DEFAULT_SCORER: &str = include_str!("../../conf/scorer.json");
+
+/// The hand-set surface scorer, also compiled in: the prior the default was fitted on top of.
+pub const SURFACE_SCORER: &str = include_str!("../../conf/scorer-surface.json");
 
 /// How requests are classified.
 #[derive(Debug, Clone)]
@@ -195,13 +199,16 @@ impl Checker<'_> {
 
         let scorer_raw = raw.scorer.as_ref();
         let scorer = match scorer_raw.and_then(|s| s.file.as_ref()) {
-            None => load_scorer(DEFAULT_SCORER).map_err(|e| format!("built-in scorer: {e}")),
+            None => load_scorer(DEFAULT_SCORER, base).map_err(|e| format!("built-in scorer: {e}")),
             Some(file) => {
                 let path = self.text("routing.scorer.file", file)?;
                 let path = base.join(path);
+                let dir = path.parent().unwrap_or(base).to_owned();
                 std::fs::read_to_string(&path)
                     .map_err(|e| format!("{}: {e}", path.display()))
-                    .and_then(|t| load_scorer(&t).map_err(|e| format!("{}: {e}", path.display())))
+                    .and_then(|t| {
+                        load_scorer(&t, &dir).map_err(|e| format!("{}: {e}", path.display()))
+                    })
             }
         };
         let scorer = match scorer {
@@ -372,8 +379,21 @@ impl Checker<'_> {
     }
 }
 
-fn load_scorer(text: &str) -> Result<Scorer, String> {
-    let scorer: Scorer = serde_json::from_str(text).map_err(|e| e.to_string())?;
+/// Reads a scorer file's text and attaches the table its semantic part names: the built-in one,
+/// or a file taken from `dir`, checked whole.
+fn load_scorer(text: &str, dir: &Path) -> Result<Scorer, String> {
+    let mut scorer: Scorer = serde_json::from_str(text).map_err(|e| e.to_string())?;
     scorer.validate()?;
+    if let Some(name) = scorer.table_name().map(str::to_owned) {
+        let table = match name.as_str() {
+            "builtin" => crate::classify::embedding::builtin()?,
+            file => Arc::new(
+                StaticTable::load(&dir.join(file)).map_err(|e| format!("embedding table {e}"))?,
+            ),
+        };
+        scorer
+            .attach(table)
+            .map_err(|e| format!("embedding table {name}: {e}"))?;
+    }
     Ok(scorer)
 }

@@ -32,6 +32,9 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
             );
         }
     }
+    if let Some(routing) = &config.routing {
+        log::info!("scorer: {}", routing.scorer.describe());
+    }
     let drain = config.drain_timeout;
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -195,6 +195,20 @@ pub fn explain(config: &Config, decision: &Decision, request: &ChatRequest) -> s
         "upstream": config.upstream(decision.upstream).name,
         "features": features,
     });
+    let scorer = config.routing.as_ref().map(|r| &r.scorer);
+    if let Some(scorer) = scorer.filter(|s| decision.score.is_some() && s.table_name().is_some()) {
+        let nearest: Vec<serde_json::Value> = scorer
+            .nearest(request, 5)
+            .into_iter()
+            .map(|(id, needs_cloud, similarity)| {
+                serde_json::json!({"id": id, "needs_cloud": needs_cloud, "similarity": (similarity * 1000.0).round() / 1000.0})
+            })
+            .collect();
+        out["semantic"] = serde_json::json!({
+            "logit": scorer.semantic_share(request),
+            "nearest": nearest,
+        });
+    }
     if decision.route == Route::Hybrid {
         let mut preview = crate::hybrid::Stage::preview(&config.hybrid, request);
         if let Some(method) = decision.shorten {
