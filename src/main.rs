@@ -34,6 +34,13 @@ enum Command {
     /// Gateway keys: `key new --name NAME` prints a fresh key once, and the YAML with its hash.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Print how the scorer's tokenizer reads texts: JSONL `{"id", "text"}` on standard input,
+    /// `{"id", "ids"}` out, for checking it against the reference tokenizer.
+    Tokens {
+        /// A table made by `tools/distill.py` (default: the built-in one).
+        #[arg(long)]
+        table: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +127,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Tokens { table }) = &cli.command {
+        return match tokens(table.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard tokens: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::Train(args)) = &cli.command {
         return match train(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -160,7 +176,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Train(_) | Command::Key(_) => {
+        Command::Train(_) | Command::Key(_) | Command::Tokens { .. } => {
             unreachable!("handled before the configuration is read")
         }
         Command::Route => match dry_run(&config) {
@@ -259,6 +275,31 @@ fn train(args: &TrainArgs) -> Result<(), String> {
         examples.len(),
         args.out.display()
     );
+    Ok(())
+}
+
+fn tokens(table: Option<&std::path::Path>) -> Result<(), String> {
+    use std::io::BufRead;
+    #[derive(serde::Deserialize)]
+    struct Text {
+        id: serde_json::Value,
+        text: String,
+    }
+    let table = match table {
+        None => switchyard::classify::embedding::builtin()?,
+        Some(path) => std::sync::Arc::new(switchyard::classify::StaticTable::load(path)?),
+    };
+    for (n, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("reading standard input: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let t: Text = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        say!(
+            "{}",
+            serde_json::json!({"id": t.id, "ids": table.token_ids(&t.text)})
+        );
+    }
     Ok(())
 }
 

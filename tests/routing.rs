@@ -172,6 +172,14 @@ async fn dry_run_endpoint_and_command_agree_and_contact_nobody() {
     assert_eq!(v["model"], "gpt-4o-tools");
     assert_eq!(v["features"]["tools"], 1.0);
     assert!(v["score"].is_number());
+    // The semantic scorer explains itself by the labelled rows nearest to the request.
+    let nearest = v["semantic"]["nearest"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(nearest.len(), 5, "{v}");
+    assert!(nearest[0]["id"].is_string() && nearest[0]["similarity"].as_f64() <= Some(1.0));
+    assert!(v["semantic"]["logit"].is_number());
     post(
         gw.addr(),
         "/v1/route",
@@ -295,4 +303,62 @@ fn training_is_reproducible() {
         "{}\n{scorer}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+#[test]
+fn the_shipped_scorer_is_what_fitting_the_development_set_gives() {
+    // The command the README gives for rebuilding conf/scorer.json.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = scratch_file("refit.json", "");
+    let o = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .current_dir(root)
+        .args([
+            "train",
+            "--data",
+            "tests/data/routing-dev.jsonl",
+            "--prior",
+            "surface",
+            "--folds",
+            "0",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let refit = std::fs::read_to_string(&out).unwrap();
+    let shipped = std::fs::read_to_string(root.join("conf/scorer.json")).unwrap();
+    assert!(
+        refit == shipped,
+        "conf/scorer.json differs from a fresh fit on tests/data/routing-dev.jsonl"
+    );
+    let v: serde_json::Value = serde_json::from_str(&refit).unwrap();
+    assert_eq!(v["embedding"]["table"], "builtin");
+    assert_eq!(
+        v["embedding"]["examples"].as_array().map(Vec::len),
+        Some(584)
+    );
+}
+
+#[test]
+fn check_says_which_scorer_is_in_force() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base = two_upstreams("http://127.0.0.1:1", "http://127.0.0.1:2", "").replace("{PORT}", "1");
+    let surface = root.join("conf/scorer-surface.json");
+    for (routing, says) in [
+        ("routing: {}\n".to_owned(), "scorer: semantic"),
+        (
+            format!("routing:\n  scorer: {{file: {}}}\n", surface.display()),
+            "scorer: surface features only",
+        ),
+    ] {
+        let config = scratch_file("which-scorer.yaml", &format!("{base}{routing}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success() && stdout.contains(says), "{stdout}");
+    }
 }

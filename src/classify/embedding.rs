@@ -17,7 +17,7 @@ use super::wordpiece::WordPiece;
 const MAGIC: &[u8; 8] = b"SYSTATIC";
 
 /// The table compiled into the binary: all-MiniLM-L6-v2's tokens, distilled (see the README).
-const BUILTIN: &[u8] = include_bytes!("../../conf/minilm-l6-static.bin");
+pub(crate) const BUILTIN: &[u8] = include_bytes!("../../conf/minilm-l6-static.bin");
 
 /// The built-in table, read once per process.
 pub fn builtin() -> Result<Arc<StaticTable>, String> {

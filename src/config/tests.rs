@@ -240,6 +240,53 @@ fn scorer_files_are_read_beside_the_config_and_checked() {
 }
 
 #[test]
+fn a_scorer_s_table_is_read_beside_it_and_checked_whole() {
+    let dir = std::env::temp_dir().join(format!("switchyard-table-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let builtin = crate::classify::embedding::BUILTIN;
+    let scorer = DEFAULT_SCORER.replacen("\"table\":\"builtin\"", "\"table\":\"t.bin\"", 1);
+    assert_ne!(
+        scorer, DEFAULT_SCORER,
+        "the default scorer names the built-in table"
+    );
+    std::fs::write(dir.join("semantic.json"), scorer).unwrap();
+    std::fs::write(dir.join("surface.json"), SURFACE_SCORER).unwrap();
+    let yaml = |file: &str| format!("{ROUTED}    []\n  scorer: {{file: {file}}}\n");
+
+    std::fs::write(dir.join("t.bin"), builtin).unwrap();
+    let c = Config::from_yaml_in(&yaml("semantic.json"), no_env, &dir).unwrap();
+    let described = c.routing.unwrap().scorer.describe();
+    assert!(described.starts_with("semantic"), "{described}");
+
+    // Truncated, damaged, or another table: a clear error naming the file, no fallback.
+    std::fs::write(dir.join("t.bin"), &builtin[..builtin.len() / 2]).unwrap();
+    let e = Config::from_yaml_in(&yaml("semantic.json"), no_env, &dir).unwrap_err();
+    assert!(
+        e[0].message.contains("t.bin") && e[0].message.contains("checksum"),
+        "{e:?}"
+    );
+    let other = crate::classify::embedding::tests::sample();
+    std::fs::write(dir.join("t.bin"), other).unwrap();
+    let e = Config::from_yaml_in(&yaml("semantic.json"), no_env, &dir).unwrap_err();
+    assert!(
+        e[0].message.contains("t.bin") && e[0].message.contains("SHA-256"),
+        "{e:?}"
+    );
+    std::fs::remove_file(dir.join("t.bin")).unwrap();
+    let e = Config::from_yaml_in(&yaml("semantic.json"), no_env, &dir).unwrap_err();
+    assert!(e[0].message.contains("t.bin"), "{e:?}");
+
+    // A scorer without a table is the surface scorer, and says so.
+    let c = Config::from_yaml_in(&yaml("surface.json"), no_env, &dir).unwrap();
+    let described = c.routing.unwrap().scorer.describe();
+    assert!(
+        described.starts_with("surface features only"),
+        "{described}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_default_rules_are_valid_and_reachable() {
     let c = Config::from_yaml(DEFAULT_YAML, |n| {
         (n == "OPENAI_API_KEY").then(|| "sk-x".to_owned())
