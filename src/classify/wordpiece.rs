@@ -66,7 +66,88 @@ impl WordPiece {
     }
 
     /// Calls `emit` with the id of each token of `text`, in order, until it returns false.
+    ///
+    /// Blanks separate words whatever else a text holds, so the text is cut at them first; a
+    /// piece of printable ASCII (most of them) takes a fast path that copies nothing unless a
+    /// word has capitals, anything else the general one.
     pub fn tokenize(&self, text: &str, mut emit: impl FnMut(u32) -> bool) {
+        let mut lower = [0u8; MAX_WORD_CHARS];
+        let bytes = text.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            // One pass to the next blank, noting whether all of it is printable ASCII. Blanks
+            // are ASCII, never inside a longer UTF-8 sequence, so the cuts are on characters.
+            let mut end = start;
+            let mut printable = true;
+            while let Some(&b) = bytes.get(end) {
+                if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                printable &= b.is_ascii_graphic();
+                end += 1;
+            }
+            let chunk = &text[start..end];
+            start = end + 1;
+            if chunk.is_empty() {
+                continue;
+            }
+            let go = if printable {
+                self.printable(chunk, &mut lower, &mut emit)
+            } else {
+                self.general(chunk, &mut emit)
+            };
+            if !go {
+                return;
+            }
+        }
+    }
+
+    /// Printable ASCII without blanks: words of letters and digits, and punctuation marks.
+    fn printable(
+        &self,
+        chunk: &str,
+        lower: &mut [u8; MAX_WORD_CHARS],
+        emit: &mut impl FnMut(u32) -> bool,
+    ) -> bool {
+        let bytes = chunk.as_bytes();
+        let mut start = 0;
+        while start < bytes.len() {
+            if bytes[start].is_ascii_punctuation() {
+                if !self.pieces(&chunk[start..start + 1], emit) {
+                    return false;
+                }
+                start += 1;
+                continue;
+            }
+            let end = bytes[start..]
+                .iter()
+                .position(u8::is_ascii_punctuation)
+                .map_or(bytes.len(), |p| start + p);
+            let word = &chunk[start..end];
+            start = end;
+            let go = if !word.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.pieces(word, emit)
+            } else if word.len() > self.max_word_chars {
+                emit(self.unknown)
+            } else {
+                let lowered = &mut lower[..word.len()];
+                lowered.copy_from_slice(word.as_bytes());
+                lowered.make_ascii_lowercase();
+                // ASCII stays UTF-8 when lowercased.
+                match std::str::from_utf8(lowered) {
+                    Ok(w) => self.pieces(w, emit),
+                    Err(_) => emit(self.unknown),
+                }
+            };
+            if !go {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Any text: Unicode cleaning, accents, case and punctuation, character by character.
+    fn general(&self, text: &str, mut emit: impl FnMut(u32) -> bool) -> bool {
         let mut word = String::with_capacity(64);
         let mut go = true;
         let mut flush = |word: &mut String, go: &mut bool| {
@@ -77,7 +158,7 @@ impl WordPiece {
         };
         for c in text.chars() {
             if !go {
-                return;
+                return false;
             }
             if c.is_ascii() {
                 self.ascii(c, &mut word, &mut |w| flush(w, &mut go));
@@ -118,6 +199,7 @@ impl WordPiece {
             }
         }
         flush(&mut word, &mut go);
+        go
     }
 
     /// One ASCII character: a blank ends the word, punctuation is a word of its own, any other
@@ -139,8 +221,12 @@ impl WordPiece {
 
     /// Cuts one word into pieces; returns what `emit` last returned.
     fn pieces(&self, word: &str, emit: &mut impl FnMut(u32) -> bool) -> bool {
-        if word.chars().count() > self.max_word_chars {
+        if word.len() > self.max_word_chars && word.chars().count() > self.max_word_chars {
             return emit(self.unknown);
+        }
+        // The common case: the whole word is a token.
+        if let Some(&id) = self.starts.get(word) {
+            return emit(id);
         }
         // Pieces are found first and emitted after, since a word with an uncuttable rest is
         // one unknown token as a whole. A piece is at least a character, so they fit.
