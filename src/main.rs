@@ -92,7 +92,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0.1)]
     l2_embedding: f64,
     /// Tokens of the last user message the embedding reads, at most.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// Gradient descent steps.
     #[arg(long, default_value_t = 3000)]

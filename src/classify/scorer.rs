@@ -480,7 +480,7 @@ impl Default for TrainOptions {
             features: true,
             prior: None,
             table: None,
-            max_tokens: 256,
+            max_tokens: 128,
             keep_examples: true,
             group_intercepts: true,
             l2_features: 1e-3,
