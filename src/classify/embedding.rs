@@ -35,7 +35,9 @@ pub fn builtin() -> Result<Arc<StaticTable>, String> {
 pub struct StaticTable {
     tokenizer: WordPiece,
     weights: Vec<f32>,
-    vectors: Vec<f32>,
+    /// Kept at half precision: only training and explanations read them; scoring reads one
+    /// number per token.
+    vectors: Vec<half::f16>,
     dims: usize,
     sha256: String,
 }
@@ -127,15 +129,15 @@ impl StaticTable {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let vectors: Vec<f32> = r
+        let vectors: Vec<half::f16> = r
             .take(vocab * dims * 2, "vectors")?
             .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
             .collect();
         if r.at != body.len() {
             return Err(format!("{} bytes after the vectors", body.len() - r.at));
         }
-        if weights.iter().chain(&vectors).any(|v| !v.is_finite()) {
+        if weights.iter().any(|v| !v.is_finite()) || vectors.iter().any(|v| !v.is_finite()) {
             return Err("a weight or vector is not a finite number".into());
         }
         Ok(StaticTable {
@@ -180,7 +182,7 @@ impl StaticTable {
         self.tokens(text, max_tokens, |id, w| {
             let v = &self.vectors[id * self.dims..(id + 1) * self.dims];
             for (s, x) in sum.iter_mut().zip(v) {
-                *s += w * x;
+                *s += w * x.to_f32();
             }
             total += w;
         });
@@ -200,7 +202,7 @@ impl StaticTable {
             .map(|v| {
                 v.iter()
                     .zip(direction)
-                    .map(|(x, d)| f64::from(*x) * d)
+                    .map(|(x, d)| f64::from(x.to_f32()) * d)
                     .sum::<f64>() as f32
             })
             .collect()
