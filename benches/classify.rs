@@ -101,10 +101,10 @@ fn classify(c: &mut Criterion) {
     let req = one_message(2 << 10);
     let text = switchyard::classify::scorer::last_user_text(&req);
     group.sample_size(50);
-    group.bench_function("tokens_of_2k_message_first_256", |b| {
+    group.bench_function("tokens_of_2k_message_first_128", |b| {
         b.iter(|| {
             let mut n = 0.0f32;
-            loaded.tokens(black_box(text), 256, |_, w| n += w);
+            loaded.tokens(black_box(text), 128, |_, w| n += w);
             n
         })
     });
