@@ -124,7 +124,7 @@ fn pipeline(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let headers = client_header();
-    let tenant = switchyard::auth::Tenant::of(&headers);
+    let tenant = switchyard::auth::Tenant::of(&headers, &[0; 32]);
     let mut group = c.benchmark_group("pipeline");
     for (name, stream) in [("json", false), ("stream", true)] {
         let p = Pipeline::new(config(), Scripted::new()).expect("pipeline");

@@ -58,7 +58,14 @@ fn authenticate(c: &mut Criterion) {
     );
     let now = now();
     c.bench_function("tenant/authenticate_last_of_20_keys", |b| {
-        b.iter(|| Tenant::authenticate(black_box(&config.keys), black_box(&headers), now))
+        b.iter(|| {
+            Tenant::authenticate(
+                black_box(&config.keys),
+                &config.tenant_secret,
+                black_box(&headers),
+                now,
+            )
+        })
     });
 }
 

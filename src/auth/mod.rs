@@ -7,6 +7,7 @@
 //! token, never by the token itself), requests without one are `anonymous`. The tenant keeps
 //! cached answers apart and names the client in the metrics and the access log.
 
+use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
@@ -16,8 +17,8 @@ use crate::config::KeyConfig;
 /// A request's tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
-    /// The key's name; without keys, `anonymous` or `key-` and 16 hex digits of a fingerprint
-    /// of the bearer token.
+    /// The key's name; without keys, `anonymous` or `key-` and 32 hex digits of a keyed
+    /// fingerprint of the bearer token.
     pub id: String,
     /// The key's index in the configuration, when keys are configured.
     pub key: Option<usize>,
@@ -33,11 +34,12 @@ impl Tenant {
         }
     }
 
-    /// The tenant of a request with these headers when no keys are configured.
-    pub fn of(headers: &HeaderMap) -> Tenant {
+    /// The tenant of a request with these headers when no keys are configured; `secret` keys
+    /// the fingerprint (`Config::tenant_secret`).
+    pub fn of(headers: &HeaderMap, secret: &[u8; 32]) -> Tenant {
         let id = match token(headers) {
             None => "anonymous".to_owned(),
-            Some(token) => format!("key-{:016x}", fingerprint(token)),
+            Some(token) => format!("key-{:032x}", fingerprint(secret, token)),
         };
         Tenant { id, key: None }
     }
@@ -47,11 +49,12 @@ impl Tenant {
     /// [`Tenant::of`].
     pub fn authenticate(
         keys: &[KeyConfig],
+        secret: &[u8; 32],
         headers: &HeaderMap,
         now: u64,
     ) -> Result<Tenant, ApiError> {
         if keys.is_empty() {
-            return Ok(Tenant::of(headers));
+            return Ok(Tenant::of(headers, secret));
         }
         let Some(token) = token(headers) else {
             return Err(ApiError::unauthorized(
@@ -110,15 +113,20 @@ fn strip_bearer(value: &[u8]) -> &[u8] {
     }
 }
 
-/// FNV-1a, 64 bits: stable across restarts (log lines stay comparable), and far too short to
-/// give back a token.
-fn fingerprint(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+/// HMAC-SHA-256 of the token under `secret`, its first 128 bits: two tokens do not share a
+/// tenant (and its cached answers) by accident, the same token is the same tenant across
+/// restarts and replicas, and without the secret a fingerprint cannot be checked against
+/// guessed tokens.
+fn fingerprint(secret: &[u8; 32], token: &[u8]) -> u128 {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        // HMAC takes keys of any length; this branch cannot be reached.
+        return 0;
+    };
+    mac.update(token);
+    let tag = mac.finalize().into_bytes();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&tag[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// A fresh gateway key and its SHA-256 in hex: `sy-` and 48 hex digits of the operating
@@ -148,7 +156,7 @@ mod tests {
     }
 
     fn tenant(auth: Option<&str>) -> String {
-        Tenant::of(&headers(auth)).id
+        Tenant::of(&headers(auth), &[7; 32]).id
     }
 
     #[test]
@@ -158,8 +166,12 @@ mod tests {
         let a = tenant(Some("Bearer sk-alpha-123"));
         assert_eq!(a, tenant(Some("bearer   sk-alpha-123")));
         assert_ne!(a, tenant(Some("Bearer sk-beta-456")));
-        assert!(a.starts_with("key-") && a.len() == 20, "{a}");
+        assert!(a.starts_with("key-") && a.len() == 36, "{a}");
         assert!(!a.contains("alpha"));
+        // Keyed: another gateway secret gives another fingerprint of the same token.
+        let h = headers(Some("Bearer sk-alpha-123"));
+        assert_ne!(Tenant::of(&h, &[8; 32]).id, a);
+        assert_eq!(Tenant::of(&h, &[7; 32]).id, a);
     }
 
     fn key(name: &str, secret: &str, expires: Option<u64>) -> KeyConfig {
@@ -184,7 +196,8 @@ mod tests {
             key("team-a", "sy-aaaa", None),
             key("team-b", "sy-bbbb", Some(100)),
         ];
-        let who = |auth: Option<&str>, now| Tenant::authenticate(&keys, &headers(auth), now);
+        let who =
+            |auth: Option<&str>, now| Tenant::authenticate(&keys, &[7; 32], &headers(auth), now);
         assert_eq!(who(Some("Bearer sy-aaaa"), 50).unwrap().id, "team-a");
         assert_eq!(who(Some("Bearer sy-bbbb"), 50).unwrap().key, Some(1));
         let wrong = who(Some("Bearer sy-cccc-wrong-key"), 50).unwrap_err();
@@ -201,7 +214,10 @@ mod tests {
         );
         let mut h = HeaderMap::new();
         h.insert("api-key", "sy-aaaa".parse().unwrap());
-        assert_eq!(Tenant::authenticate(&keys, &h, 0).unwrap().id, "team-a");
+        assert_eq!(
+            Tenant::authenticate(&keys, &[7; 32], &h, 0).unwrap().id,
+            "team-a"
+        );
     }
 
     #[test]

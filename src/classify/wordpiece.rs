@@ -164,7 +164,7 @@ impl WordPiece {
                 self.ascii(c, &mut word, &mut |w| flush(w, &mut go));
                 continue;
             }
-            // Clean: drop NUL, the replacement character and control characters.
+            // Clean: drop the replacement character and control characters.
             if c == '\u{fffd}' || is_control(c) {
                 continue;
             }

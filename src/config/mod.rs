@@ -306,6 +306,10 @@ pub struct Config {
     pub state: StateConfig,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
+    /// The key that fingerprints a keyless client's token (its tenant): derived from the
+    /// upstreams' keys, so replicas with one configuration agree and a fingerprint seen in a log
+    /// cannot be tested against guessed tokens without them.
+    pub tenant_secret: [u8; 32],
     /// Things worth telling the operator that do not stop the gateway.
     pub warnings: Vec<String>,
 }
@@ -473,6 +477,7 @@ impl Checker<'_> {
         let keys = self.keys(&raw.keys);
         let state = self.state(raw.state.as_ref());
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
+        let tenant_secret = tenant_secret(&upstreams);
         Some(Config {
             listen: server.listen,
             threads: server.threads,
@@ -491,6 +496,7 @@ impl Checker<'_> {
             keys,
             state,
             model_names,
+            tenant_secret,
             warnings,
         })
     }
@@ -672,6 +678,18 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| format!("`{text}` is not an address like 127.0.0.1:8080"))
+}
+
+/// The fingerprinting key: SHA-256 of a fixed label and every upstream's key, in order.
+fn tenant_secret(upstreams: &[UpstreamConfig]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"switchyard tenant fingerprint v1");
+    for key in upstreams.iter().filter_map(|u| u.api_key.as_ref()) {
+        h.update((key.expose().len() as u64).to_le_bytes());
+        h.update(key.expose().as_bytes());
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]

@@ -56,7 +56,7 @@ fn body(model: &str, extra: &str) -> Bytes {
 
 /// Serves one request with these client headers; returns what the client got and the record.
 async fn serve(p: &Pipeline<Scripted>, body: Bytes, headers: &HeaderMap) -> (Collect, Record) {
-    let tenant = crate::auth::Tenant::of(headers);
+    let tenant = crate::auth::Tenant::of(headers, &p.config.tenant_secret);
     let incoming = Incoming {
         tenant: &tenant,
         standing: None,

@@ -144,7 +144,11 @@ pub(super) async fn route(session: &mut Session, ctx: &Ctx) -> Result<()> {
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };
     let headers = &session.req_header().headers;
-    let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(headers));
+    let secret = ctx.config().tenant_secret;
+    let tenant = ctx
+        .tenant
+        .clone()
+        .unwrap_or_else(|| Tenant::of(headers, &secret));
     let decision = match ctx.pipeline.decide(&tenant, headers, &request) {
         Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,

@@ -214,7 +214,11 @@ impl Gateway {
             .path_and_query()
             .map_or("/v1/chat/completions", |p| p.as_str())
             .to_owned();
-        let tenant = ctx.tenant.clone().unwrap_or_else(|| Tenant::of(&headers));
+        let secret = ctx.config().tenant_secret;
+        let tenant = ctx
+            .tenant
+            .clone()
+            .unwrap_or_else(|| Tenant::of(&headers, &secret));
         let incoming = Incoming {
             tenant: &tenant,
             standing: None,
@@ -289,7 +293,12 @@ impl ProxyHttp for Gateway {
         ctx.request_id = self.ids.for_request(session.req_header());
         if session.req_header().uri.path() != "/health" {
             let headers = &session.req_header().headers;
-            match Tenant::authenticate(&ctx.config().keys, headers, ids::unix_now()) {
+            match Tenant::authenticate(
+                &ctx.config().keys,
+                &ctx.config().tenant_secret,
+                headers,
+                ids::unix_now(),
+            ) {
                 Ok(tenant) => {
                     ctx.record.tenant = Some(tenant.id.clone());
                     ctx.record.tenant_label = Some(tenant.label().to_owned());
