@@ -113,6 +113,20 @@ impl ApiError {
         }
     }
 
+    /// A 502: the upstream refused the gateway's own credentials, which only its operator can
+    /// fix (the client's key, if any, was not what failed).
+    pub fn upstream_auth_failed(upstream: &str) -> Self {
+        ApiError {
+            status: 502,
+            message: format!(
+                "Upstream `{upstream}` refused the gateway's credentials: the gateway is misconfigured; please tell its operator."
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_auth_failed"),
+        }
+    }
+
     /// A 503: every backend of the upstream is down or ejected.
     pub fn no_healthy_backend(upstream: &str) -> Self {
         ApiError {

@@ -50,10 +50,19 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     let status = exchange.head().status.as_u16();
     let native = upstream.config.kind != UpstreamKind::OpenAi;
 
+    if status == 401 && upstream.config.api_key.is_some() {
+        // The upstream refused the gateway's own key: nothing the client can fix, and nothing
+        // of the upstream's answer (which may quote the key) goes out.
+        let _ = read_error_body(&mut exchange).await;
+        exchange.finish().await;
+        let error = ApiError::upstream_auth_failed(upstream.name());
+        let (head, body) = explain::error_answer(&error, &explain, &[]);
+        return down.respond(head, body).await;
+    }
     if status >= 400 && (native || !explain::is_json(exchange.head())) {
         let body = read_error_body(&mut exchange).await;
         exchange.finish().await;
-        let error = upstream_error(upstream, status, &body);
+        let error = upstream_error(upstream, status, &upstream.scrub.all(&body));
         let (head, body) = explain::error_answer(&error, &explain, &[]);
         return down.respond(head, body).await;
     }
@@ -74,6 +83,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     } else {
         let mut head = explain::empty_head(status);
         head.headers = exchange.head().headers.clone();
+        scrub_headers(&upstream.scrub, &mut head.headers);
         explain::rewrite_upstream_head(&mut head, &explain);
         let streaming = explain::is_event_stream(&head);
         (head, streaming, Translate::Pass)
@@ -87,8 +97,14 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     };
     down.head(head).await?;
 
+    let mut scrub = upstream.scrub.stream();
     loop {
-        let (out, ended) = match exchange.next().await {
+        let next = match exchange.next().await {
+            Ok(Some(piece)) => Ok(Some(scrub.feed(&piece))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let (out, ended) = match next {
             Ok(Some(piece)) => match &mut translate {
                 Translate::Pass => (reader.feed(piece), false),
                 Translate::Stream(t) => {
@@ -97,8 +113,9 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
                 }
             },
             Ok(None) => match &mut translate {
-                Translate::Pass => (Bytes::new(), true),
+                Translate::Pass => (reader.feed(scrub.finish()), true),
                 Translate::Stream(t) => {
+                    t.feed(&scrub.finish(), &mut reader);
                     t.finish(&mut reader);
                     (reader.take(), true)
                 }
@@ -144,6 +161,19 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
             finish_answer(p, job, leg, rec, reader.finish(), flight);
         }
         return down.finish(None).await;
+    }
+}
+
+/// Masks the upstream's key in every header value that holds it.
+fn scrub_headers(scrub: &crate::upstream::scrub::Scrub, headers: &mut http::HeaderMap) {
+    if scrub.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        if scrub.finds(value.as_bytes()) {
+            *value = http::HeaderValue::from_maybe_shared(scrub.all(value.as_bytes()))
+                .unwrap_or(http::HeaderValue::from_static("***"));
+        }
     }
 }
 

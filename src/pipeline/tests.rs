@@ -563,3 +563,62 @@ fn a_reload_keeps_unchanged_upstreams_the_cache_and_the_counters() {
     assert!(Arc::ptr_eq(&p.metrics, &next.metrics));
     assert!(Arc::ptr_eq(&p.limits, &next.limits));
 }
+
+#[tokio::test]
+async fn the_upstream_key_never_reaches_the_client() {
+    const KEY: &str = "sk-upstream-secret";
+    let p = pipeline();
+    let t = &p.transport;
+
+    // Quoted in a JSON error body and in a header (JSON-escaped forms: `upstream::scrub`).
+    let quoted = format!(
+        r#"{{"error":{{"message":"Bad request for key {KEY}","type":"invalid_request_error","param":null,"code":null}}}}"#
+    );
+    let echo = format!("Bearer {KEY}");
+    t.script(
+        "cloud",
+        [Reply::status(400, &quoted, &[("x-echo", echo.as_str())])],
+    );
+    let (got, _) = serve(&p, body("gpt-4o", ""), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 400);
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(!text.contains(KEY) && text.contains("***"), "{text}");
+    assert_eq!(got.header("x-echo"), Some("Bearer ***"));
+
+    // Refused: the client hears that the gateway is misconfigured, not about its own key.
+    t.script(
+        "cloud",
+        [Reply::status(
+            401,
+            &format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#),
+            &[],
+        )],
+    );
+    let (got, _) = serve(&p, body("gpt-4o", ""), &HeaderMap::new()).await;
+    assert_eq!(got.status(), 502);
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_auth_failed");
+    assert!(!String::from_utf8_lossy(&got.body).contains(KEY));
+
+    // In a stream, cut across two pieces.
+    let event = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"big\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
+    t.script(
+        "cloud",
+        [Reply::pieces(
+            "text/event-stream",
+            &[
+                event,
+                "data: {\"error\":{\"message\":\"key sk-upst",
+                "ream-secret revoked\",\"type\":\"server_error\"}}\n\n",
+                "data: [DONE]\n\n",
+            ],
+        )],
+    );
+    let (got, _) = serve(&p, body("gpt-4o", r#","stream":true"#), &HeaderMap::new()).await;
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(text.starts_with(event), "{text}");
+    assert!(
+        !text.contains(KEY) && text.contains("key *** revoked"),
+        "{text}"
+    );
+}

@@ -15,6 +15,7 @@ pub mod raw;
 mod resolve;
 pub mod retry;
 pub mod scripted;
+pub mod scrub;
 
 use std::sync::Arc;
 
@@ -55,6 +56,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     /// Its backends and their health.
     pub pool: Arc<Pool>,
+    /// Masks this upstream's key in what it answers.
+    pub scrub: scrub::Scrub,
     authorization: Option<HeaderValue>,
 }
 
@@ -91,6 +94,7 @@ impl Upstream {
         }
         Ok(Upstream {
             pool: Arc::new(Pool::new(backends, config.balance, config.health.clone())),
+            scrub: scrub::Scrub::new(config.api_key.as_ref().map(|k| k.expose())),
             config,
             authorization,
         })

@@ -1,0 +1,174 @@
+//! Keeping the gateway's upstream keys out of what it relays: an upstream that echoes the key it
+//! was sent (in an error message, a header, an SSE error event) must not hand it to the client.
+//! Every occurrence of a key, as sent or JSON-escaped, is replaced by `***`, also when the
+//! occurrence is cut across two chunks of a stream. Nothing is held back from a chunk unless its
+//! end could be the start of a key, so events are not delayed.
+
+use bytes::{Bytes, BytesMut};
+
+/// What replaces a key.
+const MASK: &[u8] = b"***";
+
+/// The forms of one upstream's keys to look for.
+#[derive(Debug, Clone, Default)]
+pub struct Scrub {
+    forms: Vec<Vec<u8>>,
+}
+
+impl Scrub {
+    /// Looks for each of `secrets` (empty ones are ignored) as sent and as a JSON string would
+    /// escape it.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Scrub {
+        let mut forms: Vec<Vec<u8>> = Vec::new();
+        for secret in secrets.into_iter().filter(|s| !s.is_empty()) {
+            forms.push(secret.as_bytes().to_vec());
+            let escaped = serde_json::to_string(secret).unwrap_or_default();
+            let inner = escaped.trim_start_matches('"').trim_end_matches('"');
+            let slashed = inner.replace('/', "\\/");
+            for form in [inner.to_owned(), slashed] {
+                if !form.is_empty() && !forms.iter().any(|f| f == form.as_bytes()) {
+                    forms.push(form.into_bytes());
+                }
+            }
+        }
+        Scrub { forms }
+    }
+
+    /// Whether there is anything to look for.
+    pub fn is_empty(&self) -> bool {
+        self.forms.is_empty()
+    }
+
+    /// `bytes` with every key masked (whole, not streamed).
+    pub fn all(&self, bytes: &[u8]) -> Bytes {
+        let mut stream = self.stream();
+        let mut out = BytesMut::from(&stream.feed(bytes)[..]);
+        out.extend_from_slice(&stream.finish());
+        out.freeze()
+    }
+
+    /// Whether `bytes` holds a key.
+    pub fn finds(&self, bytes: &[u8]) -> bool {
+        self.forms.iter().any(|f| find(bytes, f).is_some())
+    }
+
+    /// A scrubber for one stream of chunks.
+    pub fn stream(&self) -> ScrubStream<'_> {
+        ScrubStream {
+            scrub: self,
+            held: Vec::new(),
+        }
+    }
+}
+
+/// Masks keys in a stream of chunks, holding back a chunk's end only while it may be the start
+/// of a key.
+pub struct ScrubStream<'a> {
+    scrub: &'a Scrub,
+    held: Vec<u8>,
+}
+
+impl ScrubStream<'_> {
+    /// The bytes of `chunk` (after what was held back) that can go out now, masked.
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.scrub.forms.is_empty() {
+            return Bytes::copy_from_slice(chunk);
+        }
+        let mut text = std::mem::take(&mut self.held);
+        text.extend_from_slice(chunk);
+        let masked = self.mask(&text);
+        let keep = self.partial_tail(&masked);
+        self.held = masked[masked.len() - keep..].to_vec();
+        Bytes::copy_from_slice(&masked[..masked.len() - keep])
+    }
+
+    /// What was held back at the end of the stream.
+    pub fn finish(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.held))
+    }
+
+    /// `text` with every whole key masked.
+    fn mask(&self, text: &[u8]) -> Vec<u8> {
+        let mut out = text.to_vec();
+        for form in &self.scrub.forms {
+            let mut from = 0;
+            while let Some(at) = find(&out[from..], form) {
+                let at = from + at;
+                out.splice(at..at + form.len(), MASK.iter().copied());
+                from = at + MASK.len();
+            }
+        }
+        out
+    }
+
+    /// The length of the longest end of `text` that is the start of a key.
+    fn partial_tail(&self, text: &[u8]) -> usize {
+        let mut keep = 0;
+        for form in &self.scrub.forms {
+            let most = (form.len() - 1).min(text.len());
+            for n in (keep + 1..=most).rev() {
+                if text[text.len() - n..] == form[..n] {
+                    keep = n;
+                    break;
+                }
+            }
+        }
+        keep
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-proj-Abc/123_xyz";
+
+    #[test]
+    fn masks_keys_as_sent_and_json_escaped() {
+        let s = Scrub::new([KEY, ""]);
+        let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-Abc\/123_xyz (sk-proj-Abc/123_xyz)"}}"#;
+        let out = s.all(body);
+        assert_eq!(
+            &out[..],
+            &br#"{"error":{"message":"Incorrect API key provided: *** (***)"}}"#[..]
+        );
+        assert!(s.finds(body) && !s.finds(&out));
+    }
+
+    #[test]
+    fn a_key_cut_across_chunks_is_masked_and_nothing_else_waits() {
+        let s = Scrub::new([KEY]);
+        let mut st = s.stream();
+        let event = b"data: {\"a\":1}\n\n";
+        assert_eq!(
+            &st.feed(event)[..],
+            &event[..],
+            "an event ends; nothing is held"
+        );
+        let first = st.feed(b"data: {\"error\":\"bad key sk-proj-A");
+        assert_eq!(&first[..], b"data: {\"error\":\"bad key ");
+        let second = st.feed(b"bc/123_xyz\"}\n\n");
+        assert_eq!(&second[..], b"***\"}\n\n");
+        let third = st.feed(b"sk-pr");
+        assert!(third.is_empty());
+        assert_eq!(
+            &st.finish()[..],
+            b"sk-pr",
+            "a prefix at the very end goes out as it is"
+        );
+    }
+
+    #[test]
+    fn without_keys_bytes_pass_untouched() {
+        let s = Scrub::new(std::iter::empty());
+        assert!(s.is_empty());
+        assert_eq!(&s.stream().feed(b"sk-anything")[..], b"sk-anything");
+    }
+}
