@@ -884,3 +884,54 @@ async fn metrics_count_exactly_what_was_served() {
         assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_keeps_the_upstream_key_and_stays_on_clean_v1_paths() {
+    // An upstream that quotes the key it was sent, in its error message.
+    let cloud = Mock::start(|req| {
+        let sent = req.header("authorization").unwrap_or_default().to_owned();
+        Reply::error(
+            401,
+            "invalid_request_error",
+            &format!("Incorrect API key provided: {sent}"),
+        )
+    })
+    .await;
+    let gw = cloud_only(&cloud.url(), "");
+    let body = json!({"model": "text-embedding-3-small", "input": "hi"}).to_string();
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/v1/embeddings",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(
+        !r.text().contains(CLOUD_KEY) && r.text().contains("Bearer ***"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(cloud.requests().len(), 1);
+
+    // Methods the API does not use, and paths that could resolve elsewhere, never leave.
+    let r = request(gw.addr(), "TRACE", "/v1/x", &[], b"").await;
+    r.assert_error(405);
+    assert_eq!(r.header("allow"), Some("GET, POST, DELETE"));
+    for path in [
+        "/v1/../../etc/passwd",
+        "/v1/%2e%2e/admin",
+        "/v1/files%2Fx",
+        "/v1//files",
+    ] {
+        let r = request(gw.addr(), "GET", path, &[], b"").await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "invalid_url", "{path}");
+    }
+    assert_eq!(
+        cloud.requests().len(),
+        1,
+        "none of those reached the upstream"
+    );
+}

@@ -83,7 +83,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     } else {
         let mut head = explain::empty_head(status);
         head.headers = exchange.head().headers.clone();
-        scrub_headers(&upstream.scrub, &mut head.headers);
+        upstream.scrub.headers(&mut head.headers);
         explain::rewrite_upstream_head(&mut head, &explain);
         let streaming = explain::is_event_stream(&head);
         (head, streaming, Translate::Pass)
@@ -161,19 +161,6 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
             finish_answer(p, job, leg, rec, reader.finish(), flight);
         }
         return down.finish(None).await;
-    }
-}
-
-/// Masks the upstream's key in every header value that holds it.
-fn scrub_headers(scrub: &crate::upstream::scrub::Scrub, headers: &mut http::HeaderMap) {
-    if scrub.is_empty() {
-        return;
-    }
-    for value in headers.values_mut() {
-        if scrub.finds(value.as_bytes()) {
-            *value = http::HeaderValue::from_maybe_shared(scrub.all(value.as_bytes()))
-                .unwrap_or(http::HeaderValue::from_static("***"));
-        }
     }
 }
 

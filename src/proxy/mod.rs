@@ -127,6 +127,8 @@ pub struct Ctx {
     record: Record,
     /// Who asks, once authenticated (every path but `/health`).
     tenant: Option<Tenant>,
+    /// Masks the upstream's key in a pass-through answer's body.
+    scrub: Option<crate::upstream::scrub::ScrubStream>,
     _in_flight: Option<InFlight>,
 }
 
@@ -181,7 +183,13 @@ impl Gateway {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
             }
             p if p.starts_with("/v1/") => {
-                return Ok(Handled::Passthrough(ctx.config().passthrough))
+                if let Err(error) = crate::route::passthrough::check(&method, p) {
+                    let allow = [(http::header::ALLOW, crate::route::passthrough::METHODS)];
+                    let extra = if error.status == 405 { &allow[..] } else { &[] };
+                    write_error(session, &error, &Explain::gateway(&ctx.request_id), extra).await?;
+                    return Ok(Handled::Done);
+                }
+                return Ok(Handled::Passthrough(ctx.config().passthrough));
             }
             _ => {
                 let error = ApiError::unknown_path(method.as_str(), &path);
@@ -280,6 +288,7 @@ impl ProxyHttp for Gateway {
             request_id: String::new(),
             started: Instant::now(),
             passthrough: None,
+            scrub: None,
             lease: None,
             record: Record::new(),
             tenant: None,
@@ -395,13 +404,47 @@ impl ProxyHttp for Gateway {
             .get(http::header::TRANSFER_ENCODING)
             .cloned();
         let mut head = upstream_response.as_owned_parts();
+        let scrub = upstream.scrub.clone();
+        scrub.headers(&mut head.headers);
         explain::rewrite_upstream_head(&mut head, &explain);
         head.headers.remove(http::header::TRANSFER_ENCODING);
         if let Some(te) = framing {
             head.headers.insert(http::header::TRANSFER_ENCODING, te);
         }
+        // Masking changes the body's length: send it chunked.
+        if !scrub.is_empty() {
+            ctx.scrub = Some(scrub.stream());
+        }
+        if ctx.scrub.is_some() && head.headers.remove(http::header::CONTENT_LENGTH).is_some() {
+            head.headers.insert(
+                http::header::TRANSFER_ENCODING,
+                http::HeaderValue::from_static("chunked"),
+            );
+        }
         *upstream_response = ResponseHeader::from(head);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        // A pass-through answer that repeats the upstream's key has it masked, also when the
+        // key is cut across chunks.
+        if let Some(scrub) = &mut ctx.scrub {
+            let mut out = bytes::BytesMut::new();
+            if let Some(chunk) = body.take() {
+                out.extend_from_slice(&scrub.feed(&chunk));
+            }
+            if end_of_stream {
+                out.extend_from_slice(&scrub.finish());
+            }
+            *body = (!out.is_empty()).then(|| out.freeze());
+        }
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {

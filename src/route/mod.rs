@@ -4,6 +4,8 @@
 //! name maps to an upstream and the model name that upstream knows; names outside the table take
 //! the default route.
 
+pub mod passthrough;
+
 use crate::api::ChatRequest;
 use crate::classify::Features;
 use crate::config::{Config, ModelEntry, Routing};

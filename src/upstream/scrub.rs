@@ -4,15 +4,18 @@
 //! occurrence is cut across two chunks of a stream. Nothing is held back from a chunk unless its
 //! end could be the start of a key, so events are not delayed.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
 
 /// What replaces a key.
 const MASK: &[u8] = b"***";
 
-/// The forms of one upstream's keys to look for.
+/// The forms of one upstream's keys to look for (cheap to clone).
 #[derive(Debug, Clone, Default)]
 pub struct Scrub {
-    forms: Vec<Vec<u8>>,
+    forms: Arc<[Vec<u8>]>,
 }
 
 impl Scrub {
@@ -31,7 +34,22 @@ impl Scrub {
                 }
             }
         }
-        Scrub { forms }
+        Scrub {
+            forms: forms.into(),
+        }
+    }
+
+    /// Masks the keys in every header value that holds one.
+    pub fn headers(&self, headers: &mut HeaderMap) {
+        if self.is_empty() {
+            return;
+        }
+        for value in headers.values_mut() {
+            if self.finds(value.as_bytes()) {
+                *value = HeaderValue::from_maybe_shared(self.all(value.as_bytes()))
+                    .unwrap_or(HeaderValue::from_static("***"));
+            }
+        }
     }
 
     /// Whether there is anything to look for.
@@ -53,9 +71,9 @@ impl Scrub {
     }
 
     /// A scrubber for one stream of chunks.
-    pub fn stream(&self) -> ScrubStream<'_> {
+    pub fn stream(&self) -> ScrubStream {
         ScrubStream {
-            scrub: self,
+            scrub: self.clone(),
             held: Vec::new(),
         }
     }
@@ -63,12 +81,13 @@ impl Scrub {
 
 /// Masks keys in a stream of chunks, holding back a chunk's end only while it may be the start
 /// of a key.
-pub struct ScrubStream<'a> {
-    scrub: &'a Scrub,
+#[derive(Debug)]
+pub struct ScrubStream {
+    scrub: Scrub,
     held: Vec<u8>,
 }
 
-impl ScrubStream<'_> {
+impl ScrubStream {
     /// The bytes of `chunk` (after what was held back) that can go out now, masked.
     pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
         if self.scrub.forms.is_empty() {
@@ -90,7 +109,7 @@ impl ScrubStream<'_> {
     /// `text` with every whole key masked.
     fn mask(&self, text: &[u8]) -> Vec<u8> {
         let mut out = text.to_vec();
-        for form in &self.scrub.forms {
+        for form in self.scrub.forms.iter() {
             let mut from = 0;
             while let Some(at) = find(&out[from..], form) {
                 let at = from + at;
@@ -104,7 +123,7 @@ impl ScrubStream<'_> {
     /// The length of the longest end of `text` that is the start of a key.
     fn partial_tail(&self, text: &[u8]) -> usize {
         let mut keep = 0;
-        for form in &self.scrub.forms {
+        for form in self.scrub.forms.iter() {
             let most = (form.len() - 1).min(text.len());
             for n in (keep + 1..=most).rev() {
                 if text[text.len() - n..] == form[..n] {
