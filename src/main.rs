@@ -109,7 +109,11 @@ macro_rules! say {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // pingora's HTTP code traces whole request heads, the upstream's key among them: never
+        // below debug there, whatever RUST_LOG asks.
+        .filter_module("pingora_core::protocols::http", log::LevelFilter::Debug)
+        .init();
     if let Some(Command::Key(KeyCommand::New { name })) = &cli.command {
         return match switchyard::auth::new_key() {
             Ok((key, hash)) => {

@@ -935,3 +935,38 @@ async fn pass_through_keeps_the_upstream_key_and_stays_on_clean_v1_paths() {
         "none of those reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_key_is_in_no_log_line_even_at_trace_level() {
+    let cloud = Mock::start(|req| {
+        if req.path == "/v1/chat/completions" {
+            Reply::json(completion("gpt-4o", "hi"))
+        } else {
+            Reply::json(json!({"object": "list", "data": []}))
+        }
+    })
+    .await;
+    let gw = Gateway::start_with_env(
+        &two_upstreams(&refused_addr().to_string(), &cloud.url(), ""),
+        &[("RUST_LOG", "trace")],
+    );
+    let r = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("hello")}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request(gw.addr(), "GET", "/v1/files", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let log = gw.log();
+    assert!(log.len() > 1000, "trace logging is on: {log}");
+    assert!(
+        !log.contains(CLOUD_KEY),
+        "the key is in the log: {}",
+        log.lines()
+            .filter(|l| l.contains(CLOUD_KEY))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
