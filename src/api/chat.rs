@@ -930,6 +930,19 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_json_is_a_clear_error_not_a_crash() {
+        for depth in [200, 100_000] {
+            let deep = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"x":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            let e = ChatRequest::parse(Bytes::from(deep)).unwrap_err();
+            assert_eq!(e.status, 400, "{}", e.message);
+        }
+    }
+
+    #[test]
     fn reads_the_fields_it_needs() {
         let r = parse(
             r#"{"model":"auto","stream":true,"stream_options":{"include_usage":true},
