@@ -622,3 +622,35 @@ async fn the_upstream_key_never_reaches_the_client() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn answers_that_blame_the_request_never_eject_a_backend() {
+    use crate::upstream::pool::BackendState;
+    let p = pipeline();
+    let t = &p.transport;
+    let broken = r#"{"error":{"message":"cannot process this input","type":"server_error","param":null,"code":null}}"#;
+    t.always("local/1", Reply::status(500, broken, &[]));
+    t.always(
+        "local/2",
+        Reply::status(
+            429,
+            r#"{"error":{"message":"slow down","type":"requests","param":null,"code":null}}"#,
+            &[],
+        ),
+    );
+    t.always("cloud", Reply::json(ANSWER));
+    for _ in 0..12 {
+        let (got, _) = serve(&p, body("auto", ""), &HeaderMap::new()).await;
+        assert_eq!(got.status(), 200, "the cloud answers");
+    }
+    let local = &p.upstreams[0];
+    let now = std::time::Instant::now();
+    for backend in &local.pool.backends {
+        assert_eq!(
+            backend.state(now),
+            BackendState::Up,
+            "{}: a 500 or 429 says the server is alive",
+            backend.label
+        );
+    }
+}

@@ -168,6 +168,9 @@ pub async fn call<T: Transport>(
                 }
                 if retry::backend_failed(status) {
                     lease.failed();
+                } else {
+                    // It answered (429, 500, 408): alive, whatever it thinks of the request.
+                    lease.succeeded();
                 }
                 log::warn!(
                     "request {}: upstream {} answered {status}",

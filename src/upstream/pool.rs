@@ -40,10 +40,8 @@ struct State {
     checks_failed: u32,
     /// Failed requests in a row.
     failures: u32,
-    /// The circuit is open until then; after it, one probe may go.
+    /// The circuit is open until then; after it, requests probe it (half-open).
     open_until: Option<Instant>,
-    /// A probe is in progress.
-    probing: bool,
 }
 
 /// A backend's state, as `/health` reports it.
@@ -55,7 +53,8 @@ pub enum BackendState {
     Down,
     /// Ejected after failed requests, cooling down.
     Ejected,
-    /// Cooled down; the next request probes it.
+    /// Cooled down: it takes requests again, the first answer closes the circuit and the
+    /// first failure opens it again.
     HalfOpen,
 }
 
@@ -97,7 +96,6 @@ impl Backend {
         } else {
             match s.open_until {
                 Some(until) if now < until => BackendState::Ejected,
-                Some(_) if s.probing => BackendState::Ejected,
                 Some(_) => BackendState::HalfOpen,
                 None => BackendState::Up,
             }
@@ -134,14 +132,14 @@ impl Backend {
 
 /// A backend lent to one request: counted as outstanding until dropped (keep it for as long as
 /// the answer streams). Say how the request went with [`Lease::succeeded`] or [`Lease::failed`];
-/// a lease dropped without a word changes nothing but frees a probe.
+/// a lease dropped without a word changes nothing.
 #[derive(Debug)]
 pub struct Lease {
     pool: Arc<Pool>,
     /// The backend's index.
     pub index: usize,
+    /// Lent while half-open: a failure ejects at once.
     probe: bool,
-    judged: bool,
 }
 
 impl Lease {
@@ -150,26 +148,23 @@ impl Lease {
         &self.pool.backends[self.index]
     }
 
-    /// The request got an answer: the circuit closes.
+    /// The backend answered (whatever the status, short of a sign it is broken): the circuit
+    /// closes.
     pub fn succeeded(&mut self) {
-        self.judged = true;
         let mut s = self.backend().lock();
         s.failures = 0;
         s.open_until = None;
-        s.probing = false;
     }
 
-    /// The request failed on this backend (refused, reset, timed out, a 5xx): counts towards
-    /// ejection; a failed probe ejects it again at once.
+    /// The request failed on this backend (refused, reset, timed out, 502/503/504): counts
+    /// towards ejection; a failure while half-open ejects it again at once.
     pub fn failed(&mut self) {
-        self.judged = true;
         let cooldown = self.pool.health.cooldown;
         let threshold = self.pool.health.failures;
         let probe = self.probe;
         let label = self.backend().label.clone();
         let mut s = self.backend().lock();
         s.failures = s.failures.saturating_add(1);
-        s.probing = false;
         if probe || (s.open_until.is_none() && s.failures >= threshold) {
             s.open_until = Some(Instant::now() + cooldown);
             log::warn!(
@@ -183,9 +178,6 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.backend().outstanding.fetch_sub(1, Ordering::AcqRel);
-        if self.probe && !self.judged {
-            self.backend().lock().probing = false;
-        }
     }
 }
 
@@ -255,20 +247,13 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, index: usize, probe: bool) -> Option<Lease> {
-        let backend = &self.backends[index];
-        if probe {
-            let mut s = backend.lock();
-            if s.probing {
-                return None;
-            }
-            s.probing = true;
-        }
-        backend.outstanding.fetch_add(1, Ordering::AcqRel);
+        self.backends[index]
+            .outstanding
+            .fetch_add(1, Ordering::AcqRel);
         Some(Lease {
             pool: Arc::clone(self),
             index,
             probe,
-            judged: false,
         })
     }
 
@@ -389,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn failures_eject_then_one_probe_goes() {
+    fn failures_eject_then_traffic_probes_it() {
         let p = pool(2, Balance::RoundRobin);
         for _ in 0..2 {
             p.select(0, &[1]).unwrap().failed();
@@ -398,10 +383,14 @@ mod tests {
         assert!((0..6).all(|_| pick(&p) == 1));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(p.backends[0].state(Instant::now()), BackendState::HalfOpen);
-        // One probe at a time.
+        // Traffic flows while half-open: probes do not wait for each other.
         let mut probe = p.select(0, &[1]).unwrap();
         assert_eq!(probe.index, 0);
-        assert_eq!(p.select(0, &[1]).unwrap().index, 1);
+        assert_eq!(
+            p.select(0, &[1]).unwrap().index,
+            0,
+            "a second request goes too"
+        );
         probe.failed();
         assert_eq!(p.backends[0].state(Instant::now()), BackendState::Ejected);
         std::thread::sleep(Duration::from_millis(60));
