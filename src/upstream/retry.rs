@@ -62,7 +62,7 @@ pub fn verdict(status: u16) -> Verdict {
 pub fn backend_failed(status: u16) -> bool {
     // Not 500: a request's own content can cause one, and it must not eject the backend for
     // every tenant; a broken server also refuses, times out or answers 502/503/504.
-    matches!(status, 502 | 503 | 504)
+    matches!(status, 502..=504)
 }
 
 /// The back-off before retry number `retry` (1 for the first), doubling from `backoff` up to
