@@ -23,6 +23,9 @@ const DROPPED: &[&str] = &[
     "set-cookie",
     "openai-organization",
     "openai-project",
+    // What software answers upstream is not the client's business.
+    "server",
+    "x-powered-by",
 ];
 
 /// What the gateway says about a request in its `x-switchyard-*` headers.
@@ -292,12 +295,14 @@ mod tests {
             ("connection", "keep-alive"),
             ("set-cookie", "__cf_bm=abc"),
             ("openai-organization", "acme-corp"),
+            ("server", "cloudflare"),
             ("x-request-id", "req_upstream"),
             ("x-ratelimit-remaining-requests", "99"),
         ]);
         rewrite_upstream_head(&mut head, &EXPLAIN);
         let h = &head.headers;
         assert!(h.get("set-cookie").is_none() && h.get("openai-organization").is_none());
+        assert!(h.get("server").is_none());
         assert!(h.get("connection").is_none());
         assert_eq!(
             h["transfer-encoding"], "chunked",

@@ -47,6 +47,13 @@ const DROPPED: &[&str] = &[
     "expect",
     "openai-organization",
     "openai-project",
+    // The client's network: the gateway is the upstream's client, and a cloud provider has
+    // no business with internal addresses (nor a spoofed one to trust).
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
 ];
 
 /// A configured upstream, ready to address requests to.
@@ -209,6 +216,8 @@ default_route: {upstream: cloud}
             ("x-hop", "1"),
             ("x-switchyard-route", "cloud"),
             ("openai-organization", "org-client"),
+            ("x-forwarded-for", "10.1.2.3, 1.2.3.4"),
+            ("forwarded", "for=10.1.2.3"),
             ("user-agent", "OpenAI/Python 1.0"),
             ("x-stainless-lang", "python"),
             ("content-type", "application/json"),
@@ -245,6 +254,8 @@ default_route: {upstream: cloud}
             "x-hop",
             "x-switchyard-route",
             "openai-organization",
+            "x-forwarded-for",
+            "forwarded",
         ] {
             assert!(
                 req.headers.get(gone).is_none(),
