@@ -970,3 +970,22 @@ async fn the_upstream_key_is_in_no_log_line_even_at_trace_level() {
             .join("\n")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_1_request_without_host_is_refused() {
+    let (local, cloud, gw) = echo_pair().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"model": "auto", "messages": user("hi")}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("missing_host"), "{text}");
+    assert!(local.requests().is_empty() && cloud.requests().is_empty());
+}

@@ -300,6 +300,18 @@ impl ProxyHttp for Gateway {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         ctx._in_flight = Some(InFlight(Arc::clone(&self.in_flight)));
         ctx.request_id = self.ids.for_request(session.req_header());
+        let head = session.req_header();
+        if head.version == http::Version::HTTP_11 && !head.headers.contains_key(http::header::HOST)
+        {
+            // RFC 9112: a server must answer 400 to an HTTP/1.1 request without Host.
+            let e = ApiError::invalid_request(
+                "HTTP/1.1 requests must carry a Host header.",
+                None,
+                Some("missing_host"),
+            );
+            write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
+            return Ok(true);
+        }
         if session.req_header().uri.path() != "/health" {
             let headers = &session.req_header().headers;
             match Tenant::authenticate(
