@@ -989,3 +989,40 @@ async fn an_http_1_1_request_without_host_is_refused() {
     assert!(text.contains("missing_host"), "{text}");
     assert!(local.requests().is_empty() && cloud.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_gets_a_stream_it_can_read() {
+    let local = Mock::start(|_| Reply::Sse {
+        events: stream_events("llama-local", &["Hel", "lo"]),
+        pause: Duration::ZERO,
+        split: false,
+    })
+    .await;
+    let cloud = Mock::start(|_| Reply::json(completion("gpt-4o", "no"))).await;
+    let gw = Gateway::start(&two_upstreams(&local.url(), &cloud.url(), ""));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = json!({"model": "auto", "stream": true, "messages": user("hi")}).to_string();
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.0\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection at the end of the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("http/1.") && head.contains(" 200"),
+        "{head}"
+    );
+    assert!(!head.contains("chunked"), "{head}");
+    assert!(body.starts_with("data: {"), "no chunk sizes: {body}");
+    assert!(
+        body.contains("\"hel\"") && body.trim_end().ends_with("data: [done]"),
+        "{body}"
+    );
+}

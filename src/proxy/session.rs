@@ -41,7 +41,19 @@ impl<'s> SessionDownstream<'s> {
 }
 
 impl Downstream for SessionDownstream<'_> {
-    async fn head(&mut self, head: Head) -> Result<(), Gone> {
+    async fn head(&mut self, mut head: Head) -> Result<(), Gone> {
+        if self.session.req_header().version == http::Version::HTTP_10
+            && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            // HTTP/1.0 has no chunked encoding: a body of unknown length ends when the
+            // connection closes.
+            head.headers.remove(http::header::TRANSFER_ENCODING);
+            head.headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            self.session.set_keepalive(None);
+        }
         let header = Box::new(ResponseHeader::from(head));
         let result = self.session.write_response_header(header, false).await;
         self.keep(result)
