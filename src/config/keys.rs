@@ -33,6 +33,14 @@ pub struct KeyConfig {
 }
 
 impl KeyConfig {
+    /// Whether any limit or budget applies to it.
+    pub fn is_limited(&self) -> bool {
+        self.requests_per_minute.is_some()
+            || self.tokens_per_minute.is_some()
+            || self.budget_day.is_some()
+            || self.budget_month.is_some()
+    }
+
     /// Whether the key may use `route`.
     pub fn allows_route(&self, route: Route) -> bool {
         self.routes.as_ref().is_none_or(|r| r.contains(&route))

@@ -22,8 +22,8 @@ pub use metrics::LimitMetrics;
 /// The window of the per-minute limits.
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// What a key has left, for the `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a key has left, for the `x-ratelimit-*` headers (`Default`: unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Standing {
     /// Requests: the limit, what is left, seconds until the window is clear.
     pub requests: Option<(u64, u64, f64)>,
@@ -102,19 +102,12 @@ impl Limits {
         };
         let ask = ask(key, tokens, cost, now);
         let Some(v) = shared.admit(&ask).await else {
-            let limited = key.requests_per_minute.is_some()
-                || key.tokens_per_minute.is_some()
-                || key.budget_day.is_some()
-                || key.budget_month.is_some();
-            if shared.fail_open || !limited {
+            if shared.fail_open || !key.is_limited() {
                 return Ok(Charge {
                     tokens,
                     cost,
                     counted: false,
-                    standing: Standing {
-                        requests: None,
-                        tokens: None,
-                    },
+                    standing: Standing::default(),
                 });
             }
             return Err(Box::new(Refusal {
@@ -127,10 +120,7 @@ impl Limits {
                     code: Some("limits_unavailable"),
                 },
                 retry_after: 1.0,
-                standing: Standing {
-                    requests: None,
-                    tokens: None,
-                },
+                standing: Standing::default(),
             }));
         };
         let counts = Counts::of(&v, ask.window.1);
@@ -287,11 +277,7 @@ impl Limits {
         if let Some(shared) = &self.shared {
             let a = ask(key, 0, 0.0, now);
             let Some(v) = shared.counts(&a).await else {
-                let unknown = Standing {
-                    requests: None,
-                    tokens: None,
-                };
-                return (None, unknown);
+                return (None, Standing::default());
             };
             let counts = Counts::of(&v, a.window.1);
             return (Some(v.spent), counts.after(key, 0));

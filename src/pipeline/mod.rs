@@ -223,7 +223,6 @@ impl<T: Transport> Pipeline<T> {
         down: &mut D,
         rec: &mut Record,
     ) -> Result<(), Gone> {
-        let (request, decision) = (request, decision);
         let cached = cached::Cached::of(self, &incoming, request, decision, rec);
         let mut flight = match cached.look_up().await {
             cached::Looked::Hit(entry) => {

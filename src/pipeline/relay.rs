@@ -100,7 +100,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     let mut scrub = upstream.scrub.stream();
     loop {
         let next = match exchange.next().await {
-            Ok(Some(piece)) => Ok(Some(scrub.feed(&piece))),
+            Ok(Some(piece)) => Ok(Some(scrub.feed(piece))),
             Ok(None) => Ok(None),
             Err(e) => Err(e),
         };

@@ -449,7 +449,7 @@ impl ProxyHttp for Gateway {
         if let Some(scrub) = &mut ctx.scrub {
             let mut out = bytes::BytesMut::new();
             if let Some(chunk) = body.take() {
-                out.extend_from_slice(&scrub.feed(&chunk));
+                out.extend_from_slice(&scrub.feed(chunk));
             }
             if end_of_stream {
                 out.extend_from_slice(&scrub.finish());
