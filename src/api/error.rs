@@ -80,6 +80,64 @@ impl ApiError {
         }
     }
 
+    /// A 408: the client took longer than `limits.*_timeout` to send `what`.
+    pub fn request_timeout(what: &str, limit: std::time::Duration) -> Self {
+        ApiError {
+            status: 408,
+            message: format!("The request's {what} did not arrive within {limit:?}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+        }
+    }
+
+    /// A 431: the request's header is larger, or has more fields, than the gateway reads.
+    pub fn header_too_large(detail: &str) -> Self {
+        ApiError {
+            status: 431,
+            message: format!("Request header fields too large: {detail}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_header_fields_too_large"),
+        }
+    }
+
+    /// A 400 for bytes that are not a well-formed HTTP request (bad framing, conflicting
+    /// lengths, a broken chunked body).
+    pub fn malformed_http(detail: &str) -> Self {
+        ApiError {
+            status: 400,
+            message: format!("The request is not well-formed HTTP: {detail}"),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("malformed_request"),
+        }
+    }
+
+    /// A 503: the gateway is at one of its capacity limits; the client may retry shortly.
+    pub fn overloaded(what: &str) -> Self {
+        ApiError {
+            status: 503,
+            message: format!("The gateway is at capacity ({what}); retry shortly"),
+            kind: "server_error",
+            param: None,
+            code: Some("server_overloaded"),
+        }
+    }
+
+    /// A 502: an upstream's answer is larger than the gateway holds to translate it.
+    pub fn answer_too_large(upstream: &str, limit: u64) -> Self {
+        ApiError {
+            status: 502,
+            message: format!(
+                "Upstream `{upstream}` answered with more than {limit} bytes, more than this gateway holds (limits.max_answer_bytes)"
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_answer_too_large"),
+        }
+    }
+
     /// A 502: the upstream refused, reset or answered nonsense.
     pub fn upstream_unreachable(upstream: &str, detail: &str) -> Self {
         ApiError {

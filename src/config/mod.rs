@@ -8,6 +8,7 @@
 mod hybrid;
 mod interpolate;
 mod keys;
+mod limits;
 mod observe;
 mod raw;
 mod resilience;
@@ -25,6 +26,7 @@ use std::time::Duration;
 pub use hybrid::HybridConfig;
 pub use interpolate::interpolate;
 pub use keys::{days_from_civil, KeyConfig};
+pub use limits::Limits;
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER, SURFACE_SCORER};
@@ -278,10 +280,8 @@ pub struct Config {
     pub threads: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// Largest chat request body accepted.
-    pub max_body_bytes: u64,
-    /// The completion tokens a key is charged at admission for a request without `max_tokens`.
-    pub default_max_tokens: u64,
+    /// What one client, request or answer may hold of the gateway.
+    pub limits: Limits,
     /// Every upstream, in file order.
     pub upstreams: Vec<UpstreamConfig>,
     /// The model table, in file order.
@@ -482,8 +482,7 @@ impl Checker<'_> {
             listen: server.listen,
             threads: server.threads,
             drain_timeout: server.drain_timeout,
-            max_body_bytes: server.max_body_bytes,
-            default_max_tokens: server.default_max_tokens,
+            limits: server.limits,
             upstreams,
             models,
             default_route: default_route?,
@@ -519,30 +518,18 @@ impl Checker<'_> {
             t.parse::<usize>()
                 .map_err(|_| format!("`{t}` is not a whole number"))
         });
-        let max_body_bytes = self.parsed(
-            "limits.max_body_bytes",
-            raw.limits.max_body_bytes.as_ref(),
-            8 << 20,
-            |t| match parse_size(t)? {
-                0 => Err("must be more than 0".into()),
-                n => Ok(n),
-            },
-        );
-        let default_max_tokens = self.parsed(
-            "limits.default_max_tokens",
-            raw.limits.default_max_tokens.as_ref(),
-            1000,
-            |t| {
-                t.parse::<u64>()
-                    .map_err(|_| format!("`{t}` is not a whole number"))
-            },
-        );
+        let limits = self.limits(&raw.limits);
+        if limits.max_buffered_bytes < limits.max_body_bytes {
+            self.error(
+                raw.limits.max_buffered_bytes.as_ref(),
+                "limits.max_buffered_bytes: must be at least limits.max_body_bytes".to_owned(),
+            );
+        }
         Server {
             listen,
             drain_timeout,
             threads,
-            max_body_bytes,
-            default_max_tokens,
+            limits,
         }
     }
 
@@ -640,8 +627,7 @@ struct Server {
     listen: SocketAddr,
     drain_timeout: Duration,
     threads: usize,
-    max_body_bytes: u64,
-    default_max_tokens: u64,
+    limits: Limits,
 }
 
 /// Every model name the configuration mentions: the only values of the `model` label.

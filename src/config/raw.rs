@@ -229,6 +229,15 @@ pub struct RawServer {
 pub struct RawLimits {
     pub max_body_bytes: Option<Text>,
     pub default_max_tokens: Option<Text>,
+    pub header_timeout: Option<Text>,
+    pub idle_timeout: Option<Text>,
+    pub body_timeout: Option<Text>,
+    pub max_header_bytes: Option<Text>,
+    pub max_headers: Option<Text>,
+    pub max_connections: Option<Text>,
+    pub max_in_flight: Option<Text>,
+    pub max_buffered_bytes: Option<Text>,
+    pub max_answer_bytes: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

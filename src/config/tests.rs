@@ -8,7 +8,7 @@ fn no_env(_: &str) -> Option<String> {
 fn embedded_default_runs_without_any_environment() {
     let c = Config::from_yaml(DEFAULT_YAML, no_env).expect("default config is valid");
     assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(c.max_body_bytes, 8 << 20);
+    assert_eq!(c.limits.max_body_bytes, 8 << 20);
     let local = &c.upstreams[0];
     assert_eq!((local.name.as_str(), local.route), ("local", Route::Local));
     assert_eq!(local.backends[0].port, 11434);
@@ -406,4 +406,44 @@ fn shared_state_is_checked_and_its_url_kept_secret() {
     assert!(text[0].contains("not a redis://"), "{text:?}");
     assert!(text[1].contains("state.timeout"), "{text:?}");
     assert!(!text.concat().contains("hunter2"), "{text:?}");
+}
+
+#[test]
+fn limits_are_read_checked_and_defaulted() {
+    let base = "upstreams:\n  a:\n    route: local\n    url: http://127.0.0.1:1\ndefault_route:\n  upstream: a\n";
+    let c = Config::from_yaml(base, no_env).unwrap();
+    assert_eq!(c.limits, Limits::default());
+    assert!(c.limits.max_connections >= 16);
+
+    let set = format!(
+        "limits:\n  header_timeout: 2s\n  max_headers: 50\n  max_connections: 300\n  max_buffered_bytes: 64MiB\n{base}"
+    );
+    let c = Config::from_yaml(&set, no_env).unwrap();
+    assert_eq!(c.limits.header_timeout, Duration::from_secs(2));
+    assert_eq!(
+        (
+            c.limits.max_headers,
+            c.limits.max_connections,
+            c.limits.max_buffered_bytes
+        ),
+        (50, 300, 64 << 20)
+    );
+
+    let bad = format!(
+        "limits:\n  max_body_bytes: 8MiB\n  max_buffered_bytes: 1MiB\n  max_headers: 1000\n  idle_timeout: 0s\n  max_connections: many\n{base}"
+    );
+    let errors = Config::from_yaml(&bad, no_env).unwrap_err();
+    let text = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "limits.max_buffered_bytes: must be at least",
+        "limits.max_headers: must be at most 256",
+        "limits.idle_timeout: must be more than 0",
+        "limits.max_connections: `many`",
+    ] {
+        assert!(text.contains(needle), "no error about {needle}: {text}");
+    }
 }

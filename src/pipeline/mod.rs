@@ -283,7 +283,9 @@ impl<T: Transport> Pipeline<T> {
         decision: &Decision<'_>,
     ) -> Result<Charge, Box<Refusal>> {
         let prompt = crate::classify::estimate_prompt_tokens(&request.messages);
-        let completion = request.max_tokens.unwrap_or(self.config.default_max_tokens);
+        let completion = request
+            .max_tokens
+            .unwrap_or(self.config.limits.default_max_tokens);
         let price = self.config.price(decision.upstream, decision.model);
         let cost = price.cost(prompt, completion);
         self.limits

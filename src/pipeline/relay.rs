@@ -177,9 +177,16 @@ async fn relay_whole<T: Transport, D: Downstream>(
     flight: &mut Option<Flight>,
 ) -> Result<(), Gone> {
     let upstream = leg.upstream;
+    let limit = p.config.limits.max_answer_bytes;
     let mut body = BytesMut::new();
     loop {
         match exchange.next().await {
+            Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 > limit => {
+                exchange.finish().await;
+                let error = ApiError::answer_too_large(upstream.name(), limit);
+                let (head, body) = explain::error_answer(&error, explain, &[]);
+                return down.respond(head, body).await;
+            }
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) => break,
             Err(e) => {

@@ -130,11 +130,12 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
 }
 
 /// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
-pub(super) async fn route(session: &mut Session, ctx: &Ctx) -> Result<()> {
+pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let gateway = explain(ctx);
-    let body = match read_body(session, ctx.config().max_body_bytes).await? {
-        Ok(body) => body,
+    let (body, _held) = match read_body(session, &gw.body_limits(ctx)).await? {
+        Ok(read) => read,
         Err(e) => {
+            gw.conn_metrics.refused_request(&e);
             session.set_keepalive(None);
             return write_error(session, &e, &gateway, &[]).await;
         }

@@ -10,13 +10,14 @@
 //!   client's credentials replaced.
 //! - anything else: 404.
 
+mod conn;
 mod local;
 mod reload;
 mod request_id;
 mod server;
 mod session;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,6 +52,10 @@ pub struct Gateway {
     in_flight: Arc<AtomicUsize>,
     ids: request_id::Generator,
     access_log: Option<AccessLog>,
+    /// What the connection and request limits refused or cut.
+    conn_metrics: conn::ConnMetrics,
+    /// Bytes of request bodies being read now, all clients together.
+    buffered: Arc<AtomicU64>,
 }
 
 impl Gateway {
@@ -60,8 +65,11 @@ impl Gateway {
             Some(target) => Some(AccessLog::open(target).map_err(|e| format!("access log: {e}"))?),
             None => None,
         };
+        let pipeline = Pipeline::new(config, Pooled::new())?;
+        let conn_metrics = conn::ConnMetrics::register(pipeline.metrics.registry())
+            .map_err(|e| format!("metrics: {e}"))?;
         Ok(Gateway {
-            pipeline: Arc::new(ArcSwap::from_pointee(Pipeline::new(config, Pooled::new())?)),
+            pipeline: Arc::new(ArcSwap::from_pointee(pipeline)),
             started: Instant::now(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -69,6 +77,8 @@ impl Gateway {
             in_flight: Arc::new(AtomicUsize::new(0)),
             ids: request_id::Generator::new(),
             access_log,
+            conn_metrics,
+            buffered: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -84,6 +94,28 @@ impl Gateway {
     /// What reloads the configuration: the pipeline it swaps.
     pub fn reloader(&self) -> reload::Reloader {
         reload::Reloader::new(Arc::clone(&self.pipeline))
+    }
+
+    /// The limits in force now.
+    pub fn limits(&self) -> crate::config::Limits {
+        self.pipeline.load().config.limits
+    }
+
+    /// Reads the limits in force, whatever reloads happen.
+    fn limits_source(&self) -> Box<dyn Fn() -> crate::config::Limits + Send + Sync> {
+        let pipeline = Arc::clone(&self.pipeline);
+        Box::new(move || pipeline.load().config.limits)
+    }
+
+    /// What a request body of `ctx`'s configuration may take.
+    fn body_limits(&self, ctx: &Ctx) -> session::BodyLimits {
+        let limits = &ctx.config().limits;
+        session::BodyLimits {
+            max: limits.max_body_bytes,
+            timeout: limits.body_timeout,
+            held: Arc::clone(&self.buffered),
+            max_held: limits.max_buffered_bytes,
+        }
     }
 
     /// The number of requests being served now; the drain on SIGTERM waits for it to reach 0.
@@ -175,7 +207,7 @@ impl Gateway {
             }
             "/metrics" => local::metrics(self, session, ctx).await?,
             "/stats" => local::stats(self, session, ctx).await?,
-            "/v1/route" => local::route(session, ctx).await?,
+            "/v1/route" => local::route(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
             // Other methods on a model (DELETE of a fine-tune) are the provider's business.
@@ -202,9 +234,10 @@ impl Gateway {
     /// `POST /v1/chat/completions`: reads the body, then the pipeline answers.
     async fn chat(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.record.cache = Some(CacheOutcome::Bypass);
-        let body = match read_body(session, ctx.config().max_body_bytes).await? {
-            Ok(body) => body,
+        let (body, _held) = match read_body(session, &self.body_limits(ctx)).await? {
+            Ok(read) => read,
             Err(e) => {
+                self.conn_metrics.refused_request(&e);
                 // The rest of an oversized body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
                 let explain = Explain {
@@ -274,7 +307,15 @@ async fn write_error(
     explain: &Explain<'_>,
     extra: &[(HeaderName, &str)],
 ) -> Result<()> {
-    let (head, body) = explain::error_answer(error, explain, extra);
+    let (mut head, body) = explain::error_answer(error, explain, extra);
+    if error.code == Some("server_overloaded")
+        && !head.headers.contains_key(http::header::RETRY_AFTER)
+    {
+        head.headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+    }
     write_whole(session, head, body).await
 }
 
@@ -296,11 +337,26 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        conn::admitted(session);
+        // Requests a client sends before the previous answer are served in turn, not dropped.
+        session.as_downstream_mut().set_pipelining_enabled(true);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let serving = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         ctx._in_flight = Some(InFlight(Arc::clone(&self.in_flight)));
         ctx.request_id = self.ids.for_request(session.req_header());
         let head = session.req_header();
+        // Past the cap, refuse before any work; `/health` still answers, to tell why.
+        if serving > ctx.config().limits.max_in_flight && head.uri.path() != "/health" {
+            self.conn_metrics.refused("in_flight");
+            let e = ApiError::overloaded("too many requests in flight");
+            session.set_keepalive(None);
+            write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
+            return Ok(true);
+        }
         if head.version == http::Version::HTTP_11 && !head.headers.contains_key(http::header::HOST)
         {
             // RFC 9112: a server must answer 400 to an HTTP/1.1 request without Host.
@@ -309,6 +365,12 @@ impl ProxyHttp for Gateway {
                 None,
                 Some("missing_host"),
             );
+            write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
+            return Ok(true);
+        }
+        if let Some(e) = session::ambiguous_framing(&head.headers) {
+            self.conn_metrics.refused("malformed");
+            session.set_keepalive(None);
             write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
             return Ok(true);
         }
@@ -460,6 +522,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if session.as_downstream_mut().is_body_done() {
+            conn::finished(session);
+        } else {
+            // A body left unread (a refused request's) is not drained: the connection closes.
+            session.set_keepalive(None);
+        }
         let status = session.response_written().map(|h| h.status);
         let elapsed = ctx.started.elapsed();
         let label = status.as_ref().map_or("none", |s| s.as_str());
@@ -482,7 +550,20 @@ impl ProxyHttp for Gateway {
             .passthrough
             .map(|i| ctx.upstream(i).name())
             .unwrap_or("none");
+        let from_client = *e.esource() == pingora::ErrorSource::Downstream;
         let error = match e.etype() {
+            _ if from_client => match session::malformed(e) {
+                Some(error) => error,
+                None if matches!(e.etype(), ErrorType::ReadTimedout) => {
+                    ApiError::request_timeout("body", ctx.config().limits.body_timeout)
+                }
+                None => {
+                    return FailToProxy {
+                        error_code: 0,
+                        can_reuse_downstream: false,
+                    }
+                }
+            },
             ErrorType::HTTPStatus(code) => ApiError {
                 status: *code,
                 message: e.to_string(),

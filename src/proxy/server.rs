@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, Server};
+use pingora::services::listening::Service;
 
 use super::Gateway;
 use crate::config::Config;
@@ -60,10 +60,13 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
     server.add_service(checks);
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let mut service = ProxyServiceBuilder::new(&server.configuration, gateway)
-        .name("switchyard")
-        .server_options(options)
-        .build();
+    options.h2_idle_timeout = Some(gateway.limits().idle_timeout);
+    let limits = gateway.limits_source();
+    let metrics = gateway.conn_metrics.clone();
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    proxy.server_options = Some(options);
+    let front = super::conn::Front::new(proxy, limits, metrics);
+    let mut service = Service::new("switchyard".to_owned(), front);
     service.add_tcp(&listen);
     server.add_service(service);
 
