@@ -110,9 +110,12 @@ macro_rules! say {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // pingora's HTTP code traces whole request heads, the upstream's key among them: never
-        // below debug there, whatever RUST_LOG asks.
-        .filter_module("pingora_core::protocols::http", log::LevelFilter::Debug)
+        // pingora's HTTP code logs whole request and response heads at debug and trace, keys
+        // among them (the client's, the upstream's, and any an upstream echoes): never below
+        // info there, whatever RUST_LOG asks.
+        .filter_module("pingora_core::protocols", log::LevelFilter::Info)
+        .filter_module("pingora_core::apps", log::LevelFilter::Info)
+        .filter_module("pingora_proxy", log::LevelFilter::Info)
         .init();
     if let Some(Command::Key(KeyCommand::New { name })) = &cli.command {
         return match switchyard::auth::new_key() {

@@ -166,6 +166,8 @@ pub enum Reason {
     ContextOverflow,
     /// The answer did not hold the structure the request asked for.
     InvalidOutput,
+    /// The upstream refused the gateway's own credentials (401).
+    Credentials,
 }
 
 impl Reason {
@@ -180,6 +182,7 @@ impl Reason {
             Reason::NoHealthyBackend => "no_healthy_backend",
             Reason::ContextOverflow => "context_overflow",
             Reason::InvalidOutput => "invalid_output",
+            Reason::Credentials => "credentials",
         }
     }
 }

@@ -907,12 +907,11 @@ async fn pass_through_keeps_the_upstream_key_and_stays_on_clean_v1_paths() {
         body.as_bytes(),
     )
     .await;
-    assert_eq!(r.status, 401);
-    assert!(
-        !r.text().contains(CLOUD_KEY) && r.text().contains("Bearer ***"),
-        "{}",
-        r.text()
-    );
+    // The upstream refused the gateway's own key: the client hears that the gateway is
+    // misconfigured, not that its own key is wrong, and nothing of the upstream's answer.
+    let e = r.assert_error(502);
+    assert_eq!(e["code"], "upstream_auth_failed");
+    assert!(!r.text().contains(CLOUD_KEY), "{}", r.text());
     assert_eq!(cloud.requests().len(), 1);
 
     // Methods the API does not use, and paths that could resolve elsewhere, never leave.

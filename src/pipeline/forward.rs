@@ -7,7 +7,7 @@ use http::HeaderName;
 
 use super::downstream::{Downstream, Gone};
 use super::explain;
-use super::job::{upstream_error, Job, Leg};
+use super::job::{upstream_error_answer, Job, Leg};
 use super::metrics::Overflow;
 use super::{relay, Pipeline};
 use crate::api::ApiError;
@@ -128,17 +128,17 @@ impl Job<'_> {
                     .map(|v| (http::header::RETRY_AFTER, v))
                     .into_iter()
                     .collect();
-                if at.config.kind == UpstreamKind::OpenAi && explain::is_json_body(&body) {
-                    let mut head = explain::json_head(status, body.len(), &explain);
-                    for (name, value) in extra {
-                        if let Ok(v) = http::HeaderValue::from_str(value) {
-                            head.headers.insert(name, v);
+                match upstream_error_answer(at, status, &body) {
+                    Ok(clean) => {
+                        let mut head = explain::json_head(status, clean.len(), &explain);
+                        for (name, value) in extra {
+                            if let Ok(v) = http::HeaderValue::from_str(value) {
+                                head.headers.insert(name, v);
+                            }
                         }
+                        (head, clean)
                     }
-                    (head, Bytes::from(body))
-                } else {
-                    let error = upstream_error(at, status, &body);
-                    explain::error_answer(&error, &explain, &extra)
+                    Err(error) => explain::error_answer(&error, &explain, &extra),
                 }
             }
         };

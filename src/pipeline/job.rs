@@ -75,6 +75,27 @@ impl Job<'_> {
 }
 
 /// An OpenAI error for an upstream's error answer that is not one already.
+/// An upstream's error answer as the client gets it: `Ok` with an OpenAI-compatible upstream's
+/// JSON object, relayed as written but with the gateway's keys masked however they are spelled;
+/// `Err` with the OpenAI-shaped error that replaces anything else (a local model server's
+/// dialect, an HTML page, a refusal of the gateway's own key).
+pub fn upstream_error_answer(
+    upstream: &Upstream,
+    status: u16,
+    body: &[u8],
+) -> Result<bytes::Bytes, ApiError> {
+    if status == 401 && upstream.config.api_key.is_some() {
+        return Err(ApiError::upstream_auth_failed(upstream.name()));
+    }
+    if upstream.config.kind == UpstreamKind::OpenAi && explain::is_json_body(body) {
+        if let Some(clean) = upstream.scrub.json(body) {
+            return Ok(clean);
+        }
+    }
+    Err(upstream_error(upstream, status, &upstream.scrub.all(body)))
+}
+
+/// The OpenAI-shaped error for an upstream's error answer `body` (masked already).
 pub(super) fn upstream_error(upstream: &Upstream, status: u16, body: &[u8]) -> ApiError {
     match upstream.config.kind {
         UpstreamKind::Ollama | UpstreamKind::Raw => {

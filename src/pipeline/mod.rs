@@ -40,6 +40,7 @@ use crate::upstream::Upstream;
 use crate::vocab::{self, CacheOutcome, Route};
 pub use downstream::{Collect, Downstream, Gone, Head};
 pub use explain::Explain;
+pub use job::upstream_error_answer;
 pub use metrics::PipelineMetrics;
 
 /// A chat request as it arrived.

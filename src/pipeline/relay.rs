@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::downstream::{Downstream, Gone};
 use super::explain::{self, Explain};
-use super::job::{upstream_error, Job, Leg};
+use super::job::{upstream_error_answer, Job, Leg};
 use super::Pipeline;
 use crate::api::ApiError;
 use crate::cache::{Entry, Flight};
@@ -50,20 +50,26 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     let status = exchange.head().status.as_u16();
     let native = upstream.config.kind != UpstreamKind::OpenAi;
 
-    if status == 401 && upstream.config.api_key.is_some() {
-        // The upstream refused the gateway's own key: nothing the client can fix, and nothing
-        // of the upstream's answer (which may quote the key) goes out.
-        let _ = read_error_body(&mut exchange).await;
-        exchange.finish().await;
-        let error = ApiError::upstream_auth_failed(upstream.name());
-        let (head, body) = explain::error_answer(&error, &explain, &[]);
-        return down.respond(head, body).await;
-    }
-    if status >= 400 && (native || !explain::is_json(exchange.head())) {
+    if status >= 400 {
+        // An error is read whole (it is small), so that a key it quotes is masked however it
+        // is spelled.
         let body = read_error_body(&mut exchange).await;
+        let mut head = explain::empty_head(status);
+        head.headers = exchange.head().headers.clone();
         exchange.finish().await;
-        let error = upstream_error(upstream, status, &upstream.scrub.all(&body));
-        let (head, body) = explain::error_answer(&error, &explain, &[]);
+        let (head, body) = match upstream_error_answer(upstream, status, &body) {
+            Ok(clean) => {
+                upstream.scrub.headers(&mut head.headers);
+                head.headers.remove(http::header::TRANSFER_ENCODING);
+                head.headers.insert(
+                    http::header::CONTENT_LENGTH,
+                    http::HeaderValue::from(clean.len()),
+                );
+                explain::rewrite_upstream_head(&mut head, &explain);
+                (head, clean)
+            }
+            Err(error) => explain::error_answer(&error, &explain, &[]),
+        };
         return down.respond(head, body).await;
     }
     if native && !job.request.stream {

@@ -145,6 +145,9 @@ impl Ctx {
     }
 }
 
+/// How much of a pass-through error answer is read (the rest is dropped).
+const ERROR_BODY_LIMIT: usize = 64 << 10;
+
 /// Per-request state.
 pub struct Ctx {
     /// The pipeline (and configuration) this request is served with, from start to end.
@@ -161,6 +164,9 @@ pub struct Ctx {
     tenant: Option<Tenant>,
     /// Masks the upstream's key in a pass-through answer's body.
     scrub: Option<crate::upstream::scrub::ScrubStream>,
+    /// A pass-through error answer being read whole, to be relayed masked or wrapped: its
+    /// upstream status and what came of its body.
+    error: Option<(u16, Vec<u8>)>,
     _in_flight: Option<InFlight>,
 }
 
@@ -330,6 +336,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             passthrough: None,
             scrub: None,
+            error: None,
             lease: None,
             record: Record::new(),
             tenant: None,
@@ -466,7 +473,8 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
-        let upstream = ctx.upstream(index);
+        let pipeline = Arc::clone(&ctx.pipeline);
+        let upstream = &pipeline.upstreams[index];
         // Pass-through answers are never cached.
         let explain = Explain {
             cache: Some(CacheOutcome::Bypass),
@@ -480,16 +488,30 @@ impl ProxyHttp for Gateway {
         let mut head = upstream_response.as_owned_parts();
         let scrub = upstream.scrub.clone();
         scrub.headers(&mut head.headers);
+        let status = head.status.as_u16();
+        if status >= 400 {
+            // Read whole, then relayed masked or wrapped (see `response_body_filter`).
+            ctx.error = Some((status, Vec::new()));
+            if status == 401 && upstream.config.api_key.is_some() {
+                head.status = http::StatusCode::BAD_GATEWAY;
+            }
+            head.headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
         explain::rewrite_upstream_head(&mut head, &explain);
         head.headers.remove(http::header::TRANSFER_ENCODING);
         if let Some(te) = framing {
             head.headers.insert(http::header::TRANSFER_ENCODING, te);
         }
         // Masking changes the body's length: send it chunked.
-        if !scrub.is_empty() {
+        if !scrub.is_empty() && ctx.error.is_none() {
             ctx.scrub = Some(scrub.stream());
         }
-        if ctx.scrub.is_some() && head.headers.remove(http::header::CONTENT_LENGTH).is_some() {
+        let rewritten = ctx.scrub.is_some() || ctx.error.is_some();
+        let had_length = rewritten && head.headers.remove(http::header::CONTENT_LENGTH).is_some();
+        if had_length || ctx.error.is_some() {
             head.headers.insert(
                 http::header::TRANSFER_ENCODING,
                 http::HeaderValue::from_static("chunked"),
@@ -506,6 +528,20 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
+        let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
+        let pipeline = Arc::clone(&ctx.pipeline);
+        if let Some((status, read)) = &mut ctx.error {
+            if let Some(chunk) = body.take() {
+                let room = ERROR_BODY_LIMIT.saturating_sub(read.len());
+                read.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            if end_of_stream {
+                let upstream = &pipeline.upstreams[index];
+                let answer = crate::pipeline::upstream_error_answer(upstream, *status, read);
+                *body = Some(answer.unwrap_or_else(|e| Bytes::from(e.to_json())));
+            }
+            return Ok(None);
+        }
         // A pass-through answer that repeats the upstream's key has it masked, also when the
         // key is cut across chunks.
         if let Some(scrub) = &mut ctx.scrub {

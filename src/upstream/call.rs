@@ -161,10 +161,23 @@ pub async fn call<T: Transport>(
             Ok(exchange) => {
                 metrics.answered(upstream.name(), sent.elapsed());
                 let status = exchange.head().status.as_u16();
-                let verdict = policy.verdict(status);
+                let verdict = policy.verdict(status, upstream.config.api_key.is_some());
                 if verdict == Verdict::Relay {
                     lease.succeeded();
                     return Ok(Answered { exchange, lease });
+                }
+                if verdict == Verdict::Misconfigured {
+                    lease.succeeded();
+                    log::error!(
+                        "request {}: upstream {} refused the gateway's api_key (401)",
+                        request.request_id,
+                        upstream.name()
+                    );
+                    exchange.finish().await;
+                    return Err(CallError::Failed {
+                        last: Failure::Api(ApiError::upstream_auth_failed(upstream.name())),
+                        reason: Reason::Credentials,
+                    });
                 }
                 if retry::backend_failed(status) {
                     lease.failed();

@@ -4,7 +4,8 @@
 //! Nothing is retried once a byte of the answer went to the client. Before that, a refused or
 //! reset connection, a timeout, and 502/503/504 go to another backend after a jittered back-off;
 //! 429 waits what `Retry-After` says, up to a cap. What is left of the failures sends the
-//! request down the fallback chain.
+//! request down the fallback chain, and so does a 401 to the gateway's own key: the client can
+//! do nothing about it, and the upstream's answer (which may quote the key) is not relayed.
 
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use crate::config::RetryConfig;
 
 /// The rules a retry loop follows; the parameters belong to the upstream that owns the policy.
 pub trait Policy {
-    /// What to do with an answer of `status`.
-    fn verdict(&self, status: u16) -> Verdict;
+    /// What to do with an answer of `status` to a request that carried the gateway's own key
+    /// (`own_key`) or not.
+    fn verdict(&self, status: u16, own_key: bool) -> Verdict;
 
     /// After attempt number `attempt` (from 1) failed, `spent` into the upstream's time: how
     /// long to wait before the next attempt, or `None` to give up. `asked` is the wait the
@@ -22,8 +24,8 @@ pub trait Policy {
 }
 
 impl Policy for RetryConfig {
-    fn verdict(&self, status: u16) -> Verdict {
-        verdict(status)
+    fn verdict(&self, status: u16, own_key: bool) -> Verdict {
+        verdict(status, own_key)
     }
 
     fn next_try(&self, attempt: u32, spent: Duration, asked: Option<Duration>) -> Option<Duration> {
@@ -47,11 +49,15 @@ pub enum Verdict {
     Retry,
     /// Do not try this upstream again; fall back when the chain allows.
     Fallback,
+    /// The upstream refused the gateway's credentials: fall back; at the chain's end the client
+    /// gets a 502 that says the gateway is misconfigured, never the upstream's answer.
+    Misconfigured,
 }
 
-/// The verdict on an answer with `status`.
-pub fn verdict(status: u16) -> Verdict {
+/// The verdict on an answer with `status`; `own_key`: the request carried the gateway's key.
+pub fn verdict(status: u16, own_key: bool) -> Verdict {
     match status {
+        401 if own_key => Verdict::Misconfigured,
         429 | 502 | 503 | 504 => Verdict::Retry,
         500 | 408 => Verdict::Fallback,
         _ => Verdict::Relay,
@@ -92,13 +98,16 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(verdict(200), Verdict::Relay);
-        assert_eq!(verdict(400), Verdict::Relay);
-        assert_eq!(verdict(404), Verdict::Relay);
+        assert_eq!(verdict(200, false), Verdict::Relay);
+        assert_eq!(verdict(400, false), Verdict::Relay);
+        assert_eq!(verdict(404, false), Verdict::Relay);
         for s in [429, 502, 503, 504] {
-            assert_eq!(verdict(s), Verdict::Retry, "{s}");
+            assert_eq!(verdict(s, false), Verdict::Retry, "{s}");
         }
-        assert_eq!(verdict(500), Verdict::Fallback);
+        assert_eq!(verdict(500, false), Verdict::Fallback);
+        // A 401 is the client's business unless the gateway's own key was refused.
+        assert_eq!(verdict(401, false), Verdict::Relay);
+        assert_eq!(verdict(401, true), Verdict::Misconfigured);
         assert!(backend_failed(503) && !backend_failed(429) && !backend_failed(400));
     }
 
@@ -148,7 +157,7 @@ mod tests {
             None,
             "past the cap: fall back at once"
         );
-        assert_eq!(c.verdict(503), Verdict::Retry);
+        assert_eq!(c.verdict(503, false), Verdict::Retry);
     }
 
     #[test]

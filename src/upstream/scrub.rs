@@ -65,6 +65,35 @@ impl Scrub {
         out.freeze()
     }
 
+    /// A whole JSON body (an upstream's error) with every key masked, also where JSON escapes
+    /// (`\u0073k-…`) spell it in a way no byte search finds; `None` when the body is not JSON.
+    /// The body's own bytes are kept unless a key had to be masked inside a decoded string.
+    pub fn json(&self, body: &[u8]) -> Option<Bytes> {
+        let masked = self.all(body);
+        let mut value: serde_json::Value = serde_json::from_slice(&masked).ok()?;
+        if self.is_empty() || !self.mask_strings(&mut value) {
+            return Some(masked);
+        }
+        serde_json::to_vec(&value).ok().map(Bytes::from)
+    }
+
+    /// Masks keys inside the decoded strings of `value`; whether any was found.
+    fn mask_strings(&self, value: &mut serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(text) if self.finds(text.as_bytes()) => {
+                *text = String::from_utf8_lossy(&self.all(text.as_bytes())).into_owned();
+                true
+            }
+            serde_json::Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |found, v| self.mask_strings(v) | found),
+            serde_json::Value::Object(fields) => fields
+                .values_mut()
+                .fold(false, |found, v| self.mask_strings(v) | found),
+            _ => false,
+        }
+    }
+
     /// Whether `bytes` holds a key.
     pub fn finds(&self, bytes: &[u8]) -> bool {
         self.forms.iter().any(|f| find(bytes, f).is_some())
@@ -185,6 +214,21 @@ mod tests {
             b"sk-pr",
             "a prefix at the very end goes out as it is"
         );
+    }
+
+    #[test]
+    fn keys_spelled_with_json_escapes_are_masked_in_json_bodies() {
+        let scrub = Scrub::new(["sk-live-123"]);
+        let body = br#"{"error":{"message":"bad key \u0073k-live-\u0031\u00323","code":"x"}}"#;
+        assert!(!scrub.finds(body), "no byte search finds it");
+        let clean = scrub.json(body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&clean).unwrap();
+        assert_eq!(v["error"]["message"], "bad key ***");
+        assert_eq!(v["error"]["code"], "x");
+        // A body without a key keeps its own bytes; one that is not JSON is not read.
+        let plain = br#"{ "error" : {"message": "nope"} }"#;
+        assert_eq!(&scrub.json(plain).unwrap()[..], &plain[..]);
+        assert!(scrub.json(b"<html>sk-live-123</html>").is_none());
     }
 
     #[test]

@@ -78,6 +78,12 @@ pub enum Reply {
     Ndjson { lines: Vec<String>, split: bool },
     /// A 429 with `Retry-After: retry_after` and an OpenAI error body.
     RateLimited { retry_after: String },
+    /// Any status, these extra headers, and a body with `content-length`.
+    Custom {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
 }
 
 impl Reply {
@@ -258,6 +264,19 @@ async fn answer<S: AsyncWrite + Unpin>(conn: &mut S, reply: Reply) -> std::io::R
                 reason(status),
                 body.len()
             );
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body.as_bytes()).await?;
+        }
+        Reply::Custom {
+            status,
+            headers,
+            body,
+        } => {
+            let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+            for (name, value) in headers {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+            head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
             conn.write_all(head.as_bytes()).await?;
             conn.write_all(body.as_bytes()).await?;
         }
