@@ -409,7 +409,7 @@ async fn death_mid_stream_ends_with_an_sse_error_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn death_mid_json_body_is_never_a_complete_answer() {
+async fn death_mid_json_body_is_a_clean_502_never_a_cut_answer() {
     let full = completion("gpt-4o", &"x".repeat(5000)).to_string();
     let cloud = Mock::start(move |_| Reply::DieMidBody(full.clone())).await;
     let gw = cloud_only(&cloud.url(), "");
@@ -418,8 +418,17 @@ async fn death_mid_json_body_is_never_a_complete_answer() {
         &json!({"model": "gpt-4o", "messages": user("x")}),
     )
     .await;
-    assert_eq!(resp.status, 200);
-    assert!(!resp.complete, "a truncated body must not look complete");
+    // The JSON answer is read whole before anything goes out: the client gets an error it can
+    // act on, on a connection that stays usable.
+    let e = resp.assert_error(502);
+    assert!(
+        e["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("upstream_")),
+        "{e}"
+    );
+    assert!(resp.complete);
+    assert!(!resp.text().contains("xxxxx"), "{}", resp.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,8 +19,7 @@ pub type Head = Parts;
 pub struct Gone;
 
 /// Receives one answer, in order: [`head`](Downstream::head), any number of
-/// [`body`](Downstream::body) pieces, then [`finish`](Downstream::finish) — or
-/// [`cut`](Downstream::cut) when the answer broke after its head went out.
+/// [`body`](Downstream::body) pieces, then [`finish`](Downstream::finish).
 pub trait Downstream: Send {
     /// Sends the status and headers.
     fn head(&mut self, head: Head) -> impl Future<Output = Result<(), Gone>> + Send;
@@ -30,10 +29,6 @@ pub trait Downstream: Send {
 
     /// Ends the answer, with a last piece when there is one.
     fn finish(&mut self, last: Option<Bytes>) -> impl Future<Output = Result<(), Gone>> + Send;
-
-    /// Ends the answer so that its reader cannot take it for a whole one (a JSON body that
-    /// broke midway): the connection is closed before the announced end.
-    fn cut(&mut self, why: &str) -> Gone;
 
     /// The answer ends as sent, but its connection must not carry another request (an error
     /// event ended a stream; a request body was left unread).
@@ -61,10 +56,8 @@ pub struct Collect {
     pub headers: HeaderMap,
     /// The body so far.
     pub body: BytesMut,
-    /// The answer ended (finished or cut).
+    /// The answer ended.
     pub ended: bool,
-    /// Why it was cut, when it was.
-    pub cut: Option<String>,
     /// The connection would not have been reused.
     pub closed: bool,
     /// Stop accepting the body after this many bytes (the reader went away).
@@ -79,7 +72,6 @@ impl Collect {
             headers: HeaderMap::new(),
             body: BytesMut::new(),
             ended: false,
-            cut: None,
             closed: false,
             limit,
         }
@@ -121,13 +113,6 @@ impl Downstream for Collect {
         }
         self.ended = true;
         Ok(())
-    }
-
-    fn cut(&mut self, why: &str) -> Gone {
-        self.ended = true;
-        self.closed = true;
-        self.cut = Some(why.to_owned());
-        Gone
     }
 
     fn close_after(&mut self) {

@@ -148,7 +148,7 @@ impl<T: Transport> Pipeline<T> {
         let mut rec = Record::new();
         let _ = job.run(self, &mut down, &mut rec, None).await;
         let name = self.upstreams[upstream].name();
-        if down.status() != 200 || down.cut.is_some() || !down.ended {
+        if down.status() != 200 || !down.ended {
             let body = String::from_utf8_lossy(&down.body);
             let snippet: String = body.chars().take(200).collect();
             return Err(format!("{name} answered {}: {snippet}", down.status()));

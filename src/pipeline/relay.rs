@@ -79,27 +79,26 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
         .cache
         .as_ref()
         .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
-    let (head, streaming, mut translate) = if native {
+    let (head, mut translate) = if native {
         let t = ollama::StreamTranslator::new(leg.step.model);
-        (
-            explain::sse_head(status, &explain),
-            true,
-            Translate::Stream(t),
-        )
+        (explain::sse_head(status, &explain), Translate::Stream(t))
     } else {
         let mut head = explain::empty_head(status);
         head.headers = exchange.head().headers.clone();
         upstream.scrub.headers(&mut head.headers);
         explain::rewrite_upstream_head(&mut head, &explain);
-        let streaming = explain::is_event_stream(&head);
-        (head, streaming, Translate::Pass)
+        if !explain::is_event_stream(&head) {
+            // A JSON answer is read whole before any of it goes out, so that an upstream dying
+            // in its middle is a clean 502, never a body cut short after a 200.
+            return relay_json(p, job, leg, exchange, head, &explain, down, rec, flight).await;
+        }
+        (head, Translate::Pass)
     };
     let request = job.request;
     let strip_usage = request.stream && !request.include_usage;
-    let mut reader = match (&translate, streaming) {
-        (Translate::Stream(_), _) => AnswerReader::written(keep, strip_usage),
-        (Translate::Pass, true) => AnswerReader::sse(keep, strip_usage),
-        (Translate::Pass, false) => AnswerReader::json(keep),
+    let mut reader = match &translate {
+        Translate::Stream(_) => AnswerReader::written(keep, strip_usage),
+        Translate::Pass => AnswerReader::sse(keep, strip_usage),
     };
     down.head(head).await?;
 
@@ -129,7 +128,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
             Err(e) => {
                 p.upstream_failed(job, leg, &e, "mid-response");
                 exchange.finish().await;
-                return end_broken(down, e.to_api(upstream.name()), streaming).await;
+                return end_broken(down, e.to_api(upstream.name())).await;
             }
         };
         if !out.is_empty() {
@@ -157,7 +156,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
         if let Translate::Stream(t) = &translate {
             if !t.is_done() {
                 let error = ApiError::upstream_broken(upstream.name(), "the stream ended early");
-                return end_broken(down, error, true).await;
+                return end_broken(down, error).await;
             }
         }
         if let Some(rest) = reader.rest() {
@@ -176,34 +175,20 @@ async fn relay_whole<T: Transport, D: Downstream>(
     p: &Pipeline<T>,
     job: &Job<'_>,
     leg: &Leg<'_>,
-    mut exchange: T::Exchange,
+    exchange: T::Exchange,
     explain: &Explain<'_>,
     down: &mut D,
     rec: &mut Record,
     flight: &mut Option<Flight>,
 ) -> Result<(), Gone> {
     let upstream = leg.upstream;
-    let limit = p.config.limits.max_answer_bytes;
-    let mut body = BytesMut::new();
-    loop {
-        match exchange.next().await {
-            Ok(Some(chunk)) if (body.len() + chunk.len()) as u64 > limit => {
-                exchange.finish().await;
-                let error = ApiError::answer_too_large(upstream.name(), limit);
-                let (head, body) = explain::error_answer(&error, explain, &[]);
-                return down.respond(head, body).await;
-            }
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            Ok(None) => break,
-            Err(e) => {
-                p.upstream_failed(job, leg, &e, "mid-response");
-                exchange.finish().await;
-                let (head, body) = explain::error_answer(&e.to_api(upstream.name()), explain, &[]);
-                return down.respond(head, body).await;
-            }
+    let body = match read_whole(p, job, leg, exchange).await {
+        Ok(body) => body,
+        Err(error) => {
+            let (head, body) = explain::error_answer(&error, explain, &[]);
+            return down.respond(head, body).await;
         }
-    }
-    exchange.finish().await;
+    };
     let completion = match ollama::completion(&body, upstream.name()) {
         Ok(completion) => completion,
         Err(e) => {
@@ -222,6 +207,85 @@ async fn relay_whole<T: Transport, D: Downstream>(
     rec.first_byte = Some(job.incoming.started.elapsed());
     down.respond(explain::json_head(200, json.len(), explain), json)
         .await
+}
+
+/// An OpenAI-compatible JSON answer: read whole, masked, read for its usage, then sent with
+/// its length.
+#[allow(clippy::too_many_arguments)]
+async fn relay_json<T: Transport, D: Downstream>(
+    p: &Pipeline<T>,
+    job: &Job<'_>,
+    leg: &Leg<'_>,
+    exchange: T::Exchange,
+    mut head: super::Head,
+    explain: &Explain<'_>,
+    down: &mut D,
+    rec: &mut Record,
+    flight: &mut Option<Flight>,
+) -> Result<(), Gone> {
+    let body = match read_whole(p, job, leg, exchange).await {
+        Ok(body) => leg.upstream.scrub.all(&body),
+        Err(error) => {
+            let (head, body) = explain::error_answer(&error, explain, &[]);
+            return down.respond(head, body).await;
+        }
+    };
+    let keep = p
+        .cache
+        .as_ref()
+        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
+    let mut reader = AnswerReader::json(keep);
+    let body = reader.feed(body);
+    if head.status == http::StatusCode::OK {
+        finish_answer(p, job, leg, rec, reader.finish(), flight);
+    }
+    rec.first_byte = Some(job.incoming.started.elapsed());
+    head.headers.remove(http::header::TRANSFER_ENCODING);
+    head.headers.insert(
+        http::header::CONTENT_LENGTH,
+        http::HeaderValue::from(body.len()),
+    );
+    down.respond(head, body).await
+}
+
+/// Reads a whole answer body, up to `limits.max_answer_bytes`; the error the client gets when
+/// the upstream fails in the middle or sends more.
+async fn read_whole<T: Transport>(
+    p: &Pipeline<T>,
+    job: &Job<'_>,
+    leg: &Leg<'_>,
+    mut exchange: T::Exchange,
+) -> Result<Bytes, ApiError> {
+    let upstream = leg.upstream;
+    let limit = p.config.limits.max_answer_bytes;
+    let mut body = BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    let result = loop {
+        match exchange.next().await {
+            Ok(Some(chunk)) => {
+                let held = body.len() + first.as_ref().map_or(0, Bytes::len);
+                if (held + chunk.len()) as u64 > limit {
+                    break Err(ApiError::answer_too_large(upstream.name(), limit));
+                }
+                // An answer that arrives in one chunk is kept as it is, without a copy.
+                match first.take() {
+                    None if body.is_empty() => first = Some(chunk),
+                    Some(f) => {
+                        body.extend_from_slice(&f);
+                        body.extend_from_slice(&chunk);
+                    }
+                    None => body.extend_from_slice(&chunk),
+                }
+            }
+            Ok(None) => break Ok(first.unwrap_or_else(|| body.freeze())),
+            Err(e) => {
+                p.upstream_failed(job, leg, &e, "mid-response");
+                break Err(e.to_api(upstream.name()));
+            }
+        }
+    };
+    exchange.finish().await;
+    result
 }
 
 /// Accounts a complete successful answer and stores it when it came from the first upstream.
@@ -249,19 +313,12 @@ fn finish_answer<T>(
     }
 }
 
-/// Ends an answer whose upstream failed midway: a stream gets an error event the SDKs raise and
-/// a clean end; a JSON body is cut, so the client never takes it for a complete answer.
-async fn end_broken<D: Downstream>(
-    down: &mut D,
-    error: ApiError,
-    streaming: bool,
-) -> Result<(), Gone> {
+/// Ends a stream whose upstream failed midway: an error event the SDKs raise, a clean end, and
+/// the connection closed after it.
+async fn end_broken<D: Downstream>(down: &mut D, error: ApiError) -> Result<(), Gone> {
     down.close_after();
-    if streaming {
-        down.body(Bytes::from(error.to_sse_event())).await?;
-        return down.finish(None).await;
-    }
-    Err(down.cut(&error.message))
+    down.body(Bytes::from(error.to_sse_event())).await?;
+    down.finish(None).await
 }
 
 impl<T> Pipeline<T> {

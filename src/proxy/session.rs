@@ -73,12 +73,6 @@ impl Downstream for SessionDownstream<'_> {
         self.keep(result)
     }
 
-    fn cut(&mut self, why: &str) -> Gone {
-        self.session.set_keepalive(None);
-        self.error = Some(Error::explain(ErrorType::ReadError, why.to_owned()));
-        Gone
-    }
-
     fn close_after(&mut self) {
         self.session.set_keepalive(None);
     }
