@@ -14,6 +14,9 @@ pub mod auth;
 pub mod cache;
 pub mod classify;
 pub mod config;
+/// Entry points for the fuzz targets in `fuzz/` and the test that replays what they found.
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hybrid;
 pub mod limit;
 pub mod metrics;

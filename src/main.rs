@@ -34,6 +34,13 @@ enum Command {
     /// Gateway keys: `key new --name NAME` prints a fresh key once, and the YAML with its hash.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Ask a running gateway whether it is alive (for a container's health check: the image
+    /// needs no curl). Exit status 0 on a 200, 1 otherwise.
+    Healthcheck {
+        /// The URL to ask (plain http).
+        #[arg(long, default_value = "http://127.0.0.1:8080/health/live")]
+        url: String,
+    },
     /// Print how the scorer's tokenizer reads texts: JSONL `{"id", "text"}` on standard input,
     /// `{"id", "ids"}` out, for checking it against the reference tokenizer.
     Tokens {
@@ -134,6 +141,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        return match switchyard::proxy::probe(url, std::time::Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard healthcheck: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Command::Tokens { table }) = &cli.command {
         return match tokens(table.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -183,7 +199,10 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Train(_) | Command::Key(_) | Command::Tokens { .. } => {
+        Command::Train(_)
+        | Command::Key(_)
+        | Command::Tokens { .. }
+        | Command::Healthcheck { .. } => {
             unreachable!("handled before the configuration is read")
         }
         Command::Route => match dry_run(&config) {

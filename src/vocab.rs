@@ -168,6 +168,8 @@ pub enum Reason {
     InvalidOutput,
     /// The upstream refused the gateway's own credentials (401).
     Credentials,
+    /// Every backend of the upstream was serving `max_outstanding` requests already.
+    Saturated,
 }
 
 impl Reason {
@@ -183,6 +185,7 @@ impl Reason {
             Reason::ContextOverflow => "context_overflow",
             Reason::InvalidOutput => "invalid_output",
             Reason::Credentials => "credentials",
+            Reason::Saturated => "saturated",
         }
     }
 }

@@ -1034,3 +1034,53 @@ async fn an_http_1_0_client_gets_a_stream_it_can_read() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_readiness_and_the_healthcheck_command() {
+    // A local model that refuses connections, and no cloud: alive, but not ready.
+    let yaml = format!(
+        r#"
+server:
+  listen: "127.0.0.1:{{PORT}}"
+upstreams:
+  local:
+    kind: ollama
+    route: local
+    url: "{}"
+    health: {{interval: 100ms, timeout: 200ms, unhealthy_after: 1}}
+default_route:
+  upstream: local
+"#,
+        refused_addr()
+    );
+    let gw = Gateway::start(&yaml);
+    let live = request(gw.addr(), "GET", "/health/live", &[], b"").await;
+    assert_eq!(
+        (live.status, live.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let mut ready = request(gw.addr(), "GET", "/health/ready", &[], b"").await;
+    for _ in 0..50 {
+        if ready.json()["reason"] == "no upstream can serve" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ready = request(gw.addr(), "GET", "/health/ready", &[], b"").await;
+    }
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["reason"], "no upstream can serve");
+
+    let healthcheck = |url: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["healthcheck", "--url", &url])
+            .output()
+            .expect("run switchyard healthcheck")
+    };
+    let base = format!("http://127.0.0.1:{}", gw.port);
+    assert!(healthcheck(format!("{base}/health/live")).status.success());
+    let not_ready = healthcheck(format!("{base}/health/ready"));
+    assert!(!not_ready.status.success());
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("503"));
+    let nobody = healthcheck(format!("http://{}/health/live", refused_addr()));
+    assert!(!nobody.status.success());
+}

@@ -15,6 +15,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
 
+# The deployment files against the Compose and Kubernetes schemas.
+bash deploy/check.sh "$PWD/$venv/bin"
+
 # The real small model (tests/small_model.sh installs it), for the hybrid stage's real-model test.
 small=${SWITCHYARD_SMALL_MODEL_DIR:-$HOME/.cache/switchyard/small-model}
 if [ -x "$small/venv/bin/python" ] && [ -f "$small/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then

@@ -511,28 +511,63 @@ async fn a_streaming_request_counts_as_outstanding_until_it_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_that_answers_its_health_path_with_an_error_below_500_stays_up() {
+async fn a_wrong_health_path_marks_a_backend_down_and_a_refused_key_does_not() {
+    // The health path answers 404 (a URL with one /v1 too many looks like this), then 401.
+    let status = Arc::new(AtomicUsize::new(404));
     let calls = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&calls);
+    let (answer, seen) = (Arc::clone(&status), Arc::clone(&calls));
     let local = Mock::start(move |req: &Recorded| {
         if req.path == "/not-here" {
             seen.fetch_add(1, Ordering::SeqCst);
-            return Reply::error(404, "invalid_request_error", "Not found");
+            let code = answer.load(Ordering::SeqCst) as u16;
+            return Reply::error(code, "invalid_request_error", "no");
         }
         Reply::json(completion("llama3.1:8b", &req.last_message()))
     })
     .await;
-    let yaml = config("openai", &[local.url()], &refused_addr().to_string(), "").replace(
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let yaml = config("openai", &[local.url()], &cloud.url(), "").replace(
         "health: {interval: 100ms,",
-        "health: {path: /not-here, interval: 50ms,",
+        "health: {path: /not-here, interval: 50ms, unhealthy_after: 1,",
     );
     let gw = Gateway::start(&yaml);
-    while calls.load(Ordering::SeqCst) < 4 {
+    let state = |h: &Value| {
+        h["upstreams"][0]["backends"][0]["state"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let mut h = Value::Null;
+    for _ in 0..100 {
+        h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+        if state(&h).as_deref() == Some("down") {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
-    assert_eq!(h["upstreams"][0]["backends"][0]["state"], "up", "{h}");
-    assert_eq!(chat(gw.addr(), &ask("hi")).await.status, 200);
+    assert_eq!(state(&h).as_deref(), Some("down"), "{h}");
+    let r = chat(gw.addr(), &ask("hi")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    assert!(gw.log().contains("/not-here answered 404"), "{}", gw.log());
+    // Ready: the cloud can serve.
+    assert_eq!(
+        request(gw.addr(), "GET", "/health/ready", &[], b"")
+            .await
+            .status,
+        200
+    );
+
+    status.store(401, Ordering::SeqCst);
+    for _ in 0..100 {
+        h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+        if state(&h).as_deref() == Some("up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state(&h).as_deref(), Some("up"), "{h}");
+    assert!(gw.log().contains("refused with 401"), "{}", gw.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,5 +596,48 @@ async fn a_fallback_too_small_for_the_prompt_is_skipped() {
             r#"switchyard_context_overflows_total{action="reject",upstream="local"}"#
         ),
         1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_local_model_spills_to_the_cloud_at_once() {
+    // A local server that takes its time with every answer; the gateway lets it serve one
+    // request at a time.
+    let local = Mock::start(|req: &Recorded| Reply::Sse {
+        events: stream_events("llama3.1:8b", &[&req.last_message(), " done"]),
+        pause: Duration::from_millis(250),
+        split: false,
+    })
+    .await;
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let gw = Gateway::start(&config(
+        "openai",
+        &[local.url()],
+        &cloud.url(),
+        "    max_outstanding: 1",
+    ));
+
+    let busy = open_stream(gw.addr(), "auto", "first").await;
+    assert_eq!(busy.status, 200);
+    assert_eq!(busy.header("x-switchyard-upstream"), Some("local"));
+    // The local server is full: the next request goes to the cloud without waiting.
+    let r = chat(gw.addr(), &ask("second")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(local.requests().len(), 1, "the full server was not asked");
+    busy.finish().await;
+    // Free again: local serves.
+    let r = chat(gw.addr(), &ask("third")).await;
+    assert_eq!(r.header("x-switchyard-upstream"), Some("local"));
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"switchyard_fallbacks_total{from="local",reason="saturated",to="cloud"}"#
+        ),
+        Some(1.0),
+        "{m}"
     );
 }

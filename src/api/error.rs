@@ -185,6 +185,19 @@ impl ApiError {
         }
     }
 
+    /// A 503: every backend of the upstream is already serving as many requests as it may.
+    pub fn upstream_saturated(upstream: &str) -> Self {
+        ApiError {
+            status: 503,
+            message: format!(
+                "Upstream `{upstream}` is serving as many requests as it can; retry shortly"
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("upstream_saturated"),
+        }
+    }
+
     /// A 503: every backend of the upstream is down or ejected.
     pub fn no_healthy_backend(upstream: &str) -> Self {
         ApiError {

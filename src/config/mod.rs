@@ -129,6 +129,13 @@ pub struct UpstreamUrl {
 impl UpstreamUrl {
     /// Parses `http(s)://host[:port][/prefix]`; a bare `host:port` (as `OLLAMA_HOST` allows) means http.
     pub fn parse(text: &str) -> Result<Self, String> {
+        UpstreamUrl::parse_for(text, 80)
+    }
+
+    /// Like [`UpstreamUrl::parse`], with `http_port` for an http URL that names no port: a
+    /// local model server is on its own port (Ollama's 11434) however its address is written,
+    /// as `OLLAMA_HOST=0.0.0.0` is.
+    pub fn parse_for(text: &str, http_port: u16) -> Result<Self, String> {
         let text = text.trim();
         let with_scheme = if text.contains("://") {
             text.to_owned()
@@ -167,7 +174,9 @@ impl UpstreamUrl {
         }
         Ok(UpstreamUrl {
             tls,
-            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            port: authority
+                .port_u16()
+                .unwrap_or(if tls { 443 } else { http_port }),
             host,
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
         })
@@ -226,6 +235,9 @@ pub struct UpstreamConfig {
     pub backends: Vec<UpstreamUrl>,
     /// How a request picks a backend.
     pub balance: Balance,
+    /// Requests one backend serves at once, at most; past it on every backend, a request goes
+    /// to the fallback at once (`None`: no limit).
+    pub max_outstanding: Option<usize>,
     /// Health checking of the backends.
     pub health: HealthConfig,
     /// Retries before the first byte went to the client.

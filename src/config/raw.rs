@@ -248,6 +248,7 @@ pub struct RawUpstream {
     pub url: Option<Text>,
     pub backends: Option<Vec<Text>>,
     pub balance: Option<Text>,
+    pub max_outstanding: Option<Text>,
     pub health: Option<RawHealth>,
     pub retry: Option<RawRetry>,
     pub num_ctx: Option<Text>,

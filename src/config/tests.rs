@@ -447,3 +447,49 @@ fn limits_are_read_checked_and_defaulted() {
         assert!(text.contains(needle), "no error about {needle}: {text}");
     }
 }
+
+#[test]
+fn ollama_addresses_mean_its_port_and_a_base_url_may_end_in_v1() {
+    let yaml = |local: &str, cloud: &str| {
+        format!(
+            "upstreams:\n  local:\n    kind: ollama\n    route: local\n    url: \"{local}\"\n  cloud:\n    route: cloud\n    url: \"{cloud}\"\ndefault_route:\n  upstream: cloud\n"
+        )
+    };
+    for (local, host, port, tls) in [
+        ("0.0.0.0", "0.0.0.0", 11434, false),
+        ("http://gpu-box", "gpu-box", 11434, false),
+        ("gpu-box:8000", "gpu-box", 8000, false),
+        (
+            "https://ollama.example.com",
+            "ollama.example.com",
+            443,
+            true,
+        ),
+    ] {
+        let c = Config::from_yaml(&yaml(local, "https://api.example.com"), no_env).unwrap();
+        let b = &c.upstreams[0].backends[0];
+        assert_eq!(
+            (b.host.as_str(), b.port, b.tls),
+            (host, port, tls),
+            "{local}"
+        );
+    }
+    for (cloud, prefix) in [
+        ("https://api.example.com/v1", ""),
+        ("http://localhost:8000/v1/", ""),
+        ("http://localhost:8000/openai/v1", "/openai"),
+        ("http://localhost:8000/openai", "/openai"),
+    ] {
+        let c = Config::from_yaml(&yaml("127.0.0.1", cloud), no_env).unwrap();
+        let b = &c.upstreams[1].backends[0];
+        assert_eq!(b.path_prefix, prefix, "{cloud}");
+        assert_eq!(
+            b.port,
+            if cloud.starts_with("https") {
+                443
+            } else {
+                8000
+            }
+        );
+    }
+}

@@ -10,6 +10,9 @@ use super::{
 };
 use crate::vocab::Route;
 
+/// The port Ollama (and a raw upstream on it) listens on when its address names none.
+const OLLAMA_PORT: u16 = 11434;
+
 impl Checker<'_> {
     /// Every upstream, with fallbacks resolved (local upstreams fall back to the first cloud one
     /// unless told `fallback: none`), their names in file order, and warnings about the disabled.
@@ -83,7 +86,7 @@ impl Checker<'_> {
         let route = self.parsed(&field("route"), Some(&up.route), Route::Cloud, |t| {
             Route::side(t)
         });
-        let backends = self.backends(name, up);
+        let backends = self.backends(name, up, kind);
         let model = up
             .model
             .as_ref()
@@ -158,6 +161,15 @@ impl Checker<'_> {
             route,
             backends,
             balance: self.balance(name, up),
+            max_outstanding: up.max_outstanding.as_ref().map(|t| {
+                self.parsed(&field("max_outstanding"), Some(t), 1, |t| {
+                    match t.parse::<usize>() {
+                        Ok(0) => Err("must be more than 0".into()),
+                        Ok(n) => Ok(n),
+                        Err(_) => Err(format!("`{t}` is not a whole number")),
+                    }
+                })
+            }),
             health: self.health(name, kind, raw_api, up.health.as_ref()),
             retry: self.retry(name, up.retry.as_ref()),
             num_ctx,
@@ -193,7 +205,12 @@ impl Checker<'_> {
     }
 
     /// `url` (one backend) or `backends` (a list), exactly one of them.
-    fn backends(&mut self, name: &str, up: &raw::RawUpstream) -> Vec<UpstreamUrl> {
+    fn backends(
+        &mut self,
+        name: &str,
+        up: &raw::RawUpstream,
+        kind: UpstreamKind,
+    ) -> Vec<UpstreamUrl> {
         let texts: Vec<(String, &Text)> = match (&up.url, &up.backends) {
             (Some(url), None) => vec![(format!("upstreams.{name}.url"), url)],
             (None, Some(list)) if !list.is_empty() => list
@@ -218,8 +235,21 @@ impl Checker<'_> {
         };
         let mut out = Vec::with_capacity(texts.len());
         for (field, text) in texts {
+            // An OpenAI-compatible server's base URL is often written with its /v1 (as
+            // OPENAI_BASE_URL is); the gateway adds /v1 itself.
+            let http_port = if kind == UpstreamKind::OpenAi {
+                80
+            } else {
+                OLLAMA_PORT
+            };
             let url = self.parsed(&field, Some(text), None, |t| {
-                UpstreamUrl::parse(t).map(Some)
+                let mut url = UpstreamUrl::parse_for(t, http_port)?;
+                if kind == UpstreamKind::OpenAi {
+                    if let Some(base) = url.path_prefix.strip_suffix("/v1") {
+                        url.path_prefix = base.to_owned();
+                    }
+                }
+                Ok(Some(url))
             });
             if let Some(url) = url {
                 if out.contains(&url) {

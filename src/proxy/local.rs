@@ -129,6 +129,47 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
     write_json(session, 200, body, &explain(ctx)).await
 }
 
+/// `GET /health/live`: the process answers (for a liveness probe; it says nothing of upstreams).
+pub(super) async fn live(session: &mut Session, ctx: &Ctx) -> Result<()> {
+    write_json(session, 200, br#"{"status":"ok"}"#.to_vec(), &explain(ctx)).await
+}
+
+/// `GET /health/ready`: 200 when this replica can serve, 503 (with why) before the first round
+/// of health checks and while no route can serve. A cloud upstream counts as able to serve
+/// whatever its checks say: its outage is every replica's, and taking them all out of the load
+/// balancer would only turn its errors into refused connections.
+pub(super) async fn ready(session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let (status, body) = match readiness(&ctx.pipeline.upstreams) {
+        Ok(()) => (200, serde_json::json!({"status": "ready"})),
+        Err(why) => (
+            503,
+            serde_json::json!({"status": "not_ready", "reason": why}),
+        ),
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    write_json(session, status, body, &explain(ctx)).await
+}
+
+/// Whether the upstreams let this replica serve; why not, when they do not.
+fn readiness(
+    upstreams: &[std::sync::Arc<crate::upstream::Upstream>],
+) -> std::result::Result<(), &'static str> {
+    let enabled = || upstreams.iter().filter(|u| u.config.enabled);
+    let unchecked = enabled()
+        .filter(|u| u.config.health.active)
+        .any(|u| u.pool.backends.iter().any(|b| !b.was_checked()));
+    if unchecked {
+        return Err("the first health checks have not finished");
+    }
+    let serves =
+        enabled().any(|u| u.config.route == crate::vocab::Route::Cloud || u.pool.any_available());
+    if serves {
+        Ok(())
+    } else {
+        Err("no upstream can serve")
+    }
+}
+
 /// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
 pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let gateway = explain(ctx);

@@ -12,6 +12,7 @@
 
 mod conn;
 mod local;
+mod probe;
 mod reload;
 mod request_id;
 mod server;
@@ -38,6 +39,7 @@ use crate::pipeline::{explain, Explain, Incoming, Pipeline};
 use crate::upstream::client::Pooled;
 use crate::upstream::{request_head, Upstream};
 use crate::vocab::CacheOutcome;
+pub use probe::probe;
 pub use server::run;
 use session::{expects_continue, read_body, SessionDownstream};
 
@@ -194,7 +196,9 @@ impl Gateway {
         // The gateway's own paths answer one method each.
         let required = match path.as_str() {
             "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
-            "/v1/models" | "/health" | "/metrics" | "/stats" => Some(http::Method::GET),
+            "/v1/models" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/stats" => {
+                Some(http::Method::GET)
+            }
             _ => None,
         };
         if let Some(required) = required.filter(|r| *r != method) {
@@ -216,6 +220,8 @@ impl Gateway {
             "/v1/route" => local::route(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
+            "/health/live" => local::live(session, ctx).await?,
+            "/health/ready" => local::ready(session, ctx).await?,
             // Other methods on a model (DELETE of a fine-tune) are the provider's business.
             p if p.starts_with("/v1/models/") && method == http::Method::GET => {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
@@ -357,7 +363,11 @@ impl ProxyHttp for Gateway {
         ctx.request_id = self.ids.for_request(session.req_header());
         let head = session.req_header();
         // Past the cap, refuse before any work; `/health` still answers, to tell why.
-        if serving > ctx.config().limits.max_in_flight && head.uri.path() != "/health" {
+        let health = matches!(
+            head.uri.path(),
+            "/health" | "/health/live" | "/health/ready"
+        );
+        if serving > ctx.config().limits.max_in_flight && !health {
             self.conn_metrics.refused("in_flight");
             let e = ApiError::overloaded("too many requests in flight");
             session.set_keepalive(None);
@@ -381,7 +391,7 @@ impl ProxyHttp for Gateway {
             write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
             return Ok(true);
         }
-        if session.req_header().uri.path() != "/health" {
+        if !health {
             let headers = &session.req_header().headers;
             match Tenant::authenticate(
                 &ctx.config().keys,

@@ -146,10 +146,24 @@ pub async fn call<T: Transport>(
     let mut last = None;
     for attempt in 1.. {
         let Some(mut lease) = upstream.pool.select(request.conversation, &tried) else {
-            return Err(last.unwrap_or(CallError::Failed {
-                last: Failure::Api(ApiError::no_healthy_backend(upstream.name())),
-                reason: Reason::NoHealthyBackend,
-            }));
+            if let Some(last) = last {
+                return Err(last);
+            }
+            let (error, reason) = if upstream.pool.saturated() {
+                (
+                    ApiError::upstream_saturated(upstream.name()),
+                    Reason::Saturated,
+                )
+            } else {
+                (
+                    ApiError::no_healthy_backend(upstream.name()),
+                    Reason::NoHealthyBackend,
+                )
+            };
+            return Err(CallError::Failed {
+                last: Failure::Api(error),
+                reason,
+            });
         };
         tried.push(lease.index);
         let head = json_post(upstream, lease.backend(), &request).map_err(CallError::Refused)?;

@@ -120,9 +120,25 @@ pub async fn check(transport: &Pooled, upstream: &Upstream, backend: &Backend) -
     let Ok(mut exchange) = sent.await else {
         return false;
     };
-    // Any answer below 500 means the server is up: a 404 says the health path is wrong, a 401
-    // that the key is, and requests would get those answers too; only 5xx means it is failing.
-    let ok = exchange.head().status.as_u16() < 500;
+    // A 404 says the health path is wrong (an upstream URL with one /v1 too many, say): the
+    // requests would get it too, so the backend is down until that is fixed. A 401 or 403 says
+    // the key is wrong, not the server: up, but said loudly. 5xx means it is failing.
+    let status = exchange.head().status.as_u16();
+    let ok = status < 500 && status != 404;
+    match status {
+        404 => log::warn!(
+            "backend {}: the health path {}{} answered 404; check the upstream's url (and health.path)",
+            backend.label,
+            backend.url.path_prefix,
+            health.path
+        ),
+        401 | 403 => log::error!(
+            "backend {}: the health check was refused with {status}: check upstreams.{}.api_key",
+            backend.label,
+            upstream.name()
+        ),
+        _ => {}
+    }
     // Read the (small) body so that the connection can serve the next check.
     while let Ok(Some(_)) = exchange.next().await {}
     exchange.finish().await;

@@ -100,7 +100,10 @@ impl Upstream {
             return Err(format!("upstream `{}` has no backend", config.name));
         }
         Ok(Upstream {
-            pool: Arc::new(Pool::new(backends, config.balance, config.health.clone())),
+            pool: Arc::new(
+                Pool::new(backends, config.balance, config.health.clone())
+                    .with_max_outstanding(config.max_outstanding),
+            ),
             scrub: scrub::Scrub::new(config.api_key.as_ref().map(|k| k.expose())),
             config,
             authorization,

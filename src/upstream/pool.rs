@@ -30,6 +30,8 @@ pub struct Backend {
     pub(super) host: HeaderValue,
     outstanding: AtomicUsize,
     state: Mutex<State>,
+    /// Whether an active check has run yet.
+    checked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -81,6 +83,7 @@ impl Backend {
             host,
             outstanding: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
+            checked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -107,8 +110,14 @@ impl Backend {
         self.outstanding.load(Ordering::Relaxed)
     }
 
+    /// Whether an active check has run on it yet.
+    pub fn was_checked(&self) -> bool {
+        self.checked.load(Ordering::Acquire)
+    }
+
     /// Records an active check's result; true when this changed whether it is down.
     pub fn record_check(&self, ok: bool, health: &HealthConfig) -> bool {
+        self.checked.store(true, Ordering::Release);
         let mut s = self.lock();
         if ok {
             s.checks_failed = 0;
@@ -189,6 +198,8 @@ pub struct Pool {
     balance: Balance,
     /// Thresholds and cool-down of the passive checks (and the active ones).
     pub health: HealthConfig,
+    /// Requests one backend serves at once, at most.
+    max_outstanding: Option<usize>,
     next: AtomicUsize,
 }
 
@@ -199,13 +210,36 @@ impl Pool {
             backends,
             balance,
             health,
+            max_outstanding: None,
             next: AtomicUsize::new(0),
         }
     }
 
+    /// Caps the requests each backend serves at once (`None`: no cap).
+    pub fn with_max_outstanding(mut self, max: Option<usize>) -> Pool {
+        self.max_outstanding = max;
+        self
+    }
+
+    /// Whether every backend that could take a request is at `max_outstanding`: the request
+    /// should go elsewhere at once rather than wait in the server's queue.
+    pub fn saturated(&self) -> bool {
+        let Some(max) = self.max_outstanding else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut usable = self
+            .backends
+            .iter()
+            .filter(|b| matches!(b.state(now), BackendState::Up | BackendState::HalfOpen))
+            .peekable();
+        usable.peek().is_some() && usable.all(|b| b.outstanding() >= max)
+    }
+
     /// A backend for a request: never one that is down or ejected; one not in `tried` when
     /// there is such a one. `conversation` is the request's conversation key (for
-    /// [`Balance::Conversation`]). `None` when no backend takes requests now.
+    /// [`Balance::Conversation`]). `None` when no backend takes requests now (all down,
+    /// or all at `max_outstanding`).
     pub fn select(self: &Arc<Self>, conversation: u64, tried: &[usize]) -> Option<Lease> {
         let now = Instant::now();
         if let [only] = &self.backends[..] {
@@ -217,7 +251,12 @@ impl Pool {
             };
         }
         let states: Vec<BackendState> = self.backends.iter().map(|b| b.state(now)).collect();
-        let usable = |i: &usize| matches!(states[*i], BackendState::Up | BackendState::HalfOpen);
+        let room = |i: &usize| {
+            self.max_outstanding
+                .is_none_or(|max| self.backends[*i].outstanding() < max)
+        };
+        let usable =
+            |i: &usize| matches!(states[*i], BackendState::Up | BackendState::HalfOpen) && room(i);
         let mut candidates: Vec<usize> = (0..self.backends.len())
             .filter(usable)
             .filter(|i| !tried.contains(i))
@@ -247,9 +286,16 @@ impl Pool {
     }
 
     fn lease(self: &Arc<Self>, index: usize, probe: bool) -> Option<Lease> {
-        self.backends[index]
-            .outstanding
-            .fetch_add(1, Ordering::AcqRel);
+        let outstanding = &self.backends[index].outstanding;
+        match self.max_outstanding {
+            // Taken only while below the cap, however many requests race for the last place.
+            Some(max) => outstanding
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .ok()?,
+            None => outstanding.fetch_add(1, Ordering::AcqRel),
+        };
         Some(Lease {
             pool: Arc::clone(self),
             index,
