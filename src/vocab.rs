@@ -170,6 +170,8 @@ pub enum Reason {
     Credentials,
     /// Every backend of the upstream was serving `max_outstanding` requests already.
     Saturated,
+    /// A local model server does not have the model (404: not pulled there).
+    ModelMissing,
 }
 
 impl Reason {
@@ -186,6 +188,7 @@ impl Reason {
             Reason::InvalidOutput => "invalid_output",
             Reason::Credentials => "credentials",
             Reason::Saturated => "saturated",
+            Reason::ModelMissing => "model_missing",
         }
     }
 }

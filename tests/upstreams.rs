@@ -178,6 +178,41 @@ async fn ollama_tool_calls_and_errors() {
     let e = chat(gw.addr(), &ask("x")).await.assert_error(404);
     assert_eq!(e["code"], "model_not_found");
     assert!(e["message"].as_str().unwrap().contains("missing-model"));
+
+    // With a cloud to fall back to, a model not pulled locally costs the client nothing, and
+    // /health says what to do about it.
+    let cloud =
+        Mock::start(|req: &Recorded| Reply::json(completion("gpt-4o", &req.last_message()))).await;
+    let yaml = config("ollama", &[local.url()], &cloud.url(), "")
+        .replace("model: \"llama3.1:8b\"", "model: \"missing-model\"");
+    let gw = Gateway::start(&yaml);
+    let r = chat(gw.addr(), &ask("x")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+    let mut problem = Value::Null;
+    for _ in 0..100 {
+        let h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
+        problem = h["upstreams"][0]["backends"][0]["problem"].clone();
+        if problem.is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        problem
+            .as_str()
+            .is_some_and(|p| p.contains("ollama pull missing-model")),
+        "{problem}"
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"switchyard_fallbacks_total{from="local",reason="model_missing",to="cloud"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,9 @@ struct BackendHealth {
     url: String,
     state: &'static str,
     outstanding: usize,
+    /// What the checks found wrong (a model not pulled), when something is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
 }
 
 /// `GET /health`: the gateway's version and uptime, and each upstream's backends as the health
@@ -114,6 +117,7 @@ pub(super) async fn health(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Re
                     url: format!("{}:{}", b.url.host, b.url.port),
                     state: b.state(now).as_str(),
                     outstanding: b.outstanding(),
+                    problem: b.problem(),
                 })
                 .collect(),
         })

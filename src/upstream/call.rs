@@ -175,7 +175,8 @@ pub async fn call<T: Transport>(
             Ok(exchange) => {
                 metrics.answered(upstream.name(), sent.elapsed());
                 let status = exchange.head().status.as_u16();
-                let verdict = policy.verdict(status, upstream.config.api_key.is_some());
+                let native = upstream.config.kind != crate::config::UpstreamKind::OpenAi;
+                let verdict = policy.verdict(status, upstream.config.api_key.is_some(), native);
                 if verdict == Verdict::Relay {
                     lease.succeeded();
                     return Ok(Answered { exchange, lease });
@@ -205,10 +206,10 @@ pub async fn call<T: Transport>(
                     upstream.name()
                 );
                 let (failure, asked) = refusal(exchange, status).await;
-                let reason = if status == 429 {
-                    Reason::RateLimited
-                } else {
-                    Reason::Status
+                let reason = match status {
+                    429 => Reason::RateLimited,
+                    404 if native => Reason::ModelMissing,
+                    _ => Reason::Status,
                 };
                 if verdict == Verdict::Fallback {
                     return Err(CallError::Failed {

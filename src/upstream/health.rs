@@ -85,6 +85,19 @@ async fn watch(transport: Arc<Pooled>, upstream: Arc<Upstream>, index: usize) {
     loop {
         let backend = &upstream.pool.backends[index];
         let ok = check(&transport, &upstream, backend).await;
+        if ok && upstream.config.kind == crate::config::UpstreamKind::Ollama {
+            if let Some(model) = upstream.config.model.as_deref() {
+                let missing = !has_model(&transport, &upstream, backend, model).await;
+                let problem = missing
+                    .then(|| format!("model `{model}` is not pulled: run `ollama pull {model}`"));
+                if backend.set_problem(problem.clone()) {
+                    match problem {
+                        Some(p) => log::warn!("backend {}: {p}", backend.label),
+                        None => log::info!("backend {}: model `{model}` is there", backend.label),
+                    }
+                }
+            }
+        }
         if backend.record_check(ok, &upstream.config.health) {
             if ok {
                 log::info!("backend {} is healthy again", backend.label);
@@ -94,6 +107,75 @@ async fn watch(transport: Arc<Pooled>, upstream: Arc<Upstream>, index: usize) {
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Whether an Ollama backend lists `model` in `/api/tags` (a name without a tag means
+/// `:latest`, as Ollama reads it). An answer that cannot be read says nothing: true.
+async fn has_model(
+    transport: &Pooled,
+    upstream: &Upstream,
+    backend: &Backend,
+    model: &str,
+) -> bool {
+    let health = &upstream.config.health;
+    let get = http::Method::GET;
+    let Ok(head) = request_head(
+        &get,
+        &http::HeaderMap::new(),
+        upstream,
+        backend,
+        "/api/tags",
+    ) else {
+        return true;
+    };
+    let limit = health.timeout;
+    let timeouts = Timeouts {
+        connect: limit.min(upstream.config.timeouts.connect),
+        first_byte: limit,
+        idle: limit,
+        total: limit,
+    };
+    let Ok(mut exchange) = transport
+        .exchange(upstream, backend, head, Bytes::new(), timeouts)
+        .await
+    else {
+        return true;
+    };
+    let status = exchange.head().status.as_u16();
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = exchange.next().await {
+        if body.len() < TAGS_LIMIT {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    exchange.finish().await;
+    if status != 200 {
+        return true;
+    }
+    listed(&body, model).unwrap_or(true)
+}
+
+/// The most of an `/api/tags` answer read.
+const TAGS_LIMIT: usize = 1 << 20;
+
+/// Whether `model` is among the models of an `/api/tags` body; `None` when it is not one.
+fn listed(body: &[u8], model: &str) -> Option<bool> {
+    let full = |name: &str| {
+        if name.contains(':') {
+            name.to_owned()
+        } else {
+            format!("{name}:latest")
+        }
+    };
+    let want = full(model);
+    let tags: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let models = tags.get("models")?.as_array()?;
+    Some(models.iter().any(|m| {
+        ["name", "model"]
+            .iter()
+            .filter_map(|k| m.get(*k).and_then(|v| v.as_str()))
+            .any(|name| full(name) == want)
+    }))
 }
 
 /// One check: the health path answers, below 500, within the timeout.
@@ -143,4 +225,18 @@ pub async fn check(transport: &Pooled, upstream: &Upstream, backend: &Backend) -
     while let Ok(Some(_)) = exchange.next().await {}
     exchange.finish().await;
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed;
+
+    #[test]
+    fn a_model_is_listed_with_its_tag_or_as_latest() {
+        let tags = br#"{"models":[{"name":"llama3.1:8b-instruct-q4_K_M","model":"llama3.1:8b-instruct-q4_K_M"},{"name":"qwen2.5:latest"}]}"#;
+        assert_eq!(listed(tags, "llama3.1:8b-instruct-q4_K_M"), Some(true));
+        assert_eq!(listed(tags, "qwen2.5"), Some(true));
+        assert_eq!(listed(tags, "llama3.1"), Some(false));
+        assert_eq!(listed(b"not json", "x"), None);
+    }
 }

@@ -32,6 +32,8 @@ pub struct Backend {
     state: Mutex<State>,
     /// Whether an active check has run yet.
     checked: std::sync::atomic::AtomicBool,
+    /// What the checks found wrong that does not take it down (a model not pulled).
+    problem: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +86,7 @@ impl Backend {
             outstanding: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
             checked: std::sync::atomic::AtomicBool::new(false),
+            problem: Mutex::new(None),
         })
     }
 
@@ -108,6 +111,22 @@ impl Backend {
     /// Requests in progress on it.
     pub fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// Notes what the checks found wrong (`None`: nothing); true when that changed.
+    pub fn set_problem(&self, problem: Option<String>) -> bool {
+        let mut slot = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *slot != problem;
+        *slot = problem;
+        changed
+    }
+
+    /// What the checks found wrong that does not take it down, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether an active check has run on it yet.

@@ -4,7 +4,8 @@
 //! Nothing is retried once a byte of the answer went to the client. Before that, a refused or
 //! reset connection, a timeout, and 502/503/504 go to another backend after a jittered back-off;
 //! 429 waits what `Retry-After` says, up to a cap. What is left of the failures sends the
-//! request down the fallback chain, and so does a 401 to the gateway's own key: the client can
+//! request down the fallback chain, as does a local model server's 404 (the model is not pulled
+//! there), and so does a 401 to the gateway's own key: the client can
 //! do nothing about it, and the upstream's answer (which may quote the key) is not relayed.
 
 use std::time::Duration;
@@ -14,8 +15,8 @@ use crate::config::RetryConfig;
 /// The rules a retry loop follows; the parameters belong to the upstream that owns the policy.
 pub trait Policy {
     /// What to do with an answer of `status` to a request that carried the gateway's own key
-    /// (`own_key`) or not.
-    fn verdict(&self, status: u16, own_key: bool) -> Verdict;
+    /// (`own_key`) or not, from a local model server (`native`) or an OpenAI-compatible one.
+    fn verdict(&self, status: u16, own_key: bool, native: bool) -> Verdict;
 
     /// After attempt number `attempt` (from 1) failed, `spent` into the upstream's time: how
     /// long to wait before the next attempt, or `None` to give up. `asked` is the wait the
@@ -24,8 +25,8 @@ pub trait Policy {
 }
 
 impl Policy for RetryConfig {
-    fn verdict(&self, status: u16, own_key: bool) -> Verdict {
-        verdict(status, own_key)
+    fn verdict(&self, status: u16, own_key: bool, native: bool) -> Verdict {
+        verdict(status, own_key, native)
     }
 
     fn next_try(&self, attempt: u32, spent: Duration, asked: Option<Duration>) -> Option<Duration> {
@@ -54,10 +55,12 @@ pub enum Verdict {
     Misconfigured,
 }
 
-/// The verdict on an answer with `status`; `own_key`: the request carried the gateway's key.
-pub fn verdict(status: u16, own_key: bool) -> Verdict {
+/// The verdict on an answer with `status`; `own_key`: the request carried the gateway's key;
+/// `native`: a local model server's answer, whose 404 says the model is not pulled there.
+pub fn verdict(status: u16, own_key: bool, native: bool) -> Verdict {
     match status {
         401 if own_key => Verdict::Misconfigured,
+        404 if native => Verdict::Fallback,
         429 | 502 | 503 | 504 => Verdict::Retry,
         500 | 408 => Verdict::Fallback,
         _ => Verdict::Relay,
@@ -98,16 +101,18 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(verdict(200, false), Verdict::Relay);
-        assert_eq!(verdict(400, false), Verdict::Relay);
-        assert_eq!(verdict(404, false), Verdict::Relay);
+        assert_eq!(verdict(200, false, false), Verdict::Relay);
+        assert_eq!(verdict(400, false, false), Verdict::Relay);
+        assert_eq!(verdict(404, false, false), Verdict::Relay);
         for s in [429, 502, 503, 504] {
-            assert_eq!(verdict(s, false), Verdict::Retry, "{s}");
+            assert_eq!(verdict(s, false, false), Verdict::Retry, "{s}");
         }
-        assert_eq!(verdict(500, false), Verdict::Fallback);
+        assert_eq!(verdict(500, false, false), Verdict::Fallback);
         // A 401 is the client's business unless the gateway's own key was refused.
-        assert_eq!(verdict(401, false), Verdict::Relay);
-        assert_eq!(verdict(401, true), Verdict::Misconfigured);
+        assert_eq!(verdict(401, false, false), Verdict::Relay);
+        assert_eq!(verdict(401, true, false), Verdict::Misconfigured);
+        // A local model server's 404 is a model not pulled there: the cloud may have it.
+        assert_eq!(verdict(404, false, true), Verdict::Fallback);
         assert!(backend_failed(503) && !backend_failed(429) && !backend_failed(400));
     }
 
@@ -157,7 +162,7 @@ mod tests {
             None,
             "past the cap: fall back at once"
         );
-        assert_eq!(c.verdict(503, false), Verdict::Retry);
+        assert_eq!(c.verdict(503, false, false), Verdict::Retry);
     }
 
     #[test]

@@ -141,8 +141,16 @@ def test_json_schema(client: openai.OpenAI, mock_upstream) -> None:
     assert fmt["type"] == "object" and set(fmt["properties"]) == {"name", "population"}
 
 
-def test_a_model_ollama_lacks_is_a_not_found_error(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as e:
-        client.chat.completions.create(model="ghost", messages=[{"role": "user", "content": "x"}])
-    assert e.value.status_code == 404
-    assert "missing-model" in str(e.value)
+def test_a_model_ollama_lacks_is_answered_by_the_cloud(client: openai.OpenAI, mock_upstream) -> None:
+    # Ollama answers 404 (the model is not pulled): the request falls back to the cloud rather
+    # than handing the client a 404. (Without a fallback the client gets the 404 as
+    # model_not_found; tests/upstreams.rs covers that.)
+    m = marker()
+    raw = client.chat.completions.with_raw_response.create(
+        model="ghost", messages=[{"role": "user", "content": m}]
+    )
+    assert raw.headers["x-switchyard-fallback"] == "local->cloud"
+    assert raw.headers["x-switchyard-upstream"] == "cloud"
+    assert m in raw.parse().choices[0].message.content
+    [tried] = [r for r in mock_upstream.find(m) if r.path == "/api/chat"]
+    assert tried.json["model"] == "missing-model"

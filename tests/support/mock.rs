@@ -240,11 +240,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The answer to a health check (`GET /v1/models`, `GET /api/version`, `GET /health`).
+/// The answer to a health check (`GET /v1/models`, `GET /api/version`, `GET /health`, and
+/// Ollama's model list, `GET /api/tags`, which holds no model).
 fn health_reply(req: &Recorded) -> Option<Reply> {
     let body = match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/models") => serde_json::json!({"object": "list", "data": []}),
         ("GET", "/api/version") => serde_json::json!({"version": "0.5.7"}),
+        ("GET", "/api/tags") => serde_json::json!({"models": []}),
         ("GET", "/health") => serde_json::json!({"status": "ok"}),
         _ => return None,
     };
