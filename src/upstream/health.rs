@@ -117,7 +117,6 @@ async fn has_model(
     backend: &Backend,
     model: &str,
 ) -> bool {
-    let health = &upstream.config.health;
     let get = http::Method::GET;
     let Ok(head) = request_head(
         &get,
@@ -128,13 +127,7 @@ async fn has_model(
     ) else {
         return true;
     };
-    let limit = health.timeout;
-    let timeouts = Timeouts {
-        connect: limit.min(upstream.config.timeouts.connect),
-        first_byte: limit,
-        idle: limit,
-        total: limit,
-    };
+    let timeouts = check_timeouts(upstream);
     let Ok(mut exchange) = transport
         .exchange(upstream, backend, head, Bytes::new(), timeouts)
         .await
@@ -153,6 +146,18 @@ async fn has_model(
         return true;
     }
     listed(&body, model).unwrap_or(true)
+}
+
+/// A check's time limits: the health timeout for all of it (the connection's own limit too,
+/// when shorter).
+fn check_timeouts(upstream: &Upstream) -> Timeouts {
+    let limit = upstream.config.health.timeout;
+    Timeouts {
+        connect: limit.min(upstream.config.timeouts.connect),
+        first_byte: limit,
+        idle: limit,
+        total: limit,
+    }
 }
 
 /// The most of an `/api/tags` answer read.
@@ -191,13 +196,7 @@ pub async fn check(transport: &Pooled, upstream: &Upstream, backend: &Backend) -
         http::header::USER_AGENT,
         HeaderValue::from_static(USER_AGENT),
     );
-    let limit = health.timeout;
-    let timeouts = Timeouts {
-        connect: limit.min(upstream.config.timeouts.connect),
-        first_byte: limit,
-        idle: limit,
-        total: limit,
-    };
+    let timeouts = check_timeouts(upstream);
     let sent = transport.exchange(upstream, backend, head, Bytes::new(), timeouts);
     let Ok(mut exchange) = sent.await else {
         return false;
