@@ -218,6 +218,61 @@ def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
     c.close()
 
 
+LLAMA_START_TIMEOUT = 120.0
+
+
+class LlamaServer:
+    """llama.cpp's server running the small model, on a port of its own."""
+
+    def __init__(self, process: subprocess.Popen, url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """A real local model: SmolLM2-135M on llama.cpp's OpenAI-compatible server, one per test
+    module. `tests/small_model.sh` installs them; tests/run.sh then points
+    SWITCHYARD_LLAMA_PYTHON and SWITCHYARD_SMALL_MODEL at them. Without them the test is skipped,
+    unless SWITCHYARD_REQUIRE_SMALL_MODEL is set (as in CI), where it fails."""
+    python = os.environ.get("SWITCHYARD_LLAMA_PYTHON")
+    model = os.environ.get("SWITCHYARD_SMALL_MODEL")
+    if not (python and model and Path(model).is_file()):
+        message = "no small model: run `bash tests/small_model.sh` first"
+        if os.environ.get("SWITCHYARD_REQUIRE_SMALL_MODEL"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    port = find_free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
+             "--interrupt_requests", "false"],
+            stdout=out, stderr=out,
+        )
+    deadline = time.monotonic() + LLAMA_START_TIMEOUT
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"llama.cpp's server did not start:\n{log.read_text()[-2000:]}", pytrace=False)
+            time.sleep(0.2)
+    server = LlamaServer(proc, f"http://127.0.0.1:{port}")
+    yield server
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Attach the end of the gateway's log to a failed test's report."""

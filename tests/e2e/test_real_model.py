@@ -10,52 +10,11 @@ unless SWITCHYARD_REQUIRE_SMALL_MODEL is set (as in CI), where it fails.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import CLOUD_MODEL, UPSTREAM_KEY, find_free_port
-
-START_TIMEOUT = 120.0
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    python = os.environ.get("SWITCHYARD_LLAMA_PYTHON")
-    model = os.environ.get("SWITCHYARD_SMALL_MODEL")
-    if not (python and model and Path(model).is_file()):
-        message = "no small model: run `bash tests/small_model.sh` first"
-        if os.environ.get("SWITCHYARD_REQUIRE_SMALL_MODEL"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    port = find_free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [python, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
-             "--interrupt_requests", "false"],
-            stdout=out, stderr=out,
-        )
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"llama.cpp's server did not start:\n{log.read_text()[-2000:]}", pytrace=False)
-            time.sleep(0.2)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
+from conftest import CLOUD_MODEL, UPSTREAM_KEY
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream, llama_server) -> str:
@@ -67,7 +26,7 @@ upstreams:
   local:
     kind: openai
     route: local
-    url: "{llama_server}"
+    url: "{llama_server.url}"
     model: smollm2
     num_ctx: 2048
     retry: {{attempts: 1}}

@@ -1,0 +1,88 @@
+"""A real local model behind the gateway, through the official SDK: SmolLM2-135M on llama.cpp's
+server answers plain and streamed requests (the answer must come from it: the upstream header
+names it and there is no fallback), then the server is killed and requests fall back to the
+cloud mock. The text a 135M model writes is not checked, only its shape.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from conftest import CLOUD_MODEL, UPSTREAM_KEY
+
+
+@pytest.fixture(scope="module")
+def gateway_config_text(free_port, mock_upstream, llama_server) -> str:
+    return f"""\
+server:
+  listen: "127.0.0.1:{free_port}"
+  drain_timeout: 2s
+upstreams:
+  local:
+    kind: openai
+    route: local
+    url: "{llama_server.url}/v1"
+    model: smollm2
+    num_ctx: 2048
+    retry: {{attempts: 1}}
+    health: {{interval: 500ms, timeout: 500ms, unhealthy_after: 1, failures: 1, cooldown: 30s}}
+    timeouts: {{connect: 1s, first_byte: 60s, idle: 60s, total: 120s}}
+  cloud:
+    kind: openai
+    route: cloud
+    url: "{mock_upstream.url}"
+    model: "{CLOUD_MODEL}"
+    api_key: "{UPSTREAM_KEY}"
+models:
+  - {{name: small, upstream: local}}
+default_route: {{upstream: cloud}}
+cache:
+  enabled: false
+"""
+
+
+QUESTION = "Name one colour of the sky."
+
+
+def test_the_real_model_answers_a_plain_request(client):
+    raw = client.with_options(timeout=120).chat.completions.with_raw_response.create(
+        model="small", max_tokens=16, messages=[{"role": "user", "content": QUESTION}]
+    )
+    assert raw.headers["x-switchyard-upstream"] == "local"
+    assert "x-switchyard-fallback" not in raw.headers
+    answer = raw.parse()
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content.strip(), "the model wrote something"
+    assert answer.choices[0].finish_reason in ("stop", "length")
+    assert answer.usage.prompt_tokens > 0 and 0 < answer.usage.completion_tokens <= 16
+
+
+def test_the_real_model_streams(client):
+    with client.with_options(timeout=120).chat.completions.with_streaming_response.create(
+        model="small",
+        max_tokens=16,
+        stream=True,
+        messages=[{"role": "user", "content": QUESTION}],
+    ) as response:
+        assert response.headers["x-switchyard-upstream"] == "local"
+        assert "x-switchyard-fallback" not in response.headers
+        chunks = list(response.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip(), "the model streamed something"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes and finishes[-1] in ("stop", "length")
+
+
+def test_with_the_model_server_dead_requests_go_to_the_cloud(client, llama_server, mock_upstream):
+    llama_server.kill()
+    marker = uuid.uuid4().hex[:10]
+    raw = client.chat.completions.with_raw_response.create(
+        model="small", messages=[{"role": "user", "content": f"({marker}) {QUESTION}"}]
+    )
+    assert raw.headers["x-switchyard-fallback"] == "local->cloud"
+    assert raw.headers["x-switchyard-upstream"] == "cloud"
+    assert marker in raw.parse().choices[0].message.content
+    assert mock_upstream.find(marker), "the cloud mock answered"
