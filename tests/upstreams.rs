@@ -247,6 +247,26 @@ async fn a_prompt_past_num_ctx_is_never_silently_truncated() {
     assert_eq!(e["code"], "context_length_exceeded");
     assert_eq!(e["param"], "messages");
     assert!(local.requests().is_empty() && cloud.requests().len() == 1);
+
+    // A prompt that fits, with a completion asked for that does not: the context holds both.
+    let short = "word ".repeat(400);
+    let mut body = ask(&short);
+    assert_eq!(
+        chat(gw.addr(), &body).await.status,
+        200,
+        "the prompt alone fits"
+    );
+    body["max_tokens"] = json!(900);
+    let e = chat(gw.addr(), &body).await.assert_error(400);
+    assert_eq!(e["code"], "context_length_exceeded");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("900 in the completion"),
+        "{e}"
+    );
+    assert_eq!(local.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

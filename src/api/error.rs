@@ -209,14 +209,26 @@ impl ApiError {
         }
     }
 
-    /// A 400: the prompt is longer than the model's context window.
-    pub fn context_length_exceeded(upstream: &str, estimated: u64, limit: u64) -> Self {
+    /// A 400: the prompt, and the completion asked for, do not fit the model's context window.
+    pub fn context_length_exceeded(
+        upstream: &str,
+        estimated: u64,
+        completion: u64,
+        limit: u64,
+    ) -> Self {
+        let asked = match completion {
+            0 => format!("the messages take about {estimated} tokens"),
+            n => format!(
+                "about {} tokens were asked for ({estimated} in the messages, {n} in the completion)",
+                estimated.saturating_add(n)
+            ),
+        };
         ApiError {
             status: 400,
             message: format!(
                 "This model's maximum context length is {limit} tokens on upstream `{upstream}`, \
-                 but the messages take about {estimated} tokens. Shorten the messages, or ask a \
-                 model with a larger context."
+                 but {asked}. Shorten the messages or max_tokens, or ask a model with a larger \
+                 context."
             ),
             kind: "invalid_request_error",
             param: Some("messages".into()),

@@ -155,7 +155,9 @@ impl Job<'_> {
     ) -> Option<(ApiError, bool)> {
         let limit = leg.upstream.config.num_ctx?;
         let estimated = metrics::estimate_usage(self.request, 0).prompt_tokens;
-        if estimated <= limit {
+        // The context holds the answer too: room for the completion the client asked for.
+        let completion = self.request.max_tokens.unwrap_or(0);
+        if estimated.saturating_add(completion) <= limit {
             return None;
         }
         let can_fall_back =
@@ -166,7 +168,8 @@ impl Job<'_> {
             Overflow::Reject
         };
         p.counts.context_overflow(leg.upstream.name(), action);
-        let error = ApiError::context_length_exceeded(leg.upstream.name(), estimated, limit);
+        let error =
+            ApiError::context_length_exceeded(leg.upstream.name(), estimated, completion, limit);
         Some((error, can_fall_back))
     }
 
