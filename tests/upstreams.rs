@@ -587,20 +587,22 @@ async fn a_wrong_health_path_marks_a_backend_down_and_a_refused_key_does_not() {
         "health: {path: /not-here, interval: 50ms, unhealthy_after: 1,",
     );
     let gw = Gateway::start(&yaml);
-    let state = |h: &Value| {
-        h["upstreams"][0]["backends"][0]["state"]
-            .as_str()
-            .map(str::to_owned)
-    };
-    let mut h = Value::Null;
-    for _ in 0..100 {
-        h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
-        if state(&h).as_deref() == Some("down") {
-            break;
+    // The backend's state in /health, once it is `want` (or the last one seen).
+    let state_becomes = |want: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let mut h = Value::Null;
+            for _ in 0..100 {
+                h = request(addr, "GET", "/health", &[], b"").await.json();
+                if h["upstreams"][0]["backends"][0]["state"] == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            h["upstreams"][0]["backends"][0]["state"].clone()
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(state(&h).as_deref(), Some("down"), "{h}");
+    };
+    assert_eq!(state_becomes("down").await, "down");
     let r = chat(gw.addr(), &ask("hi")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-switchyard-upstream"), Some("cloud"));
@@ -614,14 +616,7 @@ async fn a_wrong_health_path_marks_a_backend_down_and_a_refused_key_does_not() {
     );
 
     status.store(401, Ordering::SeqCst);
-    for _ in 0..100 {
-        h = request(gw.addr(), "GET", "/health", &[], b"").await.json();
-        if state(&h).as_deref() == Some("up") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(state(&h).as_deref(), Some("up"), "{h}");
+    assert_eq!(state_becomes("up").await, "up");
     assert!(gw.log().contains("refused with 401"), "{}", gw.log());
 }
 

@@ -19,6 +19,14 @@ use crate::upstream::ollama;
 /// How much of an answer is kept to read its usage when the cache keeps less (or is off).
 const KEEP_FOR_USAGE: usize = 4 << 20;
 
+/// How much of an answer is kept to read it: what the cache may store, and at least enough for
+/// its usage.
+fn keep_for<T>(p: &Pipeline<T>) -> usize {
+    p.cache
+        .as_ref()
+        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE))
+}
+
 /// How the answer's bytes change on their way to the client.
 enum Translate {
     /// An OpenAI-compatible answer, as it is.
@@ -75,10 +83,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     if native && !job.request.stream {
         return relay_whole(p, job, leg, exchange, &explain, down, rec, flight).await;
     }
-    let keep = p
-        .cache
-        .as_ref()
-        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
+    let keep = keep_for(p);
     let (head, mut translate) = if native {
         let t = ollama::StreamTranslator::new(leg.step.model);
         (explain::sse_head(status, &explain), Translate::Stream(t))
@@ -230,10 +235,7 @@ async fn relay_json<T: Transport, D: Downstream>(
             return down.respond(head, body).await;
         }
     };
-    let keep = p
-        .cache
-        .as_ref()
-        .map_or(KEEP_FOR_USAGE, |c| c.max_entry_bytes().max(KEEP_FOR_USAGE));
+    let keep = keep_for(p);
     let mut reader = AnswerReader::json(keep);
     let body = reader.feed(body);
     if head.status == http::StatusCode::OK {

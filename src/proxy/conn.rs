@@ -247,6 +247,10 @@ impl Guarded {
 
     /// Applies what the gateway said since the last poll.
     fn heed(&mut self) {
+        // Every read and write passes here: a plain load when there is nothing to hear.
+        if self.signal.load(Ordering::Acquire) == NONE {
+            return;
+        }
         match self.signal.swap(NONE, Ordering::AcqRel) {
             ADMITTED => {
                 self.taken = true;
@@ -309,27 +313,29 @@ impl AsyncRead for Guarded {
             let at = Instant::now() + this.limits.header_timeout;
             this.deadline.as_mut().reset(at);
         }
-        match this.scan.feed(new) {
+        let scan = this.scan.feed(new);
+        match scan {
             Scan::More => Poll::Ready(Ok(())),
             Scan::End => {
                 this.phase = Phase::Serving;
                 Poll::Ready(Ok(()))
             }
-            Scan::TooLarge => {
-                let detail = format!(
-                    "the header is larger than {} bytes (limits.max_header_bytes)",
-                    this.limits.max_header_bytes
-                );
+            Scan::TooLarge | Scan::TooMany => {
+                let (detail, limit) = if scan == Scan::TooLarge {
+                    let n = this.limits.max_header_bytes;
+                    (
+                        format!("the header is larger than {n} bytes (limits.max_header_bytes)"),
+                        "header_size",
+                    )
+                } else {
+                    let n = this.limits.max_headers;
+                    (
+                        format!("more than {n} header fields (limits.max_headers)"),
+                        "header_fields",
+                    )
+                };
                 let e = ApiError::header_too_large(&detail);
-                Poll::Ready(Err(this.refuse(&e, "header_size")))
-            }
-            Scan::TooMany => {
-                let detail = format!(
-                    "more than {} header fields (limits.max_headers)",
-                    this.limits.max_headers
-                );
-                let e = ApiError::header_too_large(&detail);
-                Poll::Ready(Err(this.refuse(&e, "header_fields")))
+                Poll::Ready(Err(this.refuse(&e, limit)))
             }
         }
     }

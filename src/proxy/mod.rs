@@ -538,15 +538,14 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        let index = ctx.passthrough.unwrap_or(ctx.config().passthrough);
-        let pipeline = Arc::clone(&ctx.pipeline);
         if let Some((status, read)) = &mut ctx.error {
             if let Some(chunk) = body.take() {
                 let room = ERROR_BODY_LIMIT.saturating_sub(read.len());
                 read.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             if end_of_stream {
-                let upstream = &pipeline.upstreams[index];
+                let index = ctx.passthrough.unwrap_or(ctx.pipeline.config.passthrough);
+                let upstream = &ctx.pipeline.upstreams[index];
                 let answer = crate::pipeline::upstream_error_answer(upstream, *status, read);
                 *body = Some(answer.unwrap_or_else(|e| Bytes::from(e.to_json())));
             }
