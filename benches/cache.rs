@@ -12,7 +12,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use switchyard::api::{ChatRequest, Choice, Completion, Usage};
-use switchyard::cache::{Cache, CacheMetrics, Entry, Lookup};
+use switchyard::cache::{Cache, CacheMetrics, Entry, Lookup, Served};
 use switchyard::config::CacheConfig;
 use switchyard::upstream::answer::AnswerReader;
 
@@ -76,7 +76,11 @@ fn cache(c: &mut Criterion) {
     let cache = Cache::new(&config, metrics, None);
     let parsed = ChatRequest::parse(body.clone()).expect("valid");
     let key = cache.key("key-0123456789abcdef", "local", "llama3.1:8b", &parsed);
-    cache.store(key, Entry::new(answer(), None), None);
+    let served = Served {
+        upstream: "local".into(),
+        model: "llama3.1:8b".into(),
+    };
+    cache.store(key, Entry::new(answer(), None, served), None);
 
     let mut group = c.benchmark_group("cache");
     group.bench_function("key", |b| {

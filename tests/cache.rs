@@ -253,6 +253,71 @@ async fn broken_streams_and_errors_are_not_stored() {
     assert_eq!(local.requests().len(), 3);
 }
 
+#[tokio::test]
+async fn a_fallbacks_answer_is_stored_and_replayed_naming_it() {
+    // The local model is down (every call a 500); the cloud answers.
+    let local = Mock::start(|_: &Recorded| Reply::error(500, "server_error", "GPU fell off")).await;
+    let cloud = Mock::start(counting(Duration::ZERO)).await;
+    let log = scratch_file("access.log", "");
+    let yaml = two_upstreams(&local.url(), &cloud.url(), "")
+        + CACHE
+        + &format!("access_log:\n  path: \"{}\"\n", log.display());
+    let gw = Gateway::start(&yaml);
+
+    let fresh = post(&gw, &ask("repeat me")).await;
+    assert_eq!(fresh.status, 200, "{}", fresh.text());
+    assert_eq!(fresh.header("x-switchyard-fallback"), Some("local->cloud"));
+    assert_eq!(fresh.header("x-switchyard-cache"), Some("miss"));
+    let tried_local = local.requests().len();
+
+    // The repeat neither tries the failing local model nor pays the cloud again, and says where
+    // its answer came from.
+    for body in [ask("repeat me"), streamed(ask("repeat me"), false)] {
+        let hit = post(&gw, &body).await;
+        assert_eq!(hit.status, 200);
+        assert_eq!(hit.header("x-switchyard-cache"), Some("hit"));
+        assert_eq!(hit.header("x-switchyard-upstream"), Some("cloud"));
+        assert_eq!(hit.header("x-switchyard-route"), Some("cloud"));
+        assert_eq!(
+            hit.header("x-switchyard-fallback"),
+            None,
+            "nothing fell back"
+        );
+    }
+    let again = post(&gw, &ask("repeat me")).await;
+    assert_eq!(content(&again), content(&fresh));
+    assert_eq!(cloud.requests().len(), 1);
+    assert_eq!(local.requests().len(), tried_local);
+
+    // Metrics and the access log put the hits on the cloud upstream, at no cost.
+    let text = metrics(&gw).await;
+    assert_eq!(
+        value(
+            &text,
+            r#"switchyard_requests_total{cache="hit",route="cloud",status="200",tenant="anonymous",upstream="cloud"}"#
+        ),
+        3.0,
+        "{text}"
+    );
+    let mut chat = Vec::new();
+    for _ in 0..100 {
+        chat = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["path"] == "/v1/chat/completions")
+            .collect();
+        if chat.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(chat.len(), 4);
+    assert_eq!(chat[1]["cache"], "hit");
+    assert_eq!(chat[1]["upstream"], "cloud");
+    assert_eq!(chat[1]["cost_usd"], 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_misses_in_flight_make_one_upstream_call() {
     // Each stream takes about 6 × 60 ms: long enough for every request to arrive meanwhile.

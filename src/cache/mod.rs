@@ -3,6 +3,10 @@
 //! A request is cacheable when it asks for `temperature: 0` or a routing rule says
 //! `cache: always`; `Cache-Control: no-cache` on the request skips the look-up (the fresh answer
 //! is stored), `no-store` skips the cache entirely. Only complete, successful answers are stored.
+//! The key is what the client asked, as routed (see [`Keyer`]); the entry is the answer the
+//! client got, from whichever upstream served it — a fallback's answer included, so that
+//! repeats do not pay the cloud again while the local model is down — and it names that
+//! upstream, which a replay reports.
 //! Identical misses that arrive together are coalesced: the first goes upstream, the others wait
 //! for its answer (and go upstream themselves if it fails).
 
@@ -88,6 +92,16 @@ impl Use {
     }
 }
 
+/// Which upstream and model answered a stored request: a replay names them and its accounting
+/// prices them, whichever upstream the request was decided for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The upstream's configured name.
+    pub upstream: Box<str>,
+    /// The model it was asked for.
+    pub model: Box<str>,
+}
+
 /// A stored answer.
 #[derive(Debug)]
 pub struct Entry {
@@ -95,13 +109,44 @@ pub struct Entry {
     pub completion: Completion,
     /// The `chat.completion` body a non-streaming client gets.
     pub json: Bytes,
+    /// Who answered.
+    pub served: Served,
 }
 
 impl Entry {
-    /// An entry for `completion`; `json` is the upstream's own body when the answer came as JSON.
-    pub fn new(completion: Completion, json: Option<Bytes>) -> Entry {
+    /// An entry for `completion` from `served`; `json` is the upstream's own body when the
+    /// answer came as JSON.
+    pub fn new(completion: Completion, json: Option<Bytes>, served: Served) -> Entry {
         let json = json.unwrap_or_else(|| Bytes::from(completion.to_json()));
-        Entry { completion, json }
+        Entry {
+            completion,
+            json,
+            served,
+        }
+    }
+
+    /// The form other replicas read: a JSON array naming who answered, a newline, the body
+    /// (JSON strings hold no raw newline, so the first one ends the array).
+    fn to_shared(&self) -> Bytes {
+        let who = serde_json::json!([&*self.served.upstream, &*self.served.model]).to_string();
+        let mut out = Vec::with_capacity(who.len() + 1 + self.json.len());
+        out.extend_from_slice(who.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&self.json);
+        Bytes::from(out)
+    }
+
+    /// Reads what [`Entry::to_shared`] wrote; `None` for anything else.
+    fn from_shared(stored: &Bytes) -> Option<Entry> {
+        let cut = stored.iter().position(|&b| b == b'\n')?;
+        let (upstream, model): (String, String) = serde_json::from_slice(&stored[..cut]).ok()?;
+        let json = stored.slice(cut + 1..);
+        let completion = Completion::from_json(&json)?;
+        let served = Served {
+            upstream: upstream.into(),
+            model: model.into(),
+        };
+        Some(Entry::new(completion, Some(json), served))
     }
 
     /// Roughly what the entry occupies: its JSON and its text once more.
@@ -249,9 +294,8 @@ impl Cache {
     /// An answer another replica stored, kept here and handed to those waiting on `flight`;
     /// `None` (and `flight` dropped, releasing them) when there is none.
     async fn look_up_shared(&self, key: Key, flight: Flight) -> Option<Arc<Entry>> {
-        let json = self.shared.as_ref()?.cached(key.0).await?;
-        let completion = Completion::from_json(&json)?;
-        let entry = Arc::new(Entry::new(completion, Some(json)));
+        let stored = self.shared.as_ref()?.cached(key.0).await?;
+        let entry = Arc::new(Entry::from_shared(&stored)?);
         self.store.insert(key, Arc::clone(&entry));
         flight.tx.send_replace(Some(Arc::clone(&entry)));
         Some(entry)
@@ -265,8 +309,8 @@ impl Cache {
             self.store.insert(key, Arc::clone(&entry));
             self.metrics.stored();
             if let Some(shared) = &self.shared {
-                let (shared, json, ttl) = (Arc::clone(shared), entry.json.clone(), self.ttl);
-                tokio::spawn(async move { shared.store(key.0, json, ttl).await });
+                let (shared, value, ttl) = (Arc::clone(shared), entry.to_shared(), self.ttl);
+                tokio::spawn(async move { shared.store(key.0, value, ttl).await });
             }
         }
         if let Some(flight) = flight {
@@ -354,7 +398,27 @@ mod tests {
                 ..Completion::default()
             },
             None,
+            served(),
         )
+    }
+
+    fn served() -> Served {
+        Served {
+            upstream: "cloud".into(),
+            model: "gpt-4o".into(),
+        }
+    }
+
+    #[test]
+    fn the_shared_form_keeps_who_answered() {
+        let stored = entry("hello").to_shared();
+        let back = Entry::from_shared(&stored).expect("it reads back");
+        assert_eq!(back.served, served());
+        assert_eq!(back.json, entry("hello").json);
+        assert_eq!(back.completion.choices[0].content.as_deref(), Some("hello"));
+        // A bare body (no one named) or a broken head is no entry.
+        assert!(Entry::from_shared(&entry("x").json).is_none());
+        assert!(Entry::from_shared(&Bytes::from_static(b"[\"a\"]\n{}")).is_none());
     }
 
     #[test]

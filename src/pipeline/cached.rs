@@ -89,7 +89,8 @@ impl<'p> Cached<'p> {
     }
 }
 
-/// Answers from a stored entry, as JSON or as an SSE stream, whichever the client asked for.
+/// Answers from a stored entry, as JSON or as an SSE stream, whichever the client asked for;
+/// its headers name the upstream that gave the answer, and its accounting prices that one.
 pub(super) async fn replay<T: Transport, D: Downstream>(
     p: &Pipeline<T>,
     incoming: &Incoming<'_>,
@@ -106,25 +107,29 @@ pub(super) async fn replay<T: Transport, D: Downstream>(
     } else {
         (entry.json.clone(), "application/json")
     };
+    // The upstream that answered, when it is still configured; else the decided one.
+    let served = &entry.served;
+    let (upstream, model) = p
+        .upstreams
+        .iter()
+        .position(|u| u.name() == &*served.upstream)
+        .map_or((decision.upstream, decision.model), |i| (i, &*served.model));
+    let route = if upstream == decision.upstream {
+        decision.route
+    } else {
+        p.config.upstream(upstream).route
+    };
+    rec.route = Some(route);
+    rec.upstream = Some(p.upstreams[upstream].name().to_owned());
+    rec.model = Some(p.config.model_label(model).to_owned());
     let usage = (entry.completion.usage, entry.completion.output_chars());
-    metrics::account(
-        &p.config,
-        rec,
-        request,
-        (decision.upstream, decision.model),
-        usage,
-        true,
-    );
+    metrics::account(&p.config, rec, request, (upstream, model), usage, true);
     let explain = Explain {
         rule: Some(decision.rule),
         score: decision.score,
         cache: Some(CacheOutcome::Hit),
         standing: incoming.standing,
-        ..Explain::served(
-            incoming.request_id,
-            decision.route,
-            p.upstreams[decision.upstream].name(),
-        )
+        ..Explain::served(incoming.request_id, route, p.upstreams[upstream].name())
     };
     let head = explain::sized_head(200, content_type, body.len(), &explain);
     down.head(head).await?;

@@ -58,7 +58,6 @@ impl Job<'_> {
                 upstream,
                 step: *step,
                 fallback: (n > 0).then(|| format!("{primary}->{}", upstream.name())),
-                first: n == 0,
             };
             if let Some((error, can_fall_back)) = self.overflows(p, &leg, n + 1 < plan.len()) {
                 if n == 0 && !can_fall_back {

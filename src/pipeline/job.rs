@@ -4,7 +4,7 @@
 use super::explain::{self, Explain};
 use super::{Incoming, Pipeline};
 use crate::api::{ApiError, ChatRequest};
-use crate::cache::{Cache, Key};
+use crate::cache::{Cache, Key, Served};
 use crate::config::UpstreamKind;
 use crate::route::{Decision, Step};
 use crate::upstream::{ollama, Upstream};
@@ -17,7 +17,7 @@ pub(super) struct Job<'a> {
     pub decision: &'a Decision<'a>,
     /// The conversation key, for backends chosen by conversation.
     pub conversation: u64,
-    /// Where a complete answer of the plan's first upstream is stored.
+    /// Where a complete answer is stored: the key of what the client asked.
     pub store: Option<(&'a Cache, Key)>,
     /// Whether the plan's fallbacks are tried (not for the gateway's own calls).
     pub fallbacks: bool,
@@ -34,8 +34,16 @@ pub(super) struct Leg<'a> {
     pub step: Step<'a>,
     /// `x-switchyard-fallback` for its answers: `first->this`, when it is not the first.
     pub fallback: Option<String>,
-    /// The plan's first upstream: its answers may be stored (the cache key names it).
-    pub first: bool,
+}
+
+impl Leg<'_> {
+    /// Who answers on this leg, as a cache entry names it.
+    pub(super) fn served(&self) -> Served {
+        Served {
+            upstream: self.upstream.name().into(),
+            model: self.step.model.into(),
+        }
+    }
 }
 
 impl Job<'_> {

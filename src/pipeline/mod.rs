@@ -27,7 +27,7 @@ use http::HeaderMap;
 use crate::api::ids;
 use crate::api::{ApiError, ChatRequest};
 use crate::auth::Tenant;
-use crate::cache::{Cache, CacheMetrics};
+use crate::cache::{Cache, CacheMetrics, Flight};
 use crate::config::{Config, KeyConfig};
 use crate::hybrid::{HybridMetrics, Stage};
 use crate::limit::{Charge, LimitMetrics, Limits, Refusal, Standing};
@@ -244,7 +244,7 @@ impl<T: Transport> Pipeline<T> {
                     .await?
                 {
                     None => return Ok(()),
-                    Some(_) => return self.escalate(incoming, request, decision, down, rec).await,
+                    Some(_) => return self.escalate(checking, flight, down, rec).await,
                 }
             }
         }
@@ -314,14 +314,20 @@ impl<T: Transport> Pipeline<T> {
 
     /// Sends a request whose local answer did not hold its structure to the next upstream of its
     /// plan (the cloud), which answers it whatever it says; without one, the plan runs as usual.
+    /// Its answer is stored under the request's key, naming the upstream that gave it.
     async fn escalate<D: Downstream>(
         &self,
-        incoming: Incoming<'_>,
-        request: &ChatRequest,
-        decision: &Decision<'_>,
+        checking: validate::Checking<'_>,
+        flight: Option<Flight>,
         down: &mut D,
         rec: &mut Record,
     ) -> Result<(), Gone> {
+        let validate::Checking {
+            incoming,
+            request,
+            decision,
+            store,
+        } = checking;
         let plan = route::plan(&self.config, decision);
         let (escalated, label);
         let (decision, fallbacks, label) = match plan.get(1) {
@@ -347,12 +353,12 @@ impl<T: Transport> Pipeline<T> {
             request,
             decision,
             conversation: self.conversation_key(request),
-            store: None,
+            store,
             fallbacks,
             hybrid: None,
             escalated: label,
         };
-        job.run(self, down, rec, None).await
+        job.run(self, down, rec, flight).await
     }
 
     /// Where `request` goes: a route the client forces with `x-switchyard-route` (when its key,

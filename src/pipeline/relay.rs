@@ -290,7 +290,9 @@ async fn read_whole<T: Transport>(
     result
 }
 
-/// Accounts a complete successful answer and stores it when it came from the first upstream.
+/// Accounts a complete successful answer and stores it under the request's key, naming the
+/// upstream that gave it (a fallback's answer too: repeats then skip the failing first upstream
+/// as well as the paid one).
 fn finish_answer<T>(
     p: &Pipeline<T>,
     job: &Job<'_>,
@@ -307,11 +309,12 @@ fn finish_answer<T>(
         (answer.usage, answer.output_bytes),
         false,
     );
-    let Some((cache, key)) = job.store.filter(|_| leg.first) else {
+    let Some((cache, key)) = job.store else {
         return;
     };
     if let Some(completion) = answer.completion {
-        cache.store(key, Entry::new(completion, answer.json), flight.take());
+        let entry = Entry::new(completion, answer.json, leg.served());
+        cache.store(key, entry, flight.take());
     }
 }
 

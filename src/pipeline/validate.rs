@@ -11,7 +11,7 @@ use super::downstream::{Downstream, Gone};
 use super::explain::{self, Explain};
 use super::{Incoming, Pipeline};
 use crate::api::{ChatRequest, Completion};
-use crate::cache::{Cache, Entry, Flight, Key};
+use crate::cache::{Cache, Entry, Flight, Key, Served};
 use crate::metrics::{self, Record};
 use crate::route::Decision;
 use crate::upstream::call::Transport;
@@ -152,7 +152,15 @@ impl<T: Transport> Pipeline<T> {
             (json.clone(), "application/json")
         };
         if let Some((cache, key)) = c.store {
-            cache.store(key, Entry::new(completion, Some(json)), flight.take());
+            let served = Served {
+                upstream: self.upstreams[upstream].name().into(),
+                model: c.decision.model.into(),
+            };
+            cache.store(
+                key,
+                Entry::new(completion, Some(json), served),
+                flight.take(),
+            );
         }
         let explain = Explain {
             rule: Some(c.decision.rule),

@@ -240,14 +240,14 @@ impl Shared {
         Some(Bytes::from(found))
     }
 
-    /// Stores an answer for the other replicas, for `ttl`.
-    pub async fn store(&self, key: u128, json: Bytes, ttl: Duration) {
+    /// Stores an answer (as the cache encodes it) for the other replicas, for `ttl`.
+    pub async fn store(&self, key: u128, value: Bytes, ttl: Duration) {
         let Some(mut conn) = self.connection("cache_put") else {
             return;
         };
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("sy:cache:{key:032x}"))
-            .arg(json.as_ref())
+            .arg(value.as_ref())
             .arg("EX")
             .arg(ttl.as_secs().max(1));
         let call = cmd.query_async::<()>(&mut conn);
