@@ -267,6 +267,19 @@ async fn a_prompt_past_num_ctx_is_never_silently_truncated() {
         "{e}"
     );
     assert_eq!(local.requests().len(), 1);
+
+    // Long words: estimated (bytes / 4) past the context, but near it, so the model's
+    // vocabulary counts them (Llama 3's, `cl100k_base`), and they fit.
+    let words = ask(&"internationalization ".repeat(250));
+    assert_eq!(chat(gw.addr(), &words).await.status, 200);
+    assert_eq!(local.requests().len(), 2);
+    let extra = "    num_ctx: 1024\n    context_overflow: reject\n    tokenizer: estimate";
+    let estimating = Gateway::start(&config("ollama", &[local.url()], &cloud.url(), extra));
+    let e = chat(estimating.addr(), &words).await.assert_error(400);
+    assert_eq!(
+        e["code"], "context_length_exceeded",
+        "the estimate alone refuses them"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,7 +208,7 @@ impl Features {
 }
 
 /// Tokens a chat request adds per message for its role and framing, as OpenAI counts them.
-const PER_MESSAGE: u64 = 3;
+pub const PER_MESSAGE: u64 = 3;
 
 /// An estimate of the prompt tokens of a conversation: its messages' text, and the few tokens
 /// each message and the reply's start add.

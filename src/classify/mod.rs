@@ -10,6 +10,6 @@ pub mod scorer;
 pub mod wordpiece;
 
 pub use embedding::StaticTable;
-pub use features::{estimate_prompt_tokens, estimate_tokens, Feature, Features};
+pub use features::{estimate_prompt_tokens, estimate_tokens, Feature, Features, PER_MESSAGE};
 pub use rules::{Cond, Op, Patterns, Rule, RuleSet, Target};
 pub use scorer::Scorer;

@@ -248,6 +248,8 @@ pub struct UpstreamConfig {
     pub keep_alive: Option<String>,
     /// What happens to prompts estimated past `num_ctx`.
     pub context_overflow: ContextOverflow,
+    /// How its prompts are counted against `num_ctx` near the limit.
+    pub tokenizer: crate::tokens::Counting,
     /// Raw upstreams: which completion API they speak.
     pub raw_api: RawApi,
     /// Its default model, used when a model entry names none.

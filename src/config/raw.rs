@@ -254,6 +254,7 @@ pub struct RawUpstream {
     pub num_ctx: Option<Text>,
     pub keep_alive: Option<Text>,
     pub context_overflow: Option<Text>,
+    pub tokenizer: Option<Text>,
     pub raw_api: Option<Text>,
     pub model: Option<Text>,
     pub api_key: Option<Text>,

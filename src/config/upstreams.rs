@@ -8,6 +8,7 @@ use super::{
     parse_duration, Checker, RawApi, Secret, Target, Timeouts, UpstreamConfig, UpstreamKind,
     UpstreamUrl,
 };
+use crate::tokens::Counting;
 use crate::vocab::Route;
 
 /// The port Ollama (and a raw upstream on it) listens on when its address names none.
@@ -175,6 +176,12 @@ impl Checker<'_> {
             num_ctx,
             keep_alive,
             context_overflow: self.context_overflow(name, up),
+            tokenizer: self.parsed(
+                &field("tokenizer"),
+                up.tokenizer.as_ref(),
+                Counting::Auto,
+                Counting::parse,
+            ),
             raw_api,
             model,
             api_key: api_key.map(Secret),

@@ -13,8 +13,9 @@ use super::{relay, Pipeline};
 use crate::api::ApiError;
 use crate::cache::Flight;
 use crate::config::{ContextOverflow, UpstreamKind};
-use crate::metrics::{self, Record};
+use crate::metrics::Record;
 use crate::route;
+use crate::tokens;
 use crate::upstream::call::{self, CallError, Failure, Outgoing, Transport};
 use crate::upstream::{ollama, raw, Upstream};
 use crate::vocab::Reason;
@@ -144,19 +145,23 @@ impl Job<'_> {
         down.respond(head, body).await
     }
 
-    /// When the prompt is estimated past the leg's context size: counts it, and gives the
-    /// error and whether the configuration lets it fall back (`None` when it fits).
+    /// When the prompt is past the leg's context size (estimated, or counted in the model's
+    /// vocabulary when the estimate is near it): counts it, and gives the error and whether the
+    /// configuration lets it fall back (`None` when it fits).
     fn overflows<T: Transport>(
         &self,
         p: &Pipeline<T>,
         leg: &Leg<'_>,
         more: bool,
     ) -> Option<(ApiError, bool)> {
-        let limit = leg.upstream.config.num_ctx?;
-        let estimated = metrics::estimate_usage(self.request, 0).prompt_tokens;
+        let config = &leg.upstream.config;
+        let limit = config.num_ctx?;
         // The context holds the answer too: room for the completion the client asked for.
         let completion = self.request.max_tokens.unwrap_or(0);
-        if estimated.saturating_add(completion) <= limit {
+        let room = limit.saturating_sub(completion);
+        let vocabulary = config.tokenizer.vocabulary(leg.step.model);
+        let prompt = tokens::prompt_tokens(&self.request.messages, vocabulary, room).tokens;
+        if prompt <= room {
             return None;
         }
         let can_fall_back =
@@ -168,7 +173,7 @@ impl Job<'_> {
         };
         p.counts.context_overflow(leg.upstream.name(), action);
         let error =
-            ApiError::context_length_exceeded(leg.upstream.name(), estimated, completion, limit);
+            ApiError::context_length_exceeded(leg.upstream.name(), prompt, completion, limit);
         Some((error, can_fall_back))
     }
 

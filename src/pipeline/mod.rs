@@ -111,6 +111,7 @@ impl<T: Transport> Pipeline<T> {
             let shared = shared.clone();
             Arc::new(Cache::new(&config.cache, cache_metrics.clone(), shared))
         });
+        preload_vocabularies(&config);
         Ok(Pipeline {
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
@@ -152,6 +153,7 @@ impl<T: Transport> Pipeline<T> {
                 self.shared.clone(),
             ))),
         };
+        preload_vocabularies(&config);
         Ok(Pipeline {
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
@@ -488,5 +490,31 @@ impl<T: Transport> Pipeline<T> {
         if let Some(cache) = &self.cache {
             cache.refresh();
         }
+    }
+}
+
+/// Loads, on a thread of its own, the vocabularies the context guards of `config` count in (the
+/// models of the upstreams with a `num_ctx`, and of the model table's entries that go there),
+/// so that the first request near a limit does not wait tens of milliseconds for them.
+fn preload_vocabularies(config: &Config) {
+    let guarded = |i: usize| config.upstream(i).num_ctx.is_some();
+    let upstream_models = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| Some((i, u.model.as_deref()?)));
+    let table_models = config.models.iter().map(|m| {
+        let model = m.target.model.as_deref().unwrap_or(&m.name);
+        (m.target.upstream, model)
+    });
+    let mut wanted: Vec<crate::tokens::Vocabulary> = upstream_models
+        .chain(table_models)
+        .filter(|&(i, _)| guarded(i))
+        .filter_map(|(i, model)| config.upstream(i).tokenizer.vocabulary(model))
+        .collect();
+    wanted.sort_by_key(|v| *v as u8);
+    wanted.dedup();
+    if !wanted.is_empty() {
+        std::thread::spawn(move || wanted.into_iter().for_each(|v| v.load()));
     }
 }
