@@ -5,6 +5,8 @@
 //!
 //! Run with `cargo bench --bench classify`.
 
+mod common;
+
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -35,16 +37,6 @@ fn request(size: usize) -> ChatRequest {
     }
     let body = serde_json::json!({"model": "auto", "messages": messages}).to_string();
     ChatRequest::parse(Bytes::from(body)).expect("valid request")
-}
-
-/// One user message of about `size` bytes of prose, nothing else.
-fn one_message(size: usize) -> ChatRequest {
-    let sentence = "Summarize the main arguments for and against nuclear power in Europe, \
-                    weighing cost, safety, waste and emissions, with numbers where you can. ";
-    let text = sentence.repeat(size / sentence.len() + 1);
-    let body =
-        serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
-    ChatRequest::parse(Bytes::from(body.to_string())).expect("valid request")
 }
 
 /// The default configuration, with the built-in scorer or the one in `conf/` named `scorer`.
@@ -81,7 +73,7 @@ fn classify(c: &mut Criterion) {
             b.iter(|| route::decide(&surface, black_box(req), None).route)
         });
     }
-    let req = one_message(2 << 10);
+    let req = common::one_message(2 << 10);
     group.throughput(Throughput::Bytes(req.body().len() as u64));
     group.bench_function("decide_one_2k_message", |b| {
         b.iter(|| route::decide(&semantic, black_box(&req), None).route)
@@ -98,7 +90,7 @@ fn classify(c: &mut Criterion) {
         b.iter(|| StaticTable::load(black_box(&table)).expect("table"))
     });
     let loaded = StaticTable::load(&table).expect("table");
-    let req = one_message(2 << 10);
+    let req = common::one_message(2 << 10);
     let text = switchyard::classify::scorer::last_user_text(&req);
     group.sample_size(50);
     group.bench_function("tokens_of_2k_message_first_128", |b| {

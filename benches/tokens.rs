@@ -5,24 +5,14 @@
 //!
 //! Run with `cargo bench --bench tokens`.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Instant;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use switchyard::api::ChatRequest;
 use switchyard::classify::estimate_prompt_tokens;
 use switchyard::tokens::{prompt_tokens, Vocabulary};
-
-/// One user message of about `size` bytes of prose.
-fn prompt(size: usize) -> ChatRequest {
-    let sentence = "Summarize the main arguments for and against nuclear power in Europe, \
-                    weighing cost, safety, waste and emissions, with numbers where you can. ";
-    let text = sentence.repeat(size / sentence.len() + 1);
-    let body =
-        serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
-    ChatRequest::parse(Bytes::from(body.to_string())).expect("valid request")
-}
 
 fn tokens(c: &mut Criterion) {
     for v in [Vocabulary::Cl100k, Vocabulary::O200k] {
@@ -32,7 +22,7 @@ fn tokens(c: &mut Criterion) {
     }
     let mut group = c.benchmark_group("tokens");
     for (kb, room) in [(2, 8192), (25, 8192), (50, 8192), (50, 131_072)] {
-        let request = prompt(kb << 10);
+        let request = common::one_message(kb << 10);
         group.throughput(Throughput::Bytes((kb as u64) << 10));
         let id = format!("{kb}KB/{room}");
         group.bench_with_input(BenchmarkId::new("estimate", &id), &request, |b, r| {

@@ -1,4 +1,6 @@
-//! What the criterion benchmarks share: the ~1.4 KB chat request of the load benchmark.
+//! What the criterion benchmarks share: the ~1.4 KB chat request of the load benchmark, and a
+//! one-message request of any size. Each bench uses what it needs of them.
+#![allow(dead_code)]
 
 use bytes::Bytes;
 
@@ -17,4 +19,14 @@ pub fn chat_body(model: &str, temperature: f64) -> Bytes {
         })
         .to_string(),
     )
+}
+
+/// One user message of about `size` bytes of prose, nothing else .
+pub fn one_message(size: usize) -> switchyard::api::ChatRequest {
+    let sentence = "Summarize the main arguments for and against nuclear power in Europe, \
+                    weighing cost, safety, waste and emissions, with numbers where you can. ";
+    let text = sentence.repeat(size / sentence.len() + 1);
+    let body =
+        serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
+    switchyard::api::ChatRequest::parse(Bytes::from(body.to_string())).expect("valid request")
 }
