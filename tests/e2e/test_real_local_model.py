@@ -1,11 +1,14 @@
 """A real local model behind the gateway, through the official SDK: SmolLM2-135M on llama.cpp's
 server answers plain and streamed requests (the answer must come from it: the upstream header
-names it and there is no fallback), then the server is killed and requests fall back to the
-cloud mock. The text a 135M model writes is not checked, only its shape.
+names it and there is no fallback), and JSON-object requests checked by the gateway; a
+JSON-schema request, which that server refuses, goes to the cloud mock; then the server is killed
+and requests fall back to the cloud mock. The text a 135M model writes is not checked, only its
+shape.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -27,7 +30,8 @@ upstreams:
     model: smollm2
     num_ctx: 2048
     retry: {{attempts: 1}}
-    health: {{interval: 500ms, timeout: 500ms, unhealthy_after: 1, failures: 1, cooldown: 30s}}
+    # The server answers one request at a time: a health check waits behind a generation.
+    health: {{interval: 1s, timeout: 10s, failures: 3, cooldown: 5s}}
     timeouts: {{connect: 1s, first_byte: 60s, idle: 60s, total: 120s}}
   cloud:
     kind: openai
@@ -37,7 +41,19 @@ upstreams:
     api_key: "{UPSTREAM_KEY}"
 models:
   - {{name: small, upstream: local}}
+  - {{name: shaped, upstream: local}}
 default_route: {{upstream: cloud}}
+routing:
+  classify: [shaped]
+  upstreams: {{local: local, cloud: cloud, hybrid: cloud}}
+  rules:
+    - name: structured-output
+      when:
+        any:
+          - {{feature: json_object, eq: 1}}
+          - {{feature: json_schema, eq: 1}}
+      route: local
+      validate: true
 cache:
   enabled: false
 """
@@ -74,6 +90,52 @@ def test_the_real_model_streams(client):
     assert text.strip(), "the model streamed something"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes and finishes[-1] in ("stop", "length")
+
+
+JSON_QUESTION = 'Reply with a JSON object with one key, "colour", naming a colour of the sky.'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_object_from_the_real_model_is_checked_and_served(client, stream):
+    # The server's grammar keeps the model to JSON; the gateway parses the whole answer before
+    # it goes out (a streaming client gets it replayed), so what arrives is an object.
+    raw = client.with_options(timeout=120).chat.completions.with_raw_response.create(
+        model="shaped",
+        max_tokens=200,
+        temperature=0,
+        stream=stream,
+        response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": JSON_QUESTION}],
+    )
+    assert raw.headers["x-switchyard-upstream"] == "local"
+    assert raw.headers["x-switchyard-rule"] == "structured-output"
+    assert "x-switchyard-fallback" not in raw.headers
+    if stream:
+        chunks = list(raw.parse())
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    else:
+        answer = raw.parse()
+        text = answer.choices[0].message.content
+        finishes = [answer.choices[0].finish_reason]
+    assert isinstance(json.loads(text), dict), text
+    assert finishes == ["stop"]
+
+
+def test_a_json_schema_the_server_refuses_is_answered_by_the_cloud(client, mock_upstream):
+    # This server's OpenAI layer knows `json_object` but not `json_schema`, and says so with a
+    # 500: the request goes to the cloud instead of failing.
+    marker = uuid.uuid4().hex[:10]
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}
+    raw = client.with_options(timeout=120).chat.completions.with_raw_response.create(
+        model="shaped",
+        max_tokens=50,
+        response_format={"type": "json_schema", "json_schema": {"name": "sky", "schema": schema}},
+        messages=[{"role": "user", "content": f"({marker}) {JSON_QUESTION}"}],
+    )
+    assert raw.headers["x-switchyard-fallback"] == "local->cloud"
+    assert raw.headers["x-switchyard-upstream"] == "cloud"
+    assert mock_upstream.find(marker), "the cloud mock answered"
 
 
 def test_with_the_model_server_dead_requests_go_to_the_cloud(client, llama_server, mock_upstream):
