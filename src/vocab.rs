@@ -223,6 +223,11 @@ pub mod header {
     pub const TOKENS_AFTER: &str = "x-switchyard-tokens-after";
     /// Hybrid: what the stage did (`summarized`, `extracted`, `both`, `skipped:<reason>`).
     pub const HYBRID: &str = "x-switchyard-hybrid";
+    /// Attempts the upstream calls took beyond one per upstream tried (retries, not fallbacks).
+    pub const RETRIES: &str = "x-switchyard-retries";
+    /// What the answer cost upstream, in US dollars, when it is known before the head goes out
+    /// (whole JSON answers and cache hits; a stream's cost is in the access log).
+    pub const COST: &str = "x-switchyard-cost-usd";
     /// The prefix every gateway header shares; such headers never reach an upstream.
     pub const PREFIX: &str = "x-switchyard-";
 }

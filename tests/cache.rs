@@ -381,15 +381,26 @@ async fn tokens_cost_savings_and_stats_add_up() {
     let log = scratch_file("access.log", "");
     let extra = format!("access_log:\n  path: \"{}\"\n", log.display());
     let (local, gw) = setup(Duration::ZERO, &extra).await;
-    // Two fresh answers (one streamed), one hit, one bad request.
-    post(&gw, &ask("zebra crossing")).await;
-    post(&gw, &streamed(ask("yellow submarine"), false)).await;
-    post(&gw, &ask("zebra crossing")).await;
+    // Two fresh answers (one streamed), one hit, one bad request; scrapes and probes between
+    // them are not traffic.
+    let fresh = post(&gw, &ask("zebra crossing")).await;
+    let stream = post(&gw, &streamed(ask("yellow submarine"), false)).await;
+    for path in ["/metrics", "/health", "/health/live", "/health/ready", "/stats"] {
+        request(gw.addr(), "GET", path, &[], b"").await;
+    }
+    let hit = post(&gw, &ask("zebra crossing")).await;
     post(&gw, &json!({"model": "auto", "messages": []})).await;
     assert_eq!(local.requests().len(), 2);
+    // The cost rides on a JSON answer's head, and on a hit's (nothing); a stream's head goes
+    // out before its cost is known.
+    let (p, c) = MOCK_USAGE;
+    let one = (p as f64 * 0.10 + c as f64 * 0.20) / 1e6;
+    let said = |r: &Response| r.header("x-switchyard-cost-usd").map(|v| v.parse::<f64>().unwrap());
+    assert!((said(&fresh).expect("a cost") - one).abs() < 1e-12);
+    assert_eq!(said(&hit), Some(0.0));
+    assert_eq!(said(&stream), None);
 
     let text = metrics(&gw).await;
-    let (p, c) = MOCK_USAGE;
     let series = |dir: &str| {
         format!(
             r#"switchyard_tokens_total{{direction="{dir}",model="llama-local",source="reported",tenant="anonymous",upstream="local"}}"#
@@ -407,8 +418,8 @@ async fn tokens_cost_savings_and_stats_add_up() {
     assert!(close(cost, spent), "{cost} vs {spent}\n{text}");
     let saved = value(
         &text,
-        r#"switchyard_savings_usd{model="llama-local",tenant="anonymous",upstream="local"}"#,
-    );
+        r#"switchyard_baseline_cost_usd_total{model="llama-local",tenant="anonymous",upstream="local"}"#,
+    ) - cost;
     assert!(close(saved, baseline - spent), "{saved}");
     assert_eq!(
         value(

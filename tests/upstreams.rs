@@ -405,6 +405,7 @@ async fn rate_limits_are_retried_after_retry_after() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(local.requests().len(), 2);
     assert_eq!(r.header("x-switchyard-fallback"), None);
+    assert_eq!(r.header("x-switchyard-retries"), Some("1"));
     let text = metrics(&gw).await;
     assert_eq!(
         value(

@@ -95,6 +95,7 @@ pub fn line(
         "usage_estimated": rec.usage.map(|_| rec.usage_estimated),
         "cost_usd": rec.usage.map(|_| rec.cost),
         "baseline_cost_usd": rec.usage.map(|_| rec.baseline_cost),
+        "retries": rec.retries,
         "hybrid": rec.hybrid.map(|h| h.done.as_str()),
         "tokens_before": rec.hybrid.map(|h| h.before),
         "tokens_after": rec.hybrid.map(|h| h.after),

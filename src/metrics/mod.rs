@@ -11,8 +11,9 @@ mod stats;
 
 use std::time::Duration;
 
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -22,9 +23,11 @@ pub use access_log::{line as access_log_line, AccessLog};
 pub use accounting::{account, cost, estimate_usage};
 pub use stats::stats;
 
-/// Latency buckets in seconds: from 1 ms (a cached or local answer) to 2 minutes (a long stream).
+/// Latency buckets in seconds: from 1 ms (a cached answer) to 10 minutes (the longest an upstream
+/// exchange may take by default, `timeouts.total`).
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
 ];
 
 /// Everything the gateway learnt about one request, recorded when it ends.
@@ -57,6 +60,8 @@ pub struct Record {
     pub first_byte: Option<Duration>,
     /// What the hybrid stage did, for hybrid requests.
     pub hybrid: Option<crate::hybrid::Report>,
+    /// Upstream attempts beyond the first of each upstream tried.
+    pub retries: u32,
     /// What the hybrid stage's summaries cost, in US dollars (0 unless the summarizer upstream
     /// is priced).
     pub summarizer_cost: f64,
@@ -94,7 +99,6 @@ pub struct Metrics {
     tokens: IntCounterVec,
     cost: CounterVec,
     baseline_cost: CounterVec,
-    savings: GaugeVec,
     reloads: IntCounterVec,
 }
 
@@ -140,13 +144,6 @@ impl Metrics {
                 ),
                 &by_model,
             )?,
-            savings: GaugeVec::new(
-                Opts::new(
-                    "switchyard_savings_usd",
-                    "Baseline cost minus cost, in US dollars",
-                ),
-                &by_model,
-            )?,
             reloads: IntCounterVec::new(
                 Opts::new(
                     "switchyard_config_reloads_total",
@@ -165,7 +162,17 @@ impl Metrics {
         r.register(Box::new(m.tokens.clone()))?;
         r.register(Box::new(m.cost.clone()))?;
         r.register(Box::new(m.baseline_cost.clone()))?;
-        r.register(Box::new(m.savings.clone()))?;
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_build_info",
+                "The running build: always 1, its version in a label",
+            ),
+            &["version"],
+        )?;
+        build.with_label_values(&[crate::VERSION]).set(1);
+        r.register(Box::new(build))?;
+        // CPU, memory, open files and start time of the process, as every exporter names them.
+        r.register(Box::new(ProcessCollector::for_self()))?;
         Ok(m)
     }
 
@@ -223,9 +230,6 @@ impl Metrics {
         self.baseline_cost
             .with_label_values(&[upstream, model, tenant])
             .inc_by(rec.baseline_cost.max(0.0));
-        self.savings
-            .with_label_values(&[upstream, model, tenant])
-            .add(rec.baseline_cost - rec.cost);
     }
 
     /// The metrics in Prometheus' text exposition format.
@@ -272,6 +276,13 @@ mod tests {
         );
         assert!(text.contains(r#"switchyard_request_duration_seconds_bucket{route="local",upstream="local",le="0.005"} 1"#), "{text}");
         assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
+        assert!(
+            text.contains(r#"le="600"} 1"#),
+            "buckets reach the longest call: {text}"
+        );
+        let build = format!(r#"switchyard_build_info{{version="{}"}} 1"#, crate::VERSION);
+        assert!(text.contains(&build), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
     }
 
     #[test]
@@ -307,13 +318,15 @@ mod tests {
             .with_label_values(&["cloud", "gpt-4o-mini", "anonymous"])
             .get();
         assert!((cost - 0.00027).abs() < 1e-12, "{cost}");
-        let saved = m
-            .savings
+        let baseline = m
+            .baseline_cost
             .with_label_values(&["cloud", "gpt-4o-mini", "anonymous"])
             .get();
+        assert!((baseline - 2.0 * 0.0045).abs() < 1e-12, "{baseline}");
+        // Saved is the difference of the two counters: the hit saved the whole baseline.
         assert!(
-            (saved - (0.0045 - 0.00027 + 0.0045)).abs() < 1e-12,
-            "{saved}"
+            (baseline - cost - (0.0045 - 0.00027 + 0.0045)).abs() < 1e-12,
+            "{baseline} - {cost}"
         );
     }
 }

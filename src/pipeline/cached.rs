@@ -129,6 +129,7 @@ pub(super) async fn replay<T: Transport, D: Downstream>(
         score: decision.score,
         cache: Some(CacheOutcome::Hit),
         standing: incoming.standing,
+        cost: Some(rec.cost),
         ..Explain::served(incoming.request_id, route, p.upstreams[upstream].name())
     };
     let head = explain::sized_head(200, content_type, body.len(), &explain);

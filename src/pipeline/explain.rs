@@ -50,6 +50,10 @@ pub struct Explain<'a> {
     pub hybrid: Option<crate::hybrid::Report>,
     /// `x-ratelimit-*`: what the key has left, for requests of a key with limits.
     pub standing: Option<Standing>,
+    /// `x-switchyard-retries`, on answers that went upstream.
+    pub retries: Option<u32>,
+    /// `x-switchyard-cost-usd`, on answers whose cost is known before their head goes out.
+    pub cost: Option<f64>,
 }
 
 impl<'a> Explain<'a> {
@@ -65,6 +69,8 @@ impl<'a> Explain<'a> {
             fallback: None,
             hybrid: None,
             standing: None,
+            retries: None,
+            cost: None,
         }
     }
 
@@ -98,6 +104,12 @@ impl<'a> Explain<'a> {
                 headers.insert(HeaderName::from_static(h::SCORE), value);
             }
         }
+        if let Some(n) = self.retries {
+            headers.insert(HeaderName::from_static(h::RETRIES), HeaderValue::from(n));
+        }
+        if let Some(cost) = self.cost {
+            cost_header(headers, cost);
+        }
         if let Some(standing) = &self.standing {
             rate_headers(headers, standing);
         }
@@ -115,6 +127,13 @@ impl<'a> Explain<'a> {
                 HeaderValue::from_static(report.done.as_str()),
             );
         }
+    }
+}
+
+/// Sets `x-switchyard-cost-usd`, in the shortest form that reads back as the same number.
+pub fn cost_header(headers: &mut HeaderMap, cost: f64) {
+    if let Ok(value) = HeaderValue::from_str(&cost.max(0.0).to_string()) {
+        headers.insert(HeaderName::from_static(vocab::header::COST), value);
     }
 }
 
@@ -276,6 +295,8 @@ mod tests {
         fallback: None,
         hybrid: None,
         standing: None,
+        retries: Some(0),
+        cost: None,
     };
 
     fn upstream_head(headers: &[(&'static str, &'static str)]) -> Head {

@@ -88,7 +88,14 @@ impl Job<'_> {
                 conversation: self.conversation,
                 request_id: self.incoming.request_id,
             };
-            match call::call(&p.transport, upstream, outgoing, &p.upstream_metrics).await {
+            let tried = call::call(
+                &p.transport,
+                upstream,
+                outgoing,
+                &p.upstream_metrics,
+                &mut rec.retries,
+            );
+            match tried.await {
                 Ok(answer) => {
                     return relay::relay(p, self, &leg, answer, down, rec, &mut flight).await
                 }
@@ -115,7 +122,7 @@ impl Job<'_> {
         });
         rec.route = Some(self.served_route(p, at));
         rec.upstream = Some(at.name().to_owned());
-        let explain = self.explain(p, rec.cache, at, at.name(), fallback.as_deref());
+        let explain = self.explain(p, rec, at, at.name(), fallback.as_deref());
         let (head, body) = match failure {
             Failure::Api(error) => explain::error_answer(&error, &explain, &[]),
             Failure::Answer {
@@ -209,7 +216,7 @@ impl Job<'_> {
         rec: &Record,
     ) -> Result<(), Gone> {
         let fallback = leg.fallback.as_deref();
-        let explain = self.explain(p, rec.cache, leg.upstream, backend, fallback);
+        let explain = self.explain(p, rec, leg.upstream, backend, fallback);
         let (head, body) = explain::error_answer(error, &explain, &[]);
         down.respond(head, body).await
     }

@@ -6,9 +6,10 @@ use super::{Incoming, Pipeline};
 use crate::api::{ApiError, ChatRequest};
 use crate::cache::{Cache, Key, Served};
 use crate::config::UpstreamKind;
+use crate::metrics::Record;
 use crate::route::{Decision, Step};
 use crate::upstream::{ollama, Upstream};
-use crate::vocab::{CacheOutcome, Route};
+use crate::vocab::Route;
 
 /// A decided request on its way upstream.
 pub(super) struct Job<'a> {
@@ -47,11 +48,12 @@ impl Leg<'_> {
 }
 
 impl Job<'_> {
-    /// The gateway's headers for an answer from `upstream` (through `backend`, its label).
+    /// The gateway's headers for an answer from `upstream` (through `backend`, its label), with
+    /// what `rec` knows so far (the cache's part, the retries).
     pub(super) fn explain<'e, T>(
         &'e self,
         p: &Pipeline<T>,
-        cache: Option<CacheOutcome>,
+        rec: &Record,
         upstream: &Upstream,
         backend: &'e str,
         fallback: Option<&'e str>,
@@ -59,7 +61,8 @@ impl Job<'_> {
         Explain {
             rule: Some(self.decision.rule),
             score: self.decision.score,
-            cache,
+            cache: rec.cache,
+            retries: Some(rec.retries),
             fallback: fallback.or(self.escalated),
             hybrid: self.hybrid,
             standing: self.incoming.standing,

@@ -54,7 +54,7 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     rec.upstream = Some(upstream.name().to_owned());
     rec.model = Some(p.config.model_label(leg.step.model).to_owned());
     let backend = lease.backend().label.as_str();
-    let explain = job.explain(p, rec.cache, upstream, backend, leg.fallback.as_deref());
+    let explain = job.explain(p, rec, upstream, backend, leg.fallback.as_deref());
     let status = exchange.head().status.as_u16();
     let native = upstream.config.kind != UpstreamKind::OpenAi;
 
@@ -210,7 +210,11 @@ async fn relay_whole<T: Transport, D: Downstream>(
     };
     finish_answer(p, job, leg, rec, answer, flight);
     rec.first_byte = Some(job.incoming.started.elapsed());
-    down.respond(explain::json_head(200, json.len(), explain), json)
+    let explain = Explain {
+        cost: Some(rec.cost),
+        ..*explain
+    };
+    down.respond(explain::json_head(200, json.len(), &explain), json)
         .await
 }
 
@@ -240,6 +244,7 @@ async fn relay_json<T: Transport, D: Downstream>(
     let body = reader.feed(body);
     if head.status == http::StatusCode::OK {
         finish_answer(p, job, leg, rec, reader.finish(), flight);
+        explain::cost_header(&mut head.headers, rec.cost);
     }
     rec.first_byte = Some(job.incoming.started.elapsed());
     head.headers.remove(http::header::TRANSFER_ENCODING);

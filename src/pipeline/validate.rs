@@ -167,6 +167,7 @@ impl<T: Transport> Pipeline<T> {
             score: c.decision.score,
             cache: rec.cache,
             standing: c.incoming.standing,
+            cost: Some(rec.cost),
             ..Explain::served(
                 c.incoming.request_id,
                 c.decision.route,

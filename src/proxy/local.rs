@@ -25,6 +25,15 @@ struct ModelList<'a> {
     data: Vec<ModelObject<'a>>,
 }
 
+/// Paths the operator's tools read (scrapes, probes, dashboard refreshes): neither counted as
+/// requests nor written to the access log.
+pub(super) fn is_operational(path: &str) -> bool {
+    matches!(
+        path,
+        "/metrics" | "/stats" | "/health" | "/health/live" | "/health/ready"
+    )
+}
+
 fn explain(ctx: &Ctx) -> Explain<'_> {
     Explain::gateway(&ctx.request_id)
 }

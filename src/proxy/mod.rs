@@ -573,6 +573,10 @@ impl ProxyHttp for Gateway {
             // A body left unread (a refused request's) is not drained: the connection closes.
             session.set_keepalive(None);
         }
+        // Scrapes, probes and dashboard refreshes are the operator's reads, not traffic.
+        if local::is_operational(session.req_header().uri.path()) {
+            return;
+        }
         let status = session.response_written().map(|h| h.status);
         let elapsed = ctx.started.elapsed();
         let label = status.as_ref().map_or("none", |s| s.as_str());

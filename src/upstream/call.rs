@@ -133,12 +133,14 @@ pub enum CallError {
     },
 }
 
-/// Calls `upstream`: its backends in turn, with back-off, within its retry policy.
+/// Calls `upstream`: its backends in turn, with back-off, within its retry policy; adds the
+/// attempts it made beyond the first to `retries`.
 pub async fn call<T: Transport>(
     transport: &T,
     upstream: &Upstream,
     request: Outgoing<'_>,
     metrics: &UpstreamMetrics,
+    retries: &mut u32,
 ) -> Result<Answered<T::Exchange>, CallError> {
     let policy = &upstream.config.retry;
     let began = Instant::now();
@@ -239,6 +241,7 @@ pub async fn call<T: Transport>(
             return Err(failed);
         };
         metrics.retry(upstream.name(), reason);
+        *retries += 1;
         last = Some(failed);
         tokio::time::sleep(wait).await;
     }

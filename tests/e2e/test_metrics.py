@@ -106,7 +106,8 @@ def test_counters_move_by_what_was_sent(client: openai.OpenAI, gateway, mock_ups
     assert spent == pytest.approx((cloud_tokens_in * 2.50 + cloud_tokens_out * 10.00) / 1e6, rel=1e-9)
     # Local answers cost nothing and save the whole baseline price.
     local_out = sum(c.usage.completion_tokens for c in local)
-    saved = moved("switchyard_savings_usd", upstream="local", model="llama-local", tenant="anonymous")
+    labels = {"upstream": "local", "model": "llama-local", "tenant": "anonymous"}
+    saved = moved("switchyard_baseline_cost_usd_total", **labels) - moved("switchyard_cost_usd_total", **labels)
     assert saved == pytest.approx((local_prompt * 2.50 + local_out * 10.00) / 1e6, rel=1e-9)
 
     hist = "switchyard_request_duration_seconds_count"
