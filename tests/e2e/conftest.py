@@ -234,6 +234,21 @@ class LlamaServer:
             self.process.wait(timeout=10)
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+    """Waits until a helper process listens on `port`; fails with the end of its log if it exits
+    or takes longer than `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"{what} did not start:\n{log.read_text()[-2000:]}", pytrace=False)
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     """A real local model: SmolLM2-135M on llama.cpp's OpenAI-compatible server, one per test
@@ -256,16 +271,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
              "--interrupt_requests", "false"],
             stdout=out, stderr=out,
         )
-    deadline = time.monotonic() + LLAMA_START_TIMEOUT
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"llama.cpp's server did not start:\n{log.read_text()[-2000:]}", pytrace=False)
-            time.sleep(0.2)
+    wait_for_port(port, proc, log, "llama.cpp's server", LLAMA_START_TIMEOUT)
     server = LlamaServer(proc, f"http://127.0.0.1:{port}")
     yield server
     if proc.poll() is None:

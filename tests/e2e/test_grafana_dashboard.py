@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import openai
 import pytest
 
-from conftest import CLOUD_MODEL, REPO_ROOT, UPSTREAM_KEY, find_free_port
+from conftest import CLOUD_MODEL, REPO_ROOT, UPSTREAM_KEY, find_free_port, wait_for_port
 from mock_openai import MockOpenAI
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "switchyard.json"
@@ -83,19 +81,6 @@ hybrid:
 """
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"Prometheus did not start:\n{log.read_text()[-2000:]}", pytrace=False)
-            time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def prometheus(gateway, tmp_path_factory) -> Iterator[str]:
     binary = shutil.which("prometheus")
@@ -120,7 +105,7 @@ def prometheus(gateway, tmp_path_factory) -> Iterator[str]:
              f"--web.listen-address=127.0.0.1:{port}"],
             stdout=out, stderr=out, cwd=work,
         )
-    wait_for_port(port, proc, log)
+    wait_for_port(port, proc, log, "Prometheus", 60.0)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
