@@ -385,7 +385,13 @@ async fn tokens_cost_savings_and_stats_add_up() {
     // them are not traffic.
     let fresh = post(&gw, &ask("zebra crossing")).await;
     let stream = post(&gw, &streamed(ask("yellow submarine"), false)).await;
-    for path in ["/metrics", "/health", "/health/live", "/health/ready", "/stats"] {
+    for path in [
+        "/metrics",
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/stats",
+    ] {
         request(gw.addr(), "GET", path, &[], b"").await;
     }
     let hit = post(&gw, &ask("zebra crossing")).await;
@@ -395,7 +401,10 @@ async fn tokens_cost_savings_and_stats_add_up() {
     // out before its cost is known.
     let (p, c) = MOCK_USAGE;
     let one = (p as f64 * 0.10 + c as f64 * 0.20) / 1e6;
-    let said = |r: &Response| r.header("x-switchyard-cost-usd").map(|v| v.parse::<f64>().unwrap());
+    let said = |r: &Response| {
+        r.header("x-switchyard-cost-usd")
+            .map(|v| v.parse::<f64>().unwrap())
+    };
     assert!((said(&fresh).expect("a cost") - one).abs() < 1e-12);
     assert_eq!(said(&hit), Some(0.0));
     assert_eq!(said(&stream), None);

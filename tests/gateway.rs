@@ -865,7 +865,11 @@ async fn metrics_count_exactly_what_was_served() {
     .await;
     r.assert_error(502);
     assert_eq!(r.header("x-switchyard-fallback"), Some("cloud->local"));
-    assert_eq!(r.header("x-switchyard-retries"), Some("2"), "one on each upstream");
+    assert_eq!(
+        r.header("x-switchyard-retries"),
+        Some("2"),
+        "one on each upstream"
+    );
     let text = request(dead.addr(), "GET", "/metrics", &[], b"")
         .await
         .text();

@@ -292,3 +292,54 @@ async fn metrics_as(gw: &Gateway, key: Option<&str>) -> String {
         .await
         .text()
 }
+
+#[tokio::test]
+async fn the_dashboard_page_is_served_without_a_key_and_its_data_is_not() {
+    let gw = Gateway::start(&config("http://127.0.0.1:9", "http://127.0.0.1:9"));
+    let page = request(gw.addr(), "GET", "/ui", &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let policy = page.header("content-security-policy").expect("a policy");
+    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
+    assert!(page.text().contains("<title>Switchyard</title>"));
+    assert_eq!(
+        request(gw.addr(), "GET", "/stats", &[], b"").await.status,
+        401
+    );
+    let admin = format!("Bearer {ADMIN}");
+    let stats = request(
+        gw.addr(),
+        "GET",
+        "/stats",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await;
+    assert!(stats.json()["recent"].is_array(), "{}", stats.text());
+
+    // Off means off; and without keys, a gateway listening beyond loopback keeps it to itself
+    // unless told otherwise.
+    let off = config("http://127.0.0.1:9", "http://127.0.0.1:9").replacen(
+        "  drain_timeout: 5s\n",
+        "  drain_timeout: 5s\n  ui: off\n",
+        1,
+    );
+    let gw = Gateway::start(&off);
+    assert_eq!(request(gw.addr(), "GET", "/ui", &[], b"").await.status, 404);
+    let open = two_upstreams("http://127.0.0.1:9", "http://127.0.0.1:9", "").replacen(
+        "127.0.0.1:{PORT}",
+        "0.0.0.0:{PORT}",
+        1,
+    );
+    let gw = Gateway::start(&open);
+    assert_eq!(request(gw.addr(), "GET", "/ui", &[], b"").await.status, 404);
+    let gw = Gateway::start(&open.replacen(
+        "  drain_timeout: 5s\n",
+        "  drain_timeout: 5s\n  ui: on\n",
+        1,
+    ));
+    assert_eq!(request(gw.addr(), "GET", "/ui", &[], b"").await.status, 200);
+}

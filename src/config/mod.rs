@@ -294,6 +294,8 @@ pub struct Config {
     pub threads: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Whether `GET /ui`, the dashboard page, is served.
+    pub ui: Ui,
     /// What one client, request or answer may hold of the gateway.
     pub limits: Limits,
     /// Every upstream, in file order.
@@ -496,6 +498,7 @@ impl Checker<'_> {
             listen: server.listen,
             threads: server.threads,
             drain_timeout: server.drain_timeout,
+            ui: server.ui,
             limits: server.limits,
             upstreams,
             models,
@@ -532,6 +535,12 @@ impl Checker<'_> {
             t.parse::<usize>()
                 .map_err(|_| format!("`{t}` is not a whole number"))
         });
+        let ui = self.parsed("server.ui", raw.server.ui.as_ref(), Ui::Auto, |t| match t {
+            "auto" => Ok(Ui::Auto),
+            "on" | "true" => Ok(Ui::On),
+            "off" | "false" => Ok(Ui::Off),
+            other => Err(format!("`{other}` is not auto, on or off")),
+        });
         let limits = self.limits(&raw.limits);
         if limits.max_buffered_bytes < limits.max_body_bytes {
             self.error(
@@ -542,6 +551,7 @@ impl Checker<'_> {
         Server {
             listen,
             drain_timeout,
+            ui,
             threads,
             limits,
         }
@@ -636,10 +646,34 @@ impl Checker<'_> {
     }
 }
 
+/// Whether the dashboard page is served (`server.ui`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ui {
+    /// When the gateway listens on loopback only, or when keys exist (its data then needs an
+    /// admin key).
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl Config {
+    /// Whether `GET /ui` is served under this configuration.
+    pub fn serves_ui(&self) -> bool {
+        match self.ui {
+            Ui::On => true,
+            Ui::Off => false,
+            Ui::Auto => self.listen.ip().is_loopback() || !self.keys.is_empty(),
+        }
+    }
+}
+
 /// `server:` and `limits:`, checked.
 struct Server {
     listen: SocketAddr,
     drain_timeout: Duration,
+    ui: Ui,
     threads: usize,
     limits: Limits,
 }

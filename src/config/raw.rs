@@ -222,6 +222,7 @@ pub struct RawServer {
     pub listen: Option<Text>,
     pub threads: Option<Text>,
     pub drain_timeout: Option<Text>,
+    pub ui: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,6 +7,7 @@
 
 mod access_log;
 mod accounting;
+mod recent;
 mod stats;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::vocab::{CacheOutcome, Route};
 
 pub use access_log::{line as access_log_line, AccessLog};
 pub use accounting::{account, cost, estimate_usage};
+pub use recent::Recent;
 pub use stats::stats;
 
 /// Latency buckets in seconds: from 1 ms (a cached answer) to 10 minutes (the longest an upstream
@@ -39,6 +41,8 @@ pub struct Record {
     pub upstream: Option<String>,
     /// What decided the route (a rule name, `scorer`, `model-table`, …).
     pub rule: Option<String>,
+    /// The scorer's score, for classified requests.
+    pub score: Option<f64>,
     /// The model sent upstream, as a metric label (see `Config::model_label`).
     pub model: Option<String>,
     /// The tenant's id (the access log's `tenant`).
@@ -100,6 +104,8 @@ pub struct Metrics {
     cost: CounterVec,
     baseline_cost: CounterVec,
     reloads: IntCounterVec,
+    /// The last requests, for the dashboard page.
+    recent: recent::Ring,
 }
 
 impl Metrics {
@@ -152,6 +158,7 @@ impl Metrics {
                 &["result"],
             )?,
             registry,
+            recent: recent::Ring::default(),
         };
         let r = &m.registry;
         r.register(Box::new(m.reloads.clone()))?;
@@ -230,6 +237,16 @@ impl Metrics {
         self.baseline_cost
             .with_label_values(&[upstream, model, tenant])
             .inc_by(rec.baseline_cost.max(0.0));
+    }
+
+    /// Keeps a finished request for the dashboard's list of the last ones.
+    pub fn remember(&self, entry: Recent) {
+        self.recent.push(entry);
+    }
+
+    /// The last requests, newest first.
+    pub fn recent(&self) -> Vec<Recent> {
+        self.recent.newest_first()
     }
 
     /// The metrics in Prometheus' text exposition format.

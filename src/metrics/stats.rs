@@ -185,8 +185,26 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
             }),
         );
     }
+    // Failures and fallbacks by upstream and reason: what the dashboard's backend list shows.
+    let by = |name: &str, first: &str, second: &str| {
+        let mut out = serde_json::Map::new();
+        for a in label_values(&f, name, first) {
+            let mut inner = serde_json::Map::new();
+            for b in label_values(&f, name, second) {
+                let n = total(&f, name, &[(first, &a), (second, &b)], Part::Sum);
+                if n > 0.0 {
+                    inner.insert(b, json!(n));
+                }
+            }
+            out.insert(a, Value::Object(inner));
+        }
+        Value::Object(out)
+    };
     json!({
         "uptime_seconds": uptime.as_secs(),
+        "failures": by("switchyard_upstream_failures_total", "upstream", "reason"),
+        "fallbacks": by("switchyard_fallbacks_total", "from", "reason"),
+        "recent": m.recent(),
         "requests": {
             "total": all,
             "errors": errors,
@@ -199,6 +217,7 @@ pub fn stats(m: &Metrics, uptime: Duration) -> Value {
             "p95": quantile(&f, dur, 0.95).map(|v| round(v * 1e3, 3)),
             "first_token_average": avg_ms(ttft),
             "first_token_p50": quantile(&f, ttft, 0.5).map(|v| round(v * 1e3, 3)),
+            "first_token_p95": quantile(&f, ttft, 0.95).map(|v| round(v * 1e3, 3)),
         },
         "cache": {
             "hits": hits,

@@ -432,6 +432,7 @@ impl<T: Transport> Pipeline<T> {
         rec.route = Some(decision.route);
         rec.upstream = Some(upstream.name().to_owned());
         rec.rule = Some(decision.rule.to_owned());
+        rec.score = decision.score;
         rec.model = Some(self.config.model_label(decision.model).to_owned());
         self.counts.decision(decision.route, decision.rule);
     }

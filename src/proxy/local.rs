@@ -30,7 +30,7 @@ struct ModelList<'a> {
 pub(super) fn is_operational(path: &str) -> bool {
     matches!(
         path,
-        "/metrics" | "/stats" | "/health" | "/health/live" | "/health/ready"
+        "/metrics" | "/stats" | "/health" | "/health/live" | "/health/ready" | "/ui"
     )
 }
 
@@ -254,4 +254,31 @@ pub(super) async fn metrics(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> R
     let content_type = crate::metrics::CONTENT_TYPE;
     let head = explain::sized_head(200, content_type, body.len(), &explain(ctx));
     write_whole(session, head, bytes::Bytes::from(body)).await
+}
+
+/// The dashboard page: one self-contained HTML file, scripts and styles inline, nothing fetched
+/// from elsewhere.
+const UI_PAGE: &str = include_str!("ui.html");
+
+/// `GET /ui`: the dashboard page. Its policy lets it run its own inline code and ask this gateway
+/// for data, and nothing else: no other origin, no frames.
+pub(super) async fn ui(session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let mut head = crate::pipeline::explain::sized_head(
+        200,
+        "text/html; charset=utf-8",
+        UI_PAGE.len(),
+        &explain(ctx),
+    );
+    let policy = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                  connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                  frame-ancestors 'none'";
+    for (name, value) in [
+        (http::header::CONTENT_SECURITY_POLICY, policy),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        head.headers
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    super::write_whole(session, head, bytes::Bytes::from_static(UI_PAGE.as_bytes())).await
 }

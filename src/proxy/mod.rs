@@ -196,9 +196,8 @@ impl Gateway {
         // The gateway's own paths answer one method each.
         let required = match path.as_str() {
             "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
-            "/v1/models" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/stats" => {
-                Some(http::Method::GET)
-            }
+            "/v1/models" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/stats"
+            | "/ui" => Some(http::Method::GET),
             _ => None,
         };
         if let Some(required) = required.filter(|r| *r != method) {
@@ -222,6 +221,7 @@ impl Gateway {
             "/health" => local::health(self, session, ctx).await?,
             "/health/live" => local::live(session, ctx).await?,
             "/health/ready" => local::ready(session, ctx).await?,
+            "/ui" if ctx.config().serves_ui() => local::ui(session, ctx).await?,
             // Other methods on a model (DELETE of a fine-tune) are the provider's business.
             p if p.starts_with("/v1/models/") && method == http::Method::GET => {
                 local::model(self, session, ctx, &p["/v1/models/".len()..]).await?
@@ -391,7 +391,10 @@ impl ProxyHttp for Gateway {
             write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
             return Ok(true);
         }
-        if !health {
+        // The dashboard page is code, not data: what it shows comes from `/stats`, `/health` and
+        // `/v1/route`, each asked with the key its reader types in.
+        let public = health || head.uri.path() == "/ui";
+        if !public {
             let headers = &session.req_header().headers;
             match Tenant::authenticate(
                 &ctx.config().keys,
@@ -581,13 +584,17 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.elapsed();
         let label = status.as_ref().map_or("none", |s| s.as_str());
         ctx.pipeline.metrics.record(&ctx.record, label, elapsed);
+        let req = session.req_header();
+        let code = status.map_or(0, |s| s.as_u16());
+        let entry =
+            crate::metrics::Recent::of(&ctx.request_id, req.uri.path(), code, &ctx.record, elapsed);
+        ctx.pipeline.metrics.remember(entry);
         if let Some(log) = &self.access_log {
-            let req = session.req_header();
             log.write(crate::metrics::access_log_line(
                 &ctx.request_id,
                 req.method.as_str(),
                 req.uri.path(),
-                status.map_or(0, |s| s.as_u16()),
+                code,
                 &ctx.record,
                 elapsed,
             ));

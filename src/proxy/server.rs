@@ -35,6 +35,11 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
     if let Some(routing) = &config.routing {
         log::info!("scorer: {}", routing.scorer.describe());
     }
+    if config.serves_ui() {
+        log::info!("dashboard: http://{}/ui", config.listen);
+    } else if config.ui == crate::config::Ui::Auto {
+        log::info!("dashboard page off: it listens beyond loopback without keys (`server.ui: on` serves it)");
+    }
     let drain = config.drain_timeout;
     let threads = match config.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
