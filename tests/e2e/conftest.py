@@ -90,6 +90,30 @@ passthrough:
 """
 
 
+def config_head(
+    port: int,
+    local_url: str,
+    cloud_url: str,
+    *,
+    local_kind: str = "openai",
+    local_model: str = LOCAL_MODEL,
+    local_extra: str = "",
+    cloud_extra: str = "",
+) -> str:
+    """The start most test configurations share: the listen address and two upstreams, `local`
+    and `cloud` (which holds the upstream key); `*_extra` are YAML lines added to each upstream's
+    block, indented four spaces. A module appends its models, routing and the rest."""
+    def block(extra: str) -> str:
+        return "".join(f"    {line}\n" for line in extra.strip("\n").splitlines() if extra.strip())
+    return (
+        f"server:\n  listen: \"127.0.0.1:{port}\"\n  drain_timeout: 2s\n"
+        f"upstreams:\n  local:\n    kind: {local_kind}\n    route: local\n"
+        f"    url: \"{local_url}\"\n    model: \"{local_model}\"\n{block(local_extra)}"
+        f"  cloud:\n    kind: openai\n    route: cloud\n    url: \"{cloud_url}\"\n"
+        f"    model: \"{CLOUD_MODEL}\"\n    api_key: \"{UPSTREAM_KEY}\"\n{block(cloud_extra)}"
+    )
+
+
 def gateway_binary() -> Path:
     configured = os.environ.get("SWITCHYARD_BIN", DEFAULT_BINARY)
     path = Path(configured)

@@ -21,7 +21,7 @@ from typing import Iterator
 import openai
 import pytest
 
-from conftest import CLOUD_MODEL, REPO_ROOT, UPSTREAM_KEY, find_free_port, wait_for_port
+from conftest import CLOUD_MODEL, REPO_ROOT, UPSTREAM_KEY, config_head, find_free_port, wait_for_port
 from mock_openai import MockOpenAI
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "switchyard.json"
@@ -37,26 +37,16 @@ def local_upstream() -> Iterator[MockOpenAI]:
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream, local_upstream) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: ollama
-    route: local
-    url: "{local_upstream.url}"
-    model: "llama3.1:8b"
-    num_ctx: 8192
-    retry: {{attempts: 1}}
-    health: {{interval: 200ms}}
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
-    retry: {{attempts: 1}}
+    head = config_head(
+        free_port,
+        local_upstream.url,
+        mock_upstream.url,
+        local_kind="ollama",
+        local_model="llama3.1:8b",
+        local_extra="num_ctx: 8192\nretry: {attempts: 1}\nhealth: {interval: 200ms}",
+        cloud_extra="retry: {attempts: 1}",
+    )
+    return head + f"""\
 models:
   - {{name: auto, upstream: local}}
   - {{name: gpt-4o, upstream: cloud}}

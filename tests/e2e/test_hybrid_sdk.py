@@ -13,30 +13,22 @@ import uuid
 import pytest
 from pydantic import BaseModel
 
-from conftest import CLOUD_MODEL, UPSTREAM_KEY
+from conftest import CLOUD_MODEL, UPSTREAM_KEY, config_head
 
 LOCAL_MODEL = "llama3.1:8b"
 
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: ollama
-    route: local
-    url: "{mock_upstream.url}"
-    model: "{LOCAL_MODEL}"
-    num_ctx: 8192
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    head = config_head(
+        free_port,
+        mock_upstream.url,
+        mock_upstream.url,
+        local_kind="ollama",
+        local_model=LOCAL_MODEL,
+        local_extra="num_ctx: 8192",
+    )
+    return head + f"""\
 models:
   - {{name: auto, upstream: local}}
 default_route: {{upstream: cloud}}

@@ -8,7 +8,7 @@ import hashlib
 import openai
 import pytest
 
-from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY
+from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY, config_head
 
 KEY = "sy-sdk-team-0123456789abcdef"
 ONCE = "sy-sdk-once-0123456789abcdef"
@@ -18,22 +18,7 @@ ONCE = "sy-sdk-once-0123456789abcdef"
 def gateway_config_text(free_port, mock_upstream) -> str:
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     once = hashlib.sha256(ONCE.encode()).hexdigest()
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: openai
-    route: local
-    url: "{mock_upstream.url}"
-    model: "{LOCAL_MODEL}"
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    return config_head(free_port, mock_upstream.url, mock_upstream.url) + f"""\
 models:
   - {{name: auto, upstream: local}}
   - {{name: gpt-4o, upstream: cloud}}

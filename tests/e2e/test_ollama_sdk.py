@@ -10,7 +10,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from conftest import CLOUD_MODEL, UPSTREAM_KEY, WEATHER_TOOL
+from conftest import CLOUD_MODEL, UPSTREAM_KEY, WEATHER_TOOL, config_head
 from mock_openai import TOOL_ARGUMENTS
 
 LOCAL_MODEL = "llama3.1:8b"
@@ -18,24 +18,15 @@ LOCAL_MODEL = "llama3.1:8b"
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: ollama
-    route: local
-    url: "{mock_upstream.url}"
-    model: "{LOCAL_MODEL}"
-    num_ctx: 8192
-    keep_alive: 5m
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    head = config_head(
+        free_port,
+        mock_upstream.url,
+        mock_upstream.url,
+        local_kind="ollama",
+        local_model=LOCAL_MODEL,
+        local_extra="num_ctx: 8192\nkeep_alive: 5m",
+    )
+    return head + f"""\
 models:
   - {{name: auto, upstream: local}}
   - {{name: gpt-4o, upstream: cloud}}

@@ -13,32 +13,28 @@ import uuid
 
 import pytest
 
-from conftest import CLOUD_MODEL, UPSTREAM_KEY
+from conftest import CLOUD_MODEL, UPSTREAM_KEY, config_head
+
+
+LOCAL_LIMITS = """\
+num_ctx: 2048
+retry: {attempts: 1}
+# The server answers one request at a time: a health check waits behind a generation.
+health: {interval: 1s, timeout: 10s, failures: 3, cooldown: 5s}
+timeouts: {connect: 1s, first_byte: 60s, idle: 60s, total: 120s}
+"""
 
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream, llama_server) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: openai
-    route: local
-    url: "{llama_server.url}/v1"
-    model: smollm2
-    num_ctx: 2048
-    retry: {{attempts: 1}}
-    # The server answers one request at a time: a health check waits behind a generation.
-    health: {{interval: 1s, timeout: 10s, failures: 3, cooldown: 5s}}
-    timeouts: {{connect: 1s, first_byte: 60s, idle: 60s, total: 120s}}
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    head = config_head(
+        free_port,
+        f"{llama_server.url}/v1",
+        mock_upstream.url,
+        local_model="smollm2",
+        local_extra=LOCAL_LIMITS,
+    )
+    return head + f"""\
 models:
   - {{name: small, upstream: local}}
   - {{name: shaped, upstream: local}}

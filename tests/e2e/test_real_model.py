@@ -14,29 +14,26 @@ import uuid
 
 import pytest
 
-from conftest import CLOUD_MODEL, UPSTREAM_KEY
+from conftest import CLOUD_MODEL, UPSTREAM_KEY, config_head
+
+# A 135M model on two CPU threads: one try, and time to write a summary.
+SMOLLM2_LIMITS = """\
+num_ctx: 2048
+retry: {attempts: 1}
+timeouts: {connect: 2s, first_byte: 120s, idle: 120s, total: 300s}
+"""
+
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream, llama_server) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: openai
-    route: local
-    url: "{llama_server.url}"
-    model: smollm2
-    num_ctx: 2048
-    retry: {{attempts: 1}}
-    timeouts: {{connect: 2s, first_byte: 120s, idle: 120s, total: 300s}}
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    head = config_head(
+        free_port,
+        llama_server.url,
+        mock_upstream.url,
+        local_model="smollm2",
+        local_extra=SMOLLM2_LIMITS,
+    )
+    return head + f"""\
 models:
   - {{name: auto, upstream: local}}
 default_route: {{upstream: cloud}}

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY
+from conftest import CLOUD_MODEL, LOCAL_MODEL, UPSTREAM_KEY, config_head
 
 CHARTS = ["chart-routes", "chart-share", "chart-cost", "chart-cache", "chart-latency"]
 SECRET_WORDS = "zanzibar quokka"
@@ -25,22 +25,7 @@ SECRET_WORDS = "zanzibar quokka"
 
 @pytest.fixture(scope="module")
 def gateway_config_text(free_port, mock_upstream) -> str:
-    return f"""\
-server:
-  listen: "127.0.0.1:{free_port}"
-  drain_timeout: 2s
-upstreams:
-  local:
-    kind: openai
-    route: local
-    url: "{mock_upstream.url}"
-    model: "{LOCAL_MODEL}"
-  cloud:
-    kind: openai
-    route: cloud
-    url: "{mock_upstream.url}"
-    model: "{CLOUD_MODEL}"
-    api_key: "{UPSTREAM_KEY}"
+    return config_head(free_port, mock_upstream.url, mock_upstream.url) + f"""\
 models:
   - {{name: auto, upstream: local}}
   - {{name: gpt-4o, upstream: cloud}}
