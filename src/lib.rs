@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod route;
 pub mod state;
+pub mod telemetry;
 pub mod tokens;
 pub mod upstream;
 pub mod vocab;

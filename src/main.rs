@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use switchyard::config::Config;
+use switchyard::config::{Config, LogFormat};
+use switchyard::telemetry::logs;
 
 /// An OpenAI-compatible gateway that routes each chat request to a local or a cloud model.
 #[derive(Parser)]
@@ -116,14 +117,14 @@ macro_rules! say {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // pingora's HTTP code logs whole request and response heads at debug and trace, keys
-        // among them (the client's, the upstream's, and any an upstream echoes): never below
-        // info there, whatever RUST_LOG asks.
-        .filter_module("pingora_core::protocols", log::LevelFilter::Info)
-        .filter_module("pingora_core::apps", log::LevelFilter::Info)
-        .filter_module("pingora_proxy", log::LevelFilter::Info)
-        .init();
+    // Commands that read no configuration log as text; the others as it says, once read.
+    let configured = matches!(
+        cli.command,
+        None | Some(Command::Run | Command::Check | Command::Route)
+    );
+    if !configured {
+        logs::init(LogFormat::Text);
+    }
     if let Some(Command::Key(KeyCommand::New { name })) = &cli.command {
         return match switchyard::auth::new_key() {
             Ok((key, hash)) => {
@@ -184,8 +185,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    logs::init(config.telemetry.log_format);
     for warning in &config.warnings {
-        log::warn!("{warning}");
+        tracing::warn!("{warning}");
     }
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => {

@@ -1089,3 +1089,34 @@ default_route:
     let nobody = healthcheck(format!("http://{}/health/live", refused_addr()));
     assert!(!nobody.status.success());
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_when_configured() {
+    let yaml = two_upstreams("http://127.0.0.1:9", "http://127.0.0.1:9", "")
+        + "telemetry:\n  log_format: json\n";
+    let gw = Gateway::start(&yaml);
+    // A request that fails upstream, so that the gateway has something to say about it.
+    let r = chat(
+        gw.addr(),
+        &json!({"model": "gpt-4o", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    let log = gw.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(event.get(field).is_some(), "no {field}: {line}");
+        }
+    }
+    assert!(lines.iter().any(|l| l.contains("listening on")), "{log}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"WARN\"") && l.contains("upstream")),
+        "{log}"
+    );
+}

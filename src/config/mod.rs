@@ -14,6 +14,7 @@ mod raw;
 mod resilience;
 mod routing;
 mod state;
+mod telemetry;
 mod units;
 mod upstreams;
 
@@ -31,6 +32,7 @@ pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{Routing, DEFAULT_SCORER, SURFACE_SCORER};
 pub use state::StateConfig;
+pub use telemetry::{LogFormat, Telemetry, TraceConfig};
 pub use units::{parse_duration, parse_size};
 
 use crate::vocab::Route;
@@ -320,6 +322,8 @@ pub struct Config {
     pub keys: Vec<KeyConfig>,
     /// Where limits, budgets and cached answers are shared between replicas.
     pub state: StateConfig,
+    /// The log format and traces.
+    pub telemetry: Telemetry,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
     /// The key that fingerprints a keyless client's token (its tenant): derived from the
@@ -492,6 +496,7 @@ impl Checker<'_> {
         let hybrid = self.hybrid(raw.hybrid.as_ref(), &upstreams, &names, local_route);
         let keys = self.keys(&raw.keys);
         let state = self.state(raw.state.as_ref());
+        let telemetry = self.telemetry(raw.telemetry.as_ref());
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
         let tenant_secret = tenant_secret(&upstreams);
         Some(Config {
@@ -511,6 +516,7 @@ impl Checker<'_> {
             hybrid,
             keys,
             state,
+            telemetry,
             model_names,
             tenant_secret,
             warnings,

@@ -61,6 +61,25 @@ pub struct RawConfig {
     #[serde(default)]
     pub keys: Vec<RawKey>,
     pub state: Option<RawState>,
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub log_format: Option<Text>,
+    pub traces: Option<RawTraces>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    pub enabled: Option<Spanned<bool>>,
+    pub endpoint: Option<Text>,
+    pub service_name: Option<Text>,
+    pub sample: Option<Text>,
+    pub capture_content: Option<Spanned<bool>>,
+    pub timeout: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,7 +43,7 @@ impl AccessLog {
     /// Queues a line; when the writer has fallen far behind the line is dropped.
     pub fn write(&self, line: String) {
         if self.lines.try_send(line).is_err() {
-            log::debug!("access log backlog full: a line was dropped");
+            tracing::debug!("access log backlog full: a line was dropped");
         }
     }
 }

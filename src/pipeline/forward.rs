@@ -48,7 +48,7 @@ impl Job<'_> {
             let upstream = &*p.upstreams[step.upstream];
             if n > 0 {
                 let from = p.upstreams[plan[n - 1].upstream].name();
-                log::info!(
+                tracing::info!(
                     "request {}: falling back from {from} to {} ({reason})",
                     self.incoming.request_id,
                     upstream.name()

@@ -334,7 +334,7 @@ async fn end_broken<D: Downstream>(down: &mut D, error: ApiError) -> Result<(), 
 impl<T> Pipeline<T> {
     /// Logs an upstream failure and counts it.
     fn upstream_failed(&self, job: &Job<'_>, leg: &Leg<'_>, e: &ExchangeError, when: &str) {
-        log::warn!(
+        tracing::warn!(
             "request {}: upstream {} failed {when}: {e:?}",
             job.incoming.request_id,
             leg.upstream.name()

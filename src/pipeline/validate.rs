@@ -123,7 +123,7 @@ impl<T: Transport> Pipeline<T> {
         let completion = match self.complete(c.incoming.request_id, &whole, upstream).await {
             Ok(completion) => completion,
             Err(e) => {
-                log::warn!(
+                tracing::warn!(
                     "request {}: the local model gave no answer to check: {e}",
                     c.incoming.request_id
                 );

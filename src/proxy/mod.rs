@@ -648,7 +648,7 @@ impl ProxyHttp for Gateway {
                 ..Explain::gateway(&ctx.request_id)
             };
             if let Err(write) = write_error(session, &error, &explain, &[]).await {
-                log::debug!("could not send the error response: {write}");
+                tracing::debug!("could not send the error response: {write}");
             }
         }
         FailToProxy {

@@ -32,7 +32,7 @@ impl Reloader {
         let current = self.pipeline.load_full();
         let refused = |errors: Vec<String>| {
             for e in &errors {
-                log::error!("configuration reload refused: {e}");
+                tracing::error!("configuration reload refused: {e}");
             }
             current.metrics.reloaded(false);
             Err(errors)
@@ -43,16 +43,16 @@ impl Reloader {
         };
         let old = &current.config;
         if config.listen != old.listen || config.threads != old.threads {
-            log::warn!("server.listen and server.threads take effect at the next start");
+            tracing::warn!("server.listen and server.threads take effect at the next start");
         }
         for warning in &config.warnings {
-            log::warn!("{warning}");
+            tracing::warn!("{warning}");
         }
         match current.reloaded(config) {
             Ok(next) => {
                 self.pipeline.store(Arc::new(next));
                 current.metrics.reloaded(true);
-                log::info!("configuration reloaded");
+                tracing::info!("configuration reloaded");
                 Ok(())
             }
             Err(e) => refused(vec![e]),
@@ -82,14 +82,14 @@ impl Reloader {
                     loop {
                         tokio::select! {
                             _ = hangup.recv() => {
-                                log::info!("SIGHUP: reloading the configuration");
+                                tracing::info!("SIGHUP: reloading the configuration");
                                 let _ = self.reload(path.as_deref());
                             }
                             _ = tick.tick(), if watched.is_some() => {
                                 let now = watched.as_deref().and_then(modified);
                                 if now.is_some() && now != seen {
                                     seen = now;
-                                    log::info!("the configuration file changed: reloading it");
+                                    tracing::info!("the configuration file changed: reloading it");
                                     let _ = self.reload(path.as_deref());
                                 }
                             }

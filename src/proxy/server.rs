@@ -24,21 +24,21 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
     if config.keys.is_empty() {
         let open = "no gateway keys are configured (`keys:`): anyone who reaches the gateway may use it, and its upstream keys";
         if config.listen.ip().is_loopback() {
-            log::warn!("{open}; it listens on loopback only ({})", config.listen);
+            tracing::warn!("{open}; it listens on loopback only ({})", config.listen);
         } else {
-            log::error!(
+            tracing::error!(
                 "{open}, and it listens on {}, beyond loopback: add keys (`switchyard key new --name NAME`)",
                 config.listen
             );
         }
     }
     if let Some(routing) = &config.routing {
-        log::info!("scorer: {}", routing.scorer.describe());
+        tracing::info!("scorer: {}", routing.scorer.describe());
     }
     if config.serves_ui() {
-        log::info!("dashboard: http://{}/ui", config.listen);
+        tracing::info!("dashboard: http://{}/ui", config.listen);
     } else if config.ui == crate::config::Ui::Auto {
-        log::info!("dashboard page off: it listens beyond loopback without keys (`server.ui: on` serves it)");
+        tracing::info!("dashboard page off: it listens beyond loopback without keys (`server.ui: on` serves it)");
     }
     let drain = config.drain_timeout;
     let threads = match config.threads {
@@ -85,9 +85,9 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
                 }
                 let left = in_flight.load(Ordering::Acquire);
                 if left > 0 {
-                    log::warn!("drain timeout: {left} requests still in flight; exiting");
+                    tracing::warn!("drain timeout: {left} requests still in flight; exiting");
                 } else {
-                    log::info!("drained; exiting");
+                    tracing::info!("drained; exiting");
                 }
                 std::process::exit(0);
             }
@@ -97,6 +97,6 @@ pub fn run(config: Config, path: Option<PathBuf>, watch: bool) -> Result<(), Str
         }
     });
 
-    log::info!("switchyard {} listening on {listen}", crate::VERSION);
+    tracing::info!("switchyard {} listening on {listen}", crate::VERSION);
     server.run_forever()
 }

@@ -291,7 +291,7 @@ impl Shared {
         let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
         if logged.is_none_or(|at| at.elapsed() > LOG_EVERY) {
             *logged = Some(Instant::now());
-            log::warn!("shared state (Redis) failed on {op}: {error}");
+            tracing::warn!("shared state (Redis) failed on {op}: {error}");
         }
     }
 }

@@ -185,7 +185,7 @@ pub async fn call<T: Transport>(
                 }
                 if verdict == Verdict::Misconfigured {
                     lease.succeeded();
-                    log::error!(
+                    tracing::error!(
                         "request {}: upstream {} refused the gateway's api_key (401)",
                         request.request_id,
                         upstream.name()
@@ -202,7 +202,7 @@ pub async fn call<T: Transport>(
                     // It answered (429, 500, 408): alive, whatever it thinks of the request.
                     lease.succeeded();
                 }
-                log::warn!(
+                tracing::warn!(
                     "request {}: upstream {} answered {status}",
                     request.request_id,
                     upstream.name()
@@ -223,7 +223,7 @@ pub async fn call<T: Transport>(
             }
             Err(e) => {
                 lease.failed();
-                log::warn!(
+                tracing::warn!(
                     "request {}: upstream {} failed before the answer: {e:?}",
                     request.request_id,
                     upstream.name()

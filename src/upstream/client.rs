@@ -153,7 +153,7 @@ impl PooledExchange {
                     })
                 }
                 Err(SendError::Io(e)) if reused && attempt < STALE_RETRIES => {
-                    log::debug!("pooled connection to {peer} was stale ({e}); retrying");
+                    tracing::debug!("pooled connection to {peer} was stale ({e}); retrying");
                     attempt += 1;
                 }
                 Err(SendError::Io(e)) => return Err(classify(&e, false)),

@@ -92,17 +92,19 @@ async fn watch(transport: Arc<Pooled>, upstream: Arc<Upstream>, index: usize) {
                     .then(|| format!("model `{model}` is not pulled: run `ollama pull {model}`"));
                 if backend.set_problem(problem.clone()) {
                     match problem {
-                        Some(p) => log::warn!("backend {}: {p}", backend.label),
-                        None => log::info!("backend {}: model `{model}` is there", backend.label),
+                        Some(p) => tracing::warn!("backend {}: {p}", backend.label),
+                        None => {
+                            tracing::info!("backend {}: model `{model}` is there", backend.label)
+                        }
                     }
                 }
             }
         }
         if backend.record_check(ok, &upstream.config.health) {
             if ok {
-                log::info!("backend {} is healthy again", backend.label);
+                tracing::info!("backend {} is healthy again", backend.label);
             } else {
-                log::warn!("backend {} failed its health checks", backend.label);
+                tracing::warn!("backend {} failed its health checks", backend.label);
             }
         }
         tokio::time::sleep(interval).await;
@@ -207,13 +209,13 @@ pub async fn check(transport: &Pooled, upstream: &Upstream, backend: &Backend) -
     let status = exchange.head().status.as_u16();
     let ok = status < 500 && status != 404;
     match status {
-        404 => log::warn!(
+        404 => tracing::warn!(
             "backend {}: the health path {}{} answered 404; check the upstream's url (and health.path)",
             backend.label,
             backend.url.path_prefix,
             health.path
         ),
-        401 | 403 => log::error!(
+        401 | 403 => tracing::error!(
             "backend {}: the health check was refused with {status}: check upstreams.{}.api_key",
             backend.label,
             upstream.name()

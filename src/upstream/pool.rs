@@ -195,7 +195,7 @@ impl Lease {
         s.failures = s.failures.saturating_add(1);
         if probe || (s.open_until.is_none() && s.failures >= threshold) {
             s.open_until = Some(Instant::now() + cooldown);
-            log::warn!(
+            tracing::warn!(
                 "backend {label} ejected for {cooldown:?} after {} failed request(s)",
                 s.failures
             );
