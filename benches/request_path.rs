@@ -12,10 +12,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::hint::black_box;
 use switchyard::api::ChatRequest;
-use switchyard::config::Config;
+use switchyard::config::{Config, TraceConfig};
 use switchyard::metrics::Record;
 use switchyard::pipeline::{Collect, Incoming, Pipeline};
 use switchyard::route;
+use switchyard::telemetry::trace::Trace;
 use switchyard::upstream::scripted::{Reply, Scripted};
 use switchyard::upstream::{request_head, Upstream};
 
@@ -126,7 +127,20 @@ fn pipeline(c: &mut Criterion) {
     let headers = client_header();
     let tenant = switchyard::auth::Tenant::of(&headers, &[0; 32]);
     let mut group = c.benchmark_group("pipeline");
-    for (name, stream) in [("json", false), ("stream", true)] {
+    // A trace recorded for every request (its spans built, not exported): what tracing costs
+    // when it is on; `json` and `stream` carry no trace, as every request does with it off.
+    let traced = TraceConfig {
+        endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+        service_name: "switchyard".into(),
+        sample: 1.0,
+        capture_content: false,
+        timeout: std::time::Duration::from_secs(1),
+    };
+    for (name, stream, trace) in [
+        ("json", false, false),
+        ("stream", true, false),
+        ("json_traced", false, true),
+    ] {
         let p = Pipeline::new(config(), Scripted::new()).expect("pipeline");
         let (json, sse) = answers();
         p.transport()
@@ -150,7 +164,13 @@ fn pipeline(c: &mut Criterion) {
                     };
                     let mut down = Collect::new(1 << 20);
                     let mut rec = Record::new();
+                    if trace {
+                        rec.trace = Trace::start(None, &traced).map(Box::new);
+                    }
                     let _ = p.chat(incoming, body.clone(), &mut down, &mut rec).await;
+                    if let Some(t) = rec.trace.take() {
+                        std::hint::black_box(t.finish("chat gpt-4o".into(), None));
+                    }
                     p.transport().take_sent();
                     down
                 })

@@ -66,6 +66,8 @@ pub struct Record {
     pub hybrid: Option<crate::hybrid::Report>,
     /// Upstream attempts beyond the first of each upstream tried.
     pub retries: u32,
+    /// The request's trace, when it is recorded.
+    pub trace: Option<Box<crate::telemetry::trace::Trace>>,
     /// What the hybrid stage's summaries cost, in US dollars (0 unless the summarizer upstream
     /// is priced).
     pub summarizer_cost: f64,

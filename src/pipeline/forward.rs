@@ -15,6 +15,7 @@ use crate::cache::Flight;
 use crate::config::{ContextOverflow, UpstreamKind};
 use crate::metrics::Record;
 use crate::route;
+use crate::telemetry::trace::{Kind, Open, Value};
 use crate::tokens;
 use crate::upstream::call::{self, CallError, Failure, Outgoing, Transport};
 use crate::upstream::{ollama, raw, Upstream};
@@ -87,13 +88,15 @@ impl Job<'_> {
                 body: &body,
                 conversation: self.conversation,
                 request_id: self.incoming.request_id,
+                trace: rec.trace.as_ref().map(|t| t.context),
             };
+            let mut observe = |a: call::Attempt<'_>| attempted(rec, upstream, step.model, a);
             let tried = call::call(
                 &p.transport,
                 upstream,
                 outgoing,
                 &p.upstream_metrics,
-                &mut rec.retries,
+                &mut observe,
             );
             match tried.await {
                 Ok(answer) => {
@@ -220,4 +223,44 @@ impl Job<'_> {
         let (head, body) = explain::error_answer(error, &explain, &[]);
         down.respond(head, body).await
     }
+}
+
+/// Counts an attempt past the first as a retry, and records its span when the request is traced.
+fn attempted(rec: &mut Record, upstream: &Upstream, model: &str, a: call::Attempt<'_>) {
+    if a.number > 1 {
+        rec.retries += 1;
+    }
+    let (Some(trace), Some(span)) = (rec.trace.as_deref_mut(), a.span) else {
+        return;
+    };
+    let provider = match upstream.config.kind {
+        UpstreamKind::OpenAi => "openai",
+        UpstreamKind::Ollama | UpstreamKind::Raw => "ollama",
+    };
+    let mut attributes = vec![
+        ("gen_ai.operation.name", Value::from("chat")),
+        ("gen_ai.provider.name", Value::from(provider)),
+        ("gen_ai.request.model", Value::from(model)),
+        ("switchyard.upstream", Value::from(upstream.name())),
+        ("switchyard.backend", Value::from(a.backend)),
+        ("switchyard.attempt", Value::from(u64::from(a.number))),
+    ];
+    let error = match a.outcome {
+        Ok(status) => {
+            attributes.push(("http.response.status_code", Value::from(u64::from(status))));
+            (status >= 400).then(|| status.to_string())
+        }
+        Err(reason) => {
+            attributes.push(("error.type", Value::from(reason)));
+            Some(reason.to_owned())
+        }
+    };
+    let open = Open::at(span, a.started);
+    trace.close(
+        open,
+        format!("chat {model}"),
+        Kind::Client,
+        attributes,
+        error,
+    );
 }

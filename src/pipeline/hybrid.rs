@@ -14,6 +14,7 @@ use crate::auth::Tenant;
 use crate::hybrid::{Model, Outcome, Summarizer};
 use crate::metrics::Record;
 use crate::route::Decision;
+use crate::telemetry::trace::{Kind, Value};
 use crate::upstream::call::Transport;
 use crate::vocab::{CachePolicy, Route};
 
@@ -90,9 +91,21 @@ impl<T: Transport> Pipeline<T> {
                 Some((local, model))
             });
         let summarizer = local.as_ref().map(|(l, m)| (l, *m));
+        let span = rec.trace.as_ref().map(|t| t.open());
         let outcome = self.hybrid.run(config, request, method, summarizer).await;
         let report = outcome.report;
         rec.hybrid = Some(report);
+        if let (Some(trace), Some(span)) = (rec.trace.as_deref_mut(), span) {
+            let attributes = vec![
+                ("switchyard.hybrid", Value::from(report.done.as_str())),
+                (
+                    "switchyard.hybrid.tokens_before",
+                    Value::from(report.before),
+                ),
+                ("switchyard.hybrid.tokens_after", Value::from(report.after)),
+            ];
+            trace.close(span, "hybrid", Kind::Internal, attributes, None);
+        }
         if let Some((local, _)) = &local {
             let price = self.config.price(local.upstream, local.model);
             rec.summarizer_cost = price.cost(

@@ -16,6 +16,7 @@ mod metrics;
 mod relay;
 #[cfg(test)]
 mod tests;
+mod traced;
 mod validate;
 
 use std::sync::Arc;
@@ -184,7 +185,13 @@ impl<T: Transport> Pipeline<T> {
             Ok(r) => r,
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
-        let decision = match self.decide(incoming.tenant, incoming.headers, &request) {
+        let span = rec.trace.as_ref().map(|t| t.open());
+        let decided = self.decide(incoming.tenant, incoming.headers, &request);
+        if let (Some(trace), Some(span)) = (rec.trace.as_deref_mut(), span) {
+            traced::asked(trace, &request);
+            traced::decided(trace, span, decided.as_ref().ok());
+        }
+        let decision = match decided {
             Ok(d) => d,
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
@@ -227,7 +234,16 @@ impl<T: Transport> Pipeline<T> {
         rec: &mut Record,
     ) -> Result<(), Gone> {
         let cached = cached::Cached::of(self, &incoming, request, decision, rec);
-        let mut flight = match cached.look_up().await {
+        let span = rec.trace.as_ref().map(|t| t.open());
+        let looked = cached.look_up().await;
+        if let (Some(trace), Some(span)) = (rec.trace.as_deref_mut(), span) {
+            let found = match &looked {
+                cached::Looked::Hit(_) => CacheOutcome::Hit,
+                cached::Looked::Miss(_) => rec.cache.unwrap_or(CacheOutcome::Bypass),
+            };
+            traced::looked_up(trace, span, found);
+        }
+        let mut flight = match looked {
             cached::Looked::Hit(entry) => {
                 return cached::replay(self, &incoming, request, decision, &entry, down, rec).await
             }

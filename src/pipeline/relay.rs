@@ -53,6 +53,12 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
     rec.route = Some(job.served_route(p, upstream));
     rec.upstream = Some(upstream.name().to_owned());
     rec.model = Some(p.config.model_label(leg.step.model).to_owned());
+    if let Some(trace) = rec.trace.as_deref_mut() {
+        trace.set("gen_ai.response.model", leg.step.model);
+        if let Some(label) = leg.fallback.as_deref().or(job.escalated) {
+            trace.set("switchyard.fallback", label);
+        }
+    }
     let backend = lease.backend().label.as_str();
     let explain = job.explain(p, rec, upstream, backend, leg.fallback.as_deref());
     let status = exchange.head().status.as_u16();
@@ -314,6 +320,9 @@ fn finish_answer<T>(
         (answer.usage, answer.output_bytes),
         false,
     );
+    if let (Some(trace), Some(completion)) = (rec.trace.as_deref_mut(), &answer.completion) {
+        super::traced::answered(trace, completion);
+    }
     let Some((cache, key)) = job.store else {
         return;
     };

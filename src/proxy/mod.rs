@@ -36,6 +36,7 @@ use crate::auth::Tenant;
 use crate::config::{Config, KeyConfig};
 use crate::metrics::{AccessLog, Record};
 use crate::pipeline::{explain, Explain, Incoming, Pipeline};
+use crate::telemetry::trace::{self, Exporter, Trace};
 use crate::upstream::client::Pooled;
 use crate::upstream::{request_head, Upstream};
 use crate::vocab::CacheOutcome;
@@ -58,6 +59,8 @@ pub struct Gateway {
     conn_metrics: conn::ConnMetrics,
     /// Bytes of request bodies being read now, all clients together.
     buffered: Arc<AtomicU64>,
+    /// Where finished traces go, when traces are on (settings read at start).
+    traces: Option<(crate::config::TraceConfig, Exporter)>,
 }
 
 impl Gateway {
@@ -65,6 +68,10 @@ impl Gateway {
     pub fn new(config: Config) -> std::result::Result<Gateway, String> {
         let access_log = match &config.access_log {
             Some(target) => Some(AccessLog::open(target).map_err(|e| format!("access log: {e}"))?),
+            None => None,
+        };
+        let traces = match &config.telemetry.traces {
+            Some(t) => Some((t.clone(), Exporter::start(t)?)),
             None => None,
         };
         let pipeline = Pipeline::new(config, Pooled::new())?;
@@ -81,6 +88,7 @@ impl Gateway {
             access_log,
             conn_metrics,
             buffered: Arc::new(AtomicU64::new(0)),
+            traces,
         })
     }
 
@@ -391,6 +399,17 @@ impl ProxyHttp for Gateway {
             write_error(session, &e, &Explain::gateway(&ctx.request_id), &[]).await?;
             return Ok(true);
         }
+        if let Some((config, _)) = self
+            .traces
+            .as_ref()
+            .filter(|_| !local::is_operational(head.uri.path()))
+        {
+            let parent = head
+                .headers
+                .get(trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok());
+            ctx.record.trace = Trace::start(parent, config).map(Box::new);
+        }
         // The dashboard page is code, not data: what it shows comes from `/stats`, `/health` and
         // `/v1/route`, each asked with the key its reader types in.
         let public = health || head.uri.path() == "/ui";
@@ -473,8 +492,14 @@ impl ProxyHttp for Gateway {
             None => &upstream.pool.backends[0],
         };
         let method = upstream_request.method.clone();
-        let head = request_head(&method, &upstream_request.headers, upstream, backend, &path)
+        let mut head = request_head(&method, &upstream_request.headers, upstream, backend, &path)
             .map_err(|e| Error::explain(ErrorType::InternalError, e.message))?;
+        // A traced pass-through request's upstream continues the trace under its server span.
+        if let Some(t) = &ctx.record.trace {
+            if let Ok(v) = http::HeaderValue::from_str(&t.context.header(t.root)) {
+                head.headers.insert(trace::TRACEPARENT, v);
+            }
+        }
         *upstream_request = RequestHeader::from(head);
         Ok(())
     }
@@ -589,6 +614,10 @@ impl ProxyHttp for Gateway {
         let entry =
             crate::metrics::Recent::of(&ctx.request_id, req.uri.path(), code, &ctx.record, elapsed);
         ctx.pipeline.metrics.remember(entry);
+        if let (Some((_, exporter)), Some(t)) = (&self.traces, ctx.record.trace.take()) {
+            let (context, spans) = traced(*t, &ctx.record, req, code);
+            exporter.send(context, spans);
+        }
         if let Some(log) = &self.access_log {
             log.write(crate::metrics::access_log_line(
                 &ctx.request_id,
@@ -656,4 +685,56 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Ends a request's trace: the server span gets what the request became (route, upstream,
+/// cache, usage, cost, status), named as the GenAI conventions name a chat.
+fn traced(
+    mut t: Trace,
+    rec: &Record,
+    req: &RequestHeader,
+    status: u16,
+) -> (trace::Context, Vec<trace::Span>) {
+    let path = req.uri.path();
+    t.set("http.request.method", req.method.as_str());
+    t.set("url.path", path);
+    t.set("http.response.status_code", u64::from(status));
+    t.set("switchyard.route", rec.route_label());
+    t.set("switchyard.cache", rec.cache_label());
+    t.set("switchyard.retries", u64::from(rec.retries));
+    if let Some(rule) = &rec.rule {
+        t.set("switchyard.rule", rule.as_str());
+    }
+    if let Some(score) = rec.score {
+        t.set("switchyard.score", score);
+    }
+    if let Some(upstream) = &rec.upstream {
+        t.set("switchyard.upstream", upstream.as_str());
+    }
+    if let Some(usage) = rec.usage {
+        t.set("gen_ai.usage.input_tokens", usage.prompt_tokens);
+        t.set("gen_ai.usage.output_tokens", usage.completion_tokens);
+        t.set("switchyard.cost_usd", rec.cost);
+        t.set("switchyard.baseline_cost_usd", rec.baseline_cost);
+    }
+    if let Some(h) = rec.hybrid {
+        t.set("switchyard.hybrid.tokens_before", h.before);
+        t.set("switchyard.hybrid.tokens_after", h.after);
+    }
+    let chat = path == "/v1/chat/completions";
+    let model = t
+        .attributes
+        .iter()
+        .find(|(k, _)| *k == "gen_ai.request.model")
+        .and_then(|(_, v)| match v {
+            trace::Value::Str(m) => Some(m.clone()),
+            _ => None,
+        });
+    let name = match (chat, model) {
+        (true, Some(model)) => format!("chat {model}"),
+        (true, None) => "chat".to_owned(),
+        (false, _) => format!("{} {path}", req.method),
+    };
+    let error = (status >= 500 || status == 0).then(|| status.to_string());
+    t.finish(name, error)
 }

@@ -2,3 +2,4 @@
 //! OpenTelemetry traces.
 
 pub mod logs;
+pub mod trace;

@@ -92,6 +92,25 @@ pub struct Outgoing<'a> {
     pub conversation: u64,
     /// The request's id, for log lines.
     pub request_id: &'a str,
+    /// The trace the request is recorded in, when it is: each attempt sends a `traceparent`
+    /// naming its own span.
+    pub trace: Option<crate::telemetry::trace::Context>,
+}
+
+/// One try of a call, reported to the caller when it ends (at the answer's head, or its
+/// failure).
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// 1 for the first try of this upstream, 2 for its first retry, …
+    pub number: u32,
+    /// The backend's label.
+    pub backend: &'a str,
+    /// The span id its `traceparent` named, when traced.
+    pub span: Option<[u8; 8]>,
+    /// When it started.
+    pub started: std::time::SystemTime,
+    /// The status the backend answered, or why there was none.
+    pub outcome: Result<u16, &'static str>,
 }
 
 /// An answer to relay, and the lease on the backend that gives it (held until the answer has
@@ -133,20 +152,20 @@ pub enum CallError {
     },
 }
 
-/// Calls `upstream`: its backends in turn, with back-off, within its retry policy; adds the
-/// attempts it made beyond the first to `retries`.
+/// Calls `upstream`: its backends in turn, with back-off, within its retry policy; tells
+/// `observe` of each attempt as it ends.
 pub async fn call<T: Transport>(
     transport: &T,
     upstream: &Upstream,
     request: Outgoing<'_>,
     metrics: &UpstreamMetrics,
-    retries: &mut u32,
+    observe: &mut (dyn FnMut(Attempt<'_>) + Send),
 ) -> Result<Answered<T::Exchange>, CallError> {
     let policy = &upstream.config.retry;
     let began = Instant::now();
     let mut tried = Vec::new();
     let mut last = None;
-    for attempt in 1.. {
+    for n in 1.. {
         let Some(mut lease) = upstream.pool.select(request.conversation, &tried) else {
             if let Some(last) = last {
                 return Err(last);
@@ -168,7 +187,22 @@ pub async fn call<T: Transport>(
             });
         };
         tried.push(lease.index);
-        let head = json_post(upstream, lease.backend(), &request).map_err(CallError::Refused)?;
+        let mut head =
+            json_post(upstream, lease.backend(), &request).map_err(CallError::Refused)?;
+        let span = request.trace.map(|t| {
+            let span = crate::telemetry::trace::span_id();
+            if let Ok(v) = http::HeaderValue::from_str(&t.header(span)) {
+                head.headers.insert(crate::telemetry::trace::TRACEPARENT, v);
+            }
+            span
+        });
+        let mut attempt = Attempt {
+            number: n,
+            backend: lease.backend().label.as_str(),
+            span,
+            started: std::time::SystemTime::now(),
+            outcome: Err("unreachable"),
+        };
         let sent = Instant::now();
         let (failure, reason, asked) = match transport
             .send(upstream, lease.backend(), head, request.body.clone())
@@ -177,6 +211,8 @@ pub async fn call<T: Transport>(
             Ok(exchange) => {
                 metrics.answered(upstream.name(), sent.elapsed());
                 let status = exchange.head().status.as_u16();
+                attempt.outcome = Ok(status);
+                observe(attempt);
                 let native = upstream.config.kind != crate::config::UpstreamKind::OpenAi;
                 let verdict = policy.verdict(status, upstream.config.api_key.is_some(), native);
                 if verdict == Verdict::Relay {
@@ -222,6 +258,8 @@ pub async fn call<T: Transport>(
                 (failure, reason, asked)
             }
             Err(e) => {
+                attempt.outcome = Err(e.reason().as_str());
+                observe(attempt);
                 lease.failed();
                 tracing::warn!(
                     "request {}: upstream {} failed before the answer: {e:?}",
@@ -237,11 +275,10 @@ pub async fn call<T: Transport>(
             last: failure,
             reason,
         };
-        let Some(wait) = policy.next_try(attempt, began.elapsed(), asked) else {
+        let Some(wait) = policy.next_try(n, began.elapsed(), asked) else {
             return Err(failed);
         };
         metrics.retry(upstream.name(), reason);
-        *retries += 1;
         last = Some(failed);
         tokio::time::sleep(wait).await;
     }
