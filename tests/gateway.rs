@@ -1093,7 +1093,7 @@ default_route:
 #[tokio::test]
 async fn logs_are_json_lines_when_configured() {
     let yaml = two_upstreams("http://127.0.0.1:9", "http://127.0.0.1:9", "")
-        + "telemetry:\n  log_format: json\n";
+        + "telemetry:\n  log_format: json\naccess_log:\n  path: log\n";
     let gw = Gateway::start(&yaml);
     // A request that fails upstream, so that the gateway has something to say about it.
     let r = chat(
@@ -1118,5 +1118,19 @@ async fn logs_are_json_lines_when_configured() {
             .iter()
             .any(|l| l.contains("\"WARN\"") && l.contains("upstream")),
         "{log}"
+    );
+    // The access log is one event among them, its fields typed.
+    let access: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "{log}");
+    assert_eq!(access[0]["status"], 502);
+    assert_eq!(access[0]["path"], "/v1/chat/completions");
+    assert_eq!(
+        access[0]["retries"], 2,
+        "one on each upstream: {}",
+        access[0]
     );
 }

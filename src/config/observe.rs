@@ -60,6 +60,8 @@ pub struct Pricing {
 /// Where the one-line-per-request JSON access log goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogTarget {
+    /// Events among the log lines (`path: log`).
+    Log,
     /// Standard output.
     Stdout,
     /// Appended to a file.
@@ -157,6 +159,7 @@ impl Checker<'_> {
             .unwrap_or_default();
         Some(match path.as_str() {
             "" | "-" | "stdout" => AccessLogTarget::Stdout,
+            "log" => AccessLogTarget::Log,
             path => AccessLogTarget::File(self.base.join(path)),
         })
     }

@@ -1,5 +1,6 @@
 //! The access log: one JSON line per request, written by a thread of its own so that a slow
-//! disk or a full pipe never holds up a request.
+//! disk or a full pipe never holds up a request; or, with `path: log`, one structured event per
+//! request among the log lines (target `access`), in their format.
 //!
 //! A line names the request, its tenant (by fingerprint), route, rule, upstream, model, status,
 //! tokens, cost, latency and cache result. It never holds message content or a key.
@@ -16,15 +17,19 @@ use crate::config::AccessLogTarget;
 /// How many lines may wait for the writer before new ones are dropped (and counted).
 const BACKLOG: usize = 16_384;
 
-/// A handle to the writer thread.
-pub struct AccessLog {
-    lines: mpsc::SyncSender<String>,
+/// Where the access log goes.
+pub enum AccessLog {
+    /// Lines queued for the writer thread.
+    Lines(mpsc::SyncSender<String>),
+    /// Events among the log lines.
+    Events,
 }
 
 impl AccessLog {
     /// Opens the target (a file is appended to) and starts the writer.
     pub fn open(target: &AccessLogTarget) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Log => return Ok(AccessLog::Events),
             AccessLogTarget::Stdout => Box::new(io::stdout()),
             AccessLogTarget::File(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -37,15 +42,60 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(rx, out))?;
-        Ok(AccessLog { lines: tx })
+        Ok(AccessLog::Lines(tx))
     }
 
-    /// Queues a line; when the writer has fallen far behind the line is dropped.
-    pub fn write(&self, line: String) {
-        if self.lines.try_send(line).is_err() {
-            tracing::debug!("access log backlog full: a line was dropped");
+    /// Logs a finished request: queues its line (dropped when the writer has fallen far
+    /// behind), or writes its event.
+    pub fn write(
+        &self,
+        request_id: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        rec: &Record,
+        elapsed: Duration,
+    ) {
+        match self {
+            AccessLog::Lines(lines) => {
+                let line = line(request_id, method, path, status, rec, elapsed);
+                if lines.try_send(line).is_err() {
+                    tracing::debug!("access log backlog full: a line was dropped");
+                }
+            }
+            AccessLog::Events => event(request_id, method, path, status, rec, elapsed),
         }
     }
+}
+
+/// One request as an event: the line's fields, typed.
+fn event(request_id: &str, method: &str, path: &str, status: u16, rec: &Record, elapsed: Duration) {
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    tracing::info!(
+        target: "access",
+        request_id,
+        tenant = rec.tenant.as_deref(),
+        method,
+        path,
+        status,
+        route = rec.route_label(),
+        rule = rec.rule.as_deref(),
+        upstream = rec.upstream.as_deref(),
+        model = rec.model.as_deref(),
+        cache = rec.cache_label(),
+        prompt_tokens = rec.usage.map(|u| u.prompt_tokens),
+        completion_tokens = rec.usage.map(|u| u.completion_tokens),
+        usage_estimated = rec.usage.map(|_| rec.usage_estimated),
+        cost_usd = rec.usage.map(|_| rec.cost),
+        baseline_cost_usd = rec.usage.map(|_| rec.baseline_cost),
+        retries = rec.retries,
+        hybrid = rec.hybrid.map(|h| h.done.as_str()),
+        tokens_before = rec.hybrid.map(|h| h.before),
+        tokens_after = rec.hybrid.map(|h| h.after),
+        latency_ms = ms(elapsed),
+        first_byte_ms = rec.first_byte.map(ms),
+        "request"
+    );
 }
 
 /// Writes lines as they come, flushing whenever the queue runs dry.

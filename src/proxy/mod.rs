@@ -619,14 +619,14 @@ impl ProxyHttp for Gateway {
             exporter.send(context, spans);
         }
         if let Some(log) = &self.access_log {
-            log.write(crate::metrics::access_log_line(
+            log.write(
                 &ctx.request_id,
                 req.method.as_str(),
                 req.uri.path(),
                 code,
                 &ctx.record,
                 elapsed,
-            ));
+            );
         }
     }
 
