@@ -203,8 +203,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("switchyard-log-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let log = AccessLog::open(&AccessLogTarget::File(path.clone())).unwrap();
-        log.write("{\"a\":1}".into());
-        log.write("{\"a\":2}".into());
+        let rec = Record::new();
+        for id in ["req-1", "req-2"] {
+            log.write(id, "GET", "/v1/models", 200, &rec, Duration::ZERO);
+        }
         let mut text = String::new();
         for _ in 0..200 {
             text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -213,7 +215,13 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        assert_eq!(ids, ["\"req-1\"", "\"req-2\""]);
         let _ = std::fs::remove_file(&path);
     }
 }
