@@ -1102,7 +1102,13 @@ async fn logs_are_json_lines_when_configured() {
     )
     .await;
     assert_eq!(r.status, 502);
-    let log = gw.log();
+    // The request's access event is written once its answer is out: wait for it.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut log = gw.log();
+    while !log.contains("\"target\":\"access\"") && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log = gw.log();
+    }
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(lines.len() >= 3, "{log}");
     for line in &lines {
