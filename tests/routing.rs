@@ -362,3 +362,91 @@ fn check_says_which_scorer_is_in_force() {
         assert!(o.status.success() && stdout.contains(says), "{stdout}");
     }
 }
+
+/// Keep-local rules: personal data stays on the local side, whatever model is named or route
+/// forced, and with the local side down it gets a clear 503 rather than the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_local_requests_never_reach_the_cloud() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let yaml = routed_config(&local.url(), &cloud.url(), true).replacen(
+        "  rules:\n",
+        "  rules:\n    - name: personal-data\n      when: {regex: ['[\\w.+-]+@[\\w-]+\\.[\\w.]+', '\\b(?:\\d[ -]?){13,16}\\b'], target: all}\n      route: local\n      pin: true\n",
+        1,
+    );
+    let gw = Gateway::start(&yaml);
+    let email = "Write to ann.lee@example.com about the invoice.";
+    let card = "My card is 4111 1111 1111 1111, is it valid?";
+    let gpt =
+        |text: &str| json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]});
+    let cases = [
+        (chat_body(email, false), vec![]),
+        (gpt(card), vec![]),
+        (chat_body(email, true), FORCE.to_vec()),
+        (
+            json!({"model": "gpt-4o", "messages": [
+                {"role": "system", "content": format!("Context: {card}")},
+                {"role": "user", "content": "Summarize the context."}
+            ]}),
+            FORCE.to_vec(),
+        ),
+    ];
+    for (body, headers) in &cases {
+        let r = post(gw.addr(), "/v1/chat/completions", body, headers).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-switchyard-rule"), Some("personal-data"));
+        assert_eq!(r.header("x-switchyard-route"), Some("local"));
+    }
+    assert_eq!(local.requests().len(), cases.len());
+    // An ordinary request still goes where it is asked.
+    let r = post(gw.addr(), "/v1/chat/completions", &gpt("hi"), &[]).await;
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+    let before = cloud.requests().len();
+
+    // The local side down: kept requests get a 503 and the cloud still sees none of them; the
+    // others fall back as usual.
+    local.stop();
+    for (body, headers) in &cases {
+        let r = post(gw.addr(), "/v1/chat/completions", body, headers).await;
+        let e = r.assert_error(503);
+        assert_eq!(e["code"], "local_only_unavailable", "{e}");
+        assert!(e["message"].as_str().unwrap().contains("personal-data"));
+    }
+    assert_eq!(
+        cloud.requests().len(),
+        before,
+        "nothing kept local reached the cloud"
+    );
+    for req in cloud.requests() {
+        let text = req.json().to_string();
+        assert!(
+            !text.contains("ann.lee") && !text.contains("4111"),
+            "{text}"
+        );
+    }
+    let r = post(
+        gw.addr(),
+        "/v1/chat/completions",
+        &chat_body("hello there", false),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-switchyard-fallback"), Some("local->cloud"));
+}
+
+#[test]
+fn only_a_local_rule_can_keep_requests_local() {
+    let yaml = routed_config("http://127.0.0.1:1", "http://127.0.0.1:2", false).replacen(
+        "route: cloud, model: gpt-4o-tools}",
+        "route: cloud, model: gpt-4o-tools, pin: true}",
+        1,
+    );
+    let errors = switchyard::config::Config::from_yaml(&yaml, |_| None).expect_err("refused");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("pin: only a `route: local` rule")),
+        "{errors:?}"
+    );
+}

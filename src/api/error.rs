@@ -209,6 +209,20 @@ impl ApiError {
         }
     }
 
+    /// A 503: a request a keep-local rule holds could not be served locally, and is not sent
+    /// anywhere else.
+    pub fn kept_local(rule: &str) -> Self {
+        ApiError {
+            status: 503,
+            message: format!(
+                "This request is kept on the local model by rule `{rule}`, and the local model cannot serve it right now. It was not sent anywhere else; try again later."
+            ),
+            kind: "server_error",
+            param: None,
+            code: Some("local_only_unavailable"),
+        }
+    }
+
     /// A 400: the prompt, and the completion asked for, do not fit the model's context window.
     pub fn context_length_exceeded(
         upstream: &str,

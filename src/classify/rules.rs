@@ -102,6 +102,9 @@ pub struct Rule {
     /// Local requests asking for structured output: check the answer against the schema and
     /// send the request to the cloud when it does not hold.
     pub validate: bool,
+    /// Keep-local: a matching request never leaves the local side (no cloud fallback, no
+    /// hybrid, no shadow), whatever model it names or route it asks for.
+    pub pin: bool,
 }
 
 /// Collects regex patterns per target while rules are built.
@@ -166,11 +169,33 @@ impl RuleSet {
 
     /// The first rule that matches the request.
     pub fn first_match(&self, req: &ChatRequest, features: &Features) -> Option<&Rule> {
+        self.first_where(req, features, |_| true)
+    }
+
+    /// The first keep-local rule that matches the request.
+    pub fn first_pinned(&self, req: &ChatRequest, features: &Features) -> Option<&Rule> {
+        self.first_where(req, features, |r| r.pin)
+    }
+
+    /// Whether any rule is a keep-local rule.
+    pub fn pins(&self) -> bool {
+        self.rules.iter().any(|r| r.pin)
+    }
+
+    fn first_where(
+        &self,
+        req: &ChatRequest,
+        features: &Features,
+        wanted: impl Fn(&Rule) -> bool,
+    ) -> Option<&Rule> {
         let mut hits = Hits::default();
-        self.rules.iter().find(|rule| match &rule.when {
-            None => true,
-            Some(cond) => self.eval(cond, req, features, &mut hits),
-        })
+        self.rules
+            .iter()
+            .filter(|r| wanted(r))
+            .find(|rule| match &rule.when {
+                None => true,
+                Some(cond) => self.eval(cond, req, features, &mut hits),
+            })
     }
 
     fn eval(&self, cond: &Cond, req: &ChatRequest, f: &Features, hits: &mut Hits) -> bool {
@@ -239,6 +264,7 @@ mod tests {
             cache: crate::vocab::CachePolicy::Auto,
             method: None,
             validate: false,
+            pin: false,
         }
     }
 

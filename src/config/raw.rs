@@ -213,6 +213,7 @@ pub struct RawRule {
     pub cache: Option<Text>,
     pub method: Option<Text>,
     pub validate: Option<Spanned<bool>>,
+    pub pin: Option<Spanned<bool>>,
 }
 
 /// A rule condition: exactly one of `all`, `any`, `not`, `feature` (with comparisons),

@@ -163,6 +163,13 @@ impl Checker<'_> {
                 )
             });
             let validate = r.validate.as_ref().is_some_and(|v| v.value);
+            let pin = r.pin.as_ref().is_some_and(|v| v.value);
+            if pin && route != Route::Local {
+                self.error_at(
+                    r.pin.as_ref().map(|p| &p.referenced),
+                    format!("{field}.pin: only a `route: local` rule can keep requests local"),
+                );
+            }
             let when = match &r.when {
                 None => None,
                 Some(c) => match self.cond(&field, c, &mut patterns) {
@@ -187,6 +194,7 @@ impl Checker<'_> {
                 cache,
                 method,
                 validate,
+                pin,
             });
         }
         let rules = match RuleSet::new(rules, patterns) {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::HeaderName;
 
 use super::downstream::{Downstream, Gone};
-use super::explain;
+use super::explain::{self, Explain};
 use super::job::{upstream_error_answer, Job, Leg};
 use super::metrics::Overflow;
 use super::{relay, Pipeline};
@@ -33,6 +33,13 @@ impl Job<'_> {
         let mut plan = route::plan(&p.config, self.decision);
         if !self.fallbacks {
             plan.truncate(1);
+        }
+        if plan.is_empty() {
+            // Only a kept-local request's plan can be empty: its local side is disabled.
+            let error = ApiError::kept_local(self.decision.rule);
+            let (head, body) =
+                explain::error_answer(&error, &Explain::gateway(self.incoming.request_id), &[]);
+            return down.respond(head, body).await;
         }
         // A key's fallbacks stay on the routes it may use.
         if let Some(key) = self.incoming.tenant.key.map(|i| &p.config.keys[i]) {
@@ -127,6 +134,10 @@ impl Job<'_> {
         rec.upstream = Some(at.name().to_owned());
         let explain = self.explain(p, rec, at, at.name(), fallback.as_deref());
         let (head, body) = match failure {
+            Failure::Api(_) if self.decision.pinned => {
+                let error = ApiError::kept_local(self.decision.rule);
+                explain::error_answer(&error, &explain, &[])
+            }
             Failure::Api(error) => explain::error_answer(&error, &explain, &[]),
             Failure::Answer {
                 status,

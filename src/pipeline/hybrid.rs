@@ -134,6 +134,7 @@ impl<T: Transport> Pipeline<T> {
             cache: CachePolicy::Never,
             shorten: None,
             validate: false,
+            pinned: false,
         };
         let headers = HeaderMap::new();
         let gateway = Tenant {

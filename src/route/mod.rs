@@ -33,6 +33,8 @@ pub struct Decision<'a> {
     pub shorten: Option<Shorten>,
     /// The deciding rule asks for structured output to be checked against its schema.
     pub validate: bool,
+    /// A keep-local rule decided: the request never leaves the local side.
+    pub pinned: bool,
 }
 
 /// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
@@ -42,6 +44,15 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
     let Some(routing) = &config.routing else {
         return from_table(config, req, entry);
     };
+    // Keep-local rules hold whatever model the request names or route it asks for.
+    let mut features = None;
+    if routing.rules.pins() {
+        let f = Features::of(req);
+        if let Some(rule) = routing.rules.first_pinned(req, &f) {
+            return from_rule(config, routing, req, rule, None, f);
+        }
+        features = Some(f);
+    }
     if let Some(route) = forced {
         return to_route(config, routing, req, route, "header", None, None, None);
     }
@@ -49,26 +60,11 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
     if !classified {
         return from_table(config, req, entry);
     }
-    let features = Features::of(req);
+    let features = features.unwrap_or_else(|| Features::of(req));
     // The score is reported even when a rule decides: it tells how the scorer saw the request.
     let score = routing.scorer.score(req, &features);
     if let Some(rule) = routing.rules.first_match(req, &features) {
-        let model = rule.model.as_deref();
-        return Decision {
-            cache: rule.cache,
-            shorten: rule.method,
-            validate: rule.validate,
-            ..to_route(
-                config,
-                routing,
-                req,
-                rule.route,
-                &rule.name,
-                model,
-                Some(score),
-                Some(features),
-            )
-        };
+        return from_rule(config, routing, req, rule, Some(score), features);
     }
     let route = if score < routing.local_below {
         Route::Local
@@ -87,6 +83,34 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
         Some(score),
         Some(features),
     )
+}
+
+/// The decision of a matching rule.
+fn from_rule<'a>(
+    config: &'a Config,
+    routing: &'a Routing,
+    req: &'a ChatRequest,
+    rule: &'a crate::classify::Rule,
+    score: Option<f64>,
+    features: Features,
+) -> Decision<'a> {
+    let model = rule.model.as_deref();
+    Decision {
+        cache: rule.cache,
+        shorten: rule.method,
+        validate: rule.validate,
+        pinned: rule.pin,
+        ..to_route(
+            config,
+            routing,
+            req,
+            rule.route,
+            &rule.name,
+            model,
+            score,
+            Some(features),
+        )
+    }
 }
 
 fn from_table<'a>(
@@ -108,6 +132,7 @@ fn from_table<'a>(
         cache: CachePolicy::Auto,
         shorten: None,
         validate: false,
+        pinned: false,
     }
 }
 
@@ -139,6 +164,7 @@ fn to_route<'a>(
         cache: CachePolicy::Auto,
         shorten: None,
         validate: false,
+        pinned: false,
     }
 }
 
@@ -153,7 +179,8 @@ pub struct Step<'a> {
 
 /// Where a request may go, in order: the decision's upstream, then its fallback chain. A
 /// fallback is asked for its own model (the primary's means nothing to it); disabled upstreams
-/// are skipped and none is visited twice.
+/// are skipped and none is visited twice. A kept-local request's plan holds local upstreams
+/// only, and may be empty.
 pub fn plan<'a>(config: &'a Config, decision: &Decision<'a>) -> Vec<Step<'a>> {
     let mut steps = vec![Step {
         upstream: decision.upstream,
@@ -174,6 +201,9 @@ pub fn plan<'a>(config: &'a Config, decision: &Decision<'a>) -> Vec<Step<'a>> {
                 model: up.model.as_deref().unwrap_or(decision.model),
             });
         }
+    }
+    if decision.pinned {
+        steps.retain(|s| config.upstream(s.upstream).route == Route::Local);
     }
     steps
 }
