@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cache;
 pub mod classify;
 pub mod config;
+pub mod feedback;
 /// Entry points for the fuzz targets in `fuzz/` and the test that replays what they found.
 #[doc(hidden)]
 pub mod fuzz;

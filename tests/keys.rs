@@ -343,3 +343,85 @@ async fn the_dashboard_page_is_served_without_a_key_and_its_data_is_not() {
     ));
     assert_eq!(request(gw.addr(), "GET", "/ui", &[], b"").await.status, 200);
 }
+
+#[tokio::test]
+async fn feedback_labels_a_keys_own_requests_only() {
+    let local =
+        Mock::start(|req: &Recorded| Reply::json(completion("llama-local", &req.last_message())))
+            .await;
+    let labels = scratch_file("labels.jsonl", "");
+    let yaml = config(&local.url(), "http://127.0.0.1:9")
+        + &format!("feedback:\n  labels: \"{}\"\n", labels.display());
+    let gw = Gateway::start(&yaml);
+    let secret = "the password is swordfish";
+    let asked = post(
+        &gw,
+        Some(TEAM_A),
+        json!({"model": "auto", "messages": [{"role": "user", "content": secret}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(asked.status, 200);
+    let id = asked.header("x-request-id").expect("an id").to_owned();
+    let feedback = |key: &'static str, body: serde_json::Value| {
+        let auth = format!("Bearer {key}");
+        let addr = gw.addr();
+        async move {
+            request(
+                addr,
+                "POST",
+                "/v1/feedback",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+
+    let other = feedback(TEAM_B, json!({"request_id": id, "score": 0})).await;
+    assert_eq!(other.assert_error(404)["code"], "request_not_found");
+    let unknown = feedback(TEAM_A, json!({"request_id": "req_nope", "score": 1})).await;
+    assert_eq!(unknown.assert_error(404)["code"], "request_not_found");
+    let out_of_range = feedback(TEAM_A, json!({"request_id": id, "score": 1.5})).await;
+    assert_eq!(out_of_range.assert_error(400)["param"], "score");
+    feedback(TEAM_A, json!({"id": id})).await.assert_error(400);
+    assert_eq!(
+        std::fs::read_to_string(&labels).unwrap(),
+        "",
+        "nothing labelled yet"
+    );
+
+    let ok = feedback(
+        TEAM_A,
+        json!({"request_id": id, "score": 0.0, "comment": "wrong answer"}),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["request_id"], id.as_str());
+    let text = std::fs::read_to_string(&labels).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let label = &lines[0];
+    assert_eq!(label["id"], id.as_str());
+    assert_eq!(label["tenant"], "team-a");
+    assert_eq!(label["route"], "local");
+    assert_eq!(label["rule"], "all-local");
+    assert_eq!(label["feedback"]["score"], 0.0);
+    assert_eq!(label["feedback"]["comment"], "wrong answer");
+    assert!(
+        label["features"]["last_user_tokens"].as_f64().unwrap() > 0.0,
+        "{label}"
+    );
+    assert!(
+        !text.contains("swordfish"),
+        "no message text without store_text: {text}"
+    );
+    // Feedback is the gateway's own: it never reaches an upstream.
+    assert_eq!(local.requests().len(), 1);
+}

@@ -261,6 +261,17 @@ impl ApiError {
         }
     }
 
+    /// A 404 for something the request names that the gateway does not have.
+    pub fn not_found(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            status: 404,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
     /// A 401: no gateway key, a wrong one, or an expired one.
     pub fn unauthorized(message: impl Into<String>, code: &'static str) -> Self {
         ApiError {

@@ -5,6 +5,7 @@
 //! the typed [`Config`] the gateway runs, collecting every problem (with its position) instead of
 //! stopping at the first, so `switchyard check` can list them all at once.
 
+mod feedback;
 mod hybrid;
 mod interpolate;
 mod keys;
@@ -24,6 +25,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
+pub use feedback::FeedbackConfig;
 pub use hybrid::HybridConfig;
 pub use interpolate::interpolate;
 pub use keys::{days_from_civil, KeyConfig};
@@ -324,6 +326,8 @@ pub struct Config {
     pub state: StateConfig,
     /// The log format and traces.
     pub telemetry: Telemetry,
+    /// How long served requests can be labelled, and where labels go.
+    pub feedback: FeedbackConfig,
     /// Every model name the configuration mentions: the only values of the `model` label.
     pub model_names: HashSet<String>,
     /// The key that fingerprints a keyless client's token (its tenant): derived from the
@@ -497,6 +501,7 @@ impl Checker<'_> {
         let keys = self.keys(&raw.keys);
         let state = self.state(raw.state.as_ref());
         let telemetry = self.telemetry(raw.telemetry.as_ref());
+        let feedback = self.feedback(raw.feedback.as_ref());
         let model_names = model_names(&upstreams, &models, &pricing, routing.as_ref());
         let tenant_secret = tenant_secret(&upstreams);
         Some(Config {
@@ -517,6 +522,7 @@ impl Checker<'_> {
             keys,
             state,
             telemetry,
+            feedback,
             model_names,
             tenant_secret,
             warnings,

@@ -62,6 +62,16 @@ pub struct RawConfig {
     pub keys: Vec<RawKey>,
     pub state: Option<RawState>,
     pub telemetry: Option<RawTelemetry>,
+    pub feedback: Option<RawFeedback>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    pub retention: Option<Text>,
+    pub max_records: Option<Text>,
+    pub labels: Option<Text>,
+    pub store_text: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

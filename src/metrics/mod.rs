@@ -43,6 +43,8 @@ pub struct Record {
     pub rule: Option<String>,
     /// The scorer's score, for classified requests.
     pub score: Option<f64>,
+    /// The features the decision read, for classified requests.
+    pub features: Option<crate::classify::Features>,
     /// The model sent upstream, as a metric label (see `Config::model_label`).
     pub model: Option<String>,
     /// The tenant's id (the access log's `tenant`).

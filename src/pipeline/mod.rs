@@ -84,6 +84,8 @@ pub struct Pipeline<T> {
     shared: Option<Arc<Shared>>,
     /// Some upstream balances by conversation, so requests need their conversation key.
     conversations: bool,
+    /// The served chat requests that may still be labelled (kept across reloads).
+    pub records: Arc<crate::feedback::Records>,
 }
 
 impl<T: Transport> Pipeline<T> {
@@ -113,7 +115,9 @@ impl<T: Transport> Pipeline<T> {
             Arc::new(Cache::new(&config.cache, cache_metrics.clone(), shared))
         });
         preload_vocabularies(&config);
+        let records = Arc::new(crate::feedback::Records::new(&config.feedback));
         Ok(Pipeline {
+            records,
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
             upstreams,
@@ -168,6 +172,7 @@ impl<T: Transport> Pipeline<T> {
             hybrid: Arc::clone(&self.hybrid),
             limits: Arc::clone(&self.limits),
             shared: self.shared.clone(),
+            records: Arc::clone(&self.records),
         })
     }
 
@@ -206,7 +211,9 @@ impl<T: Transport> Pipeline<T> {
             },
         };
         incoming.standing = charge.map(|c| c.standing);
+        let request_id = incoming.request_id;
         let served = self.serve(incoming, &request, &decision, down, rec).await;
+        self.records.keep(request_id, rec, Some(&request));
         if let (Some(key), Some(charge)) = (key, charge) {
             // What the answer used upstream (estimated when the upstream said nothing); a
             // failed request and a cache hit used nothing.
@@ -449,6 +456,7 @@ impl<T: Transport> Pipeline<T> {
         rec.upstream = Some(upstream.name().to_owned());
         rec.rule = Some(decision.rule.to_owned());
         rec.score = decision.score;
+        rec.features = decision.features.clone();
         rec.model = Some(self.config.model_label(decision.model).to_owned());
         self.counts.decision(decision.route, decision.rule);
     }

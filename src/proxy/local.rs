@@ -222,6 +222,33 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     write_json(session, 200, body, &answer).await
 }
 
+/// `POST /v1/feedback`: a label for a chat request this tenant sent (see [`crate::feedback`]).
+pub(super) async fn feedback(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
+    let gateway = explain(ctx);
+    let mut limits = gw.body_limits(ctx);
+    limits.max = limits.max.min(64 << 10);
+    let (body, _held) = match read_body(session, &limits).await? {
+        Ok(read) => read,
+        Err(e) => {
+            gw.conn_metrics.refused_request(&e);
+            session.set_keepalive(None);
+            return write_error(session, &e, &gateway, &[]).await;
+        }
+    };
+    let tenant = ctx.tenant.as_ref().map_or("", |t| t.id.as_str());
+    match ctx.pipeline.records.label(tenant, &body) {
+        Ok(line) => {
+            let answer = serde_json::json!({
+                "object": "feedback",
+                "request_id": line["id"],
+                "score": line["feedback"]["score"],
+            });
+            write_json(session, 200, answer.to_string().into_bytes(), &gateway).await
+        }
+        Err(e) => write_error(session, &e, &gateway, &[]).await,
+    }
+}
+
 /// Brings the gauges that are read rather than counted up to date.
 fn refresh_gauges(gw: &Gateway, ctx: &Ctx) {
     let in_flight = gw.in_flight.load(std::sync::atomic::Ordering::Acquire);

@@ -203,7 +203,7 @@ impl Gateway {
         let path = session.req_header().uri.path().to_owned();
         // The gateway's own paths answer one method each.
         let required = match path.as_str() {
-            "/v1/chat/completions" | "/v1/route" => Some(http::Method::POST),
+            "/v1/chat/completions" | "/v1/route" | "/v1/feedback" => Some(http::Method::POST),
             "/v1/models" | "/health" | "/health/live" | "/health/ready" | "/metrics" | "/stats"
             | "/ui" => Some(http::Method::GET),
             _ => None,
@@ -225,6 +225,7 @@ impl Gateway {
             "/metrics" => local::metrics(self, session, ctx).await?,
             "/stats" => local::stats(self, session, ctx).await?,
             "/v1/route" => local::route(self, session, ctx).await?,
+            "/v1/feedback" => local::feedback(self, session, ctx).await?,
             "/v1/models" => local::models(self, session, ctx).await?,
             "/health" => local::health(self, session, ctx).await?,
             "/health/live" => local::live(session, ctx).await?,

@@ -1,0 +1,157 @@
+//! Labels from the applications: `POST /v1/feedback` attaches a score (a thumbs up or down) to a
+//! chat request the gateway served, so the routing can be retrained on this team's own traffic.
+//!
+//! The gateway keeps a record of each chat request for `feedback.retention` (what was decided,
+//! the features the decision read, never the text unless `feedback.store_text`). Feedback on a
+//! record is appended, with the record, to the `feedback.labels` file: one JSON line per label,
+//! which `switchyard train` reads. A key may label only its own requests; another's, like an
+//! unknown id, is a 404.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{ApiError, ChatRequest};
+use crate::config::FeedbackConfig;
+use crate::metrics::Record;
+
+/// What is kept of a served chat request.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    /// The tenant that sent it: only it may label the request.
+    pub tenant: String,
+    /// The record as a label line's fields (without the feedback).
+    pub fields: Value,
+}
+
+/// The requests that may still be labelled.
+pub struct Records {
+    kept: moka::sync::Cache<String, Arc<Kept>>,
+    config: FeedbackConfig,
+    /// Appends to the labels file one line at a time.
+    file: Mutex<()>,
+}
+
+/// A client's feedback, as it is posted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Posted {
+    request_id: String,
+    score: f64,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// The longest comment kept.
+const COMMENT_BYTES: usize = 4096;
+
+impl Records {
+    /// An empty store for `config`.
+    pub fn new(config: &FeedbackConfig) -> Records {
+        Records {
+            kept: moka::sync::Cache::builder()
+                .max_capacity(config.max_records)
+                .time_to_live(config.retention)
+                .build(),
+            config: config.clone(),
+            file: Mutex::new(()),
+        }
+    }
+
+    /// Keeps a served chat request (`request` when its text is to be kept).
+    pub fn keep(&self, request_id: &str, rec: &Record, request: Option<&ChatRequest>) {
+        let Some(tenant) = rec.tenant.clone() else {
+            return;
+        };
+        let features: serde_json::Map<String, Value> = rec
+            .features
+            .iter()
+            .flat_map(|f| f.iter())
+            .map(|(f, v)| (f.name().to_owned(), json!(v)))
+            .collect();
+        let mut fields = json!({
+            "id": request_id,
+            "time": crate::api::ids::unix_now(),
+            "tenant": rec.tenant_label(),
+            "route": rec.route_label(),
+            "rule": rec.rule,
+            "score": rec.score,
+            "upstream": rec.upstream,
+            "model": rec.model,
+            "features": features,
+        });
+        if let Some(request) = request.filter(|_| self.config.store_text) {
+            let messages: Vec<Value> = request
+                .messages
+                .iter()
+                .map(|m| json!({"role": m.role.as_str(), "content": m.content.text()}))
+                .collect();
+            fields["messages"] = Value::from(messages);
+        }
+        self.kept
+            .insert(request_id.to_owned(), Arc::new(Kept { tenant, fields }));
+    }
+
+    /// Whether a record is kept for `request_id`.
+    pub fn has(&self, request_id: &str) -> bool {
+        self.kept.contains_key(request_id)
+    }
+
+    /// Takes `body` as feedback from `tenant`: the label line written (and returned), or the
+    /// client's error.
+    pub fn label(&self, tenant: &str, body: &[u8]) -> Result<Value, ApiError> {
+        let posted: Posted = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid_request(
+                format!("The feedback is not valid: {e}. Send {{\"request_id\": \"…\", \"score\": 0 to 1, \"comment\": \"…\"}}."),
+                None,
+                Some("invalid_feedback"),
+            )
+        })?;
+        if !(0.0..=1.0).contains(&posted.score) {
+            return Err(ApiError::invalid_request(
+                format!("score must be from 0 to 1, not {}.", posted.score),
+                Some("score"),
+                Some("invalid_value"),
+            ));
+        }
+        let kept = self
+            .kept
+            .get(&posted.request_id)
+            .filter(|k| k.tenant == tenant)
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    format!(
+                        "No request `{}` to label: unknown, older than the retention, or another key's.",
+                        posted.request_id
+                    ),
+                    "request_not_found",
+                )
+            })?;
+        let mut comment = posted.comment.unwrap_or_default();
+        if comment.len() > COMMENT_BYTES {
+            let mut end = COMMENT_BYTES;
+            while !comment.is_char_boundary(end) {
+                end -= 1;
+            }
+            comment.truncate(end);
+        }
+        let mut line = kept.fields.clone();
+        line["feedback"] =
+            json!({"score": posted.score, "comment": comment, "time": crate::api::ids::unix_now()});
+        if let Some(path) = &self.config.labels {
+            let _one_at_a_time = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            if let Err(e) = written {
+                tracing::error!("feedback: cannot append to {}: {e}", path.display());
+                return Err(ApiError::internal("the feedback could not be stored"));
+            }
+        }
+        Ok(line)
+    }
+}
