@@ -450,3 +450,51 @@ fn only_a_local_rule_can_keep_requests_local() {
         "{errors:?}"
     );
 }
+
+/// Shares instead of thresholds: the thresholds move so that the configured share of the
+/// scorer's decisions goes local, and `/stats` shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_follow_the_configured_shares() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let yaml = routed_config(&local.url(), &cloud.url(), false).replacen(
+        "scorer: {local_below: 0.0, cloud_from: 0.0}",
+        "scorer: {local_share: 0.5, hybrid_share: 0, window: 200}",
+        1,
+    );
+    let gw = Gateway::start(&yaml);
+    let words = [
+        "prove",
+        "list",
+        "why",
+        "poem",
+        "sum",
+        "explain",
+        "code",
+        "hi",
+        "translate",
+        "compare",
+    ];
+    for i in 0..400 {
+        let text = format!(
+            "{} {} {}",
+            words[i % words.len()],
+            "detail ".repeat(i % 37),
+            words[(i * 7) % words.len()]
+        );
+        let r = post(
+            gw.addr(),
+            "/v1/chat/completions",
+            &chat_body(&text, false),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let stats = request(gw.addr(), "GET", "/stats", &[], b"").await.json();
+    let routing = &stats["routing"];
+    let share = routing["shares"]["local"].as_f64().expect("live shares");
+    assert!((share - 0.5).abs() <= 0.1, "{routing}");
+    assert_eq!(routing["target"]["local"], 0.5);
+    assert!(routing["local_below"].as_f64().unwrap() > 0.0, "{routing}");
+}

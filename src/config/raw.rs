@@ -211,6 +211,9 @@ pub struct RawScorer {
     pub file: Option<Text>,
     pub local_below: Option<Text>,
     pub cloud_from: Option<Text>,
+    pub local_share: Option<Text>,
+    pub hybrid_share: Option<Text>,
+    pub window: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

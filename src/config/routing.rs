@@ -41,6 +41,8 @@ pub struct Routing {
     pub local_below: f64,
     /// Scores from this up go to the cloud; between the two thresholds, hybrid.
     pub cloud_from: f64,
+    /// Shares the thresholds follow instead: `(local, hybrid, window)`.
+    pub shares: Option<(f64, f64, usize)>,
 }
 
 impl Routing {
@@ -254,7 +256,46 @@ impl Checker<'_> {
             );
         }
 
+        let share =
+            |c: &mut Checker, f: &str, v: Option<&Text>| v.map(|v| threshold(c, f, Some(v), 0.0));
+        let local_share = share(
+            self,
+            "routing.scorer.local_share",
+            scorer_raw.and_then(|s| s.local_share.as_ref()),
+        );
+        let hybrid_share = share(
+            self,
+            "routing.scorer.hybrid_share",
+            scorer_raw.and_then(|s| s.hybrid_share.as_ref()),
+        );
+        let window = self.parsed(
+            "routing.scorer.window",
+            scorer_raw.and_then(|s| s.window.as_ref()),
+            2000,
+            |t| match t.parse::<usize>() {
+                Ok(n) if n >= crate::route::shares::MIN_SCORES => Ok(n),
+                _ => Err(format!(
+                    "`{t}` is not a number of requests (at least {})",
+                    crate::route::shares::MIN_SCORES
+                )),
+            },
+        );
+        let shares = match (local_share, hybrid_share) {
+            (None, None) => None,
+            (l, h) => {
+                let (l, h) = (l.unwrap_or(0.0), h.unwrap_or(0.0));
+                if l + h > 1.0 {
+                    self.error(
+                        scorer_raw.and_then(|s| s.hybrid_share.as_ref()),
+                        "routing.scorer: local_share and hybrid_share add up to more than 1",
+                    );
+                }
+                Some((l, h, window))
+            }
+        };
+
         Some(Routing {
+            shares,
             classify,
             respect_explicit_model: raw.respect_explicit_model.as_ref().is_none_or(|b| b.value),
             allow_route_header: raw.allow_route_header.as_ref().is_some_and(|b| b.value),

@@ -33,6 +33,7 @@ use crate::config::{Config, KeyConfig};
 use crate::hybrid::{HybridMetrics, Stage};
 use crate::limit::{Charge, LimitMetrics, Limits, Refusal, Standing};
 use crate::metrics::{Metrics, Record};
+use crate::route::shares::Shares;
 use crate::route::{self, Decision};
 use crate::state::Shared;
 use crate::upstream::call::Transport;
@@ -86,6 +87,9 @@ pub struct Pipeline<T> {
     conversations: bool,
     /// The served chat requests that may still be labelled (kept across reloads).
     pub records: Arc<crate::feedback::Records>,
+    /// The thresholds that follow the configured shares, when shares are configured (kept
+    /// across reloads that keep the same shares).
+    pub shares: Option<Arc<Shares>>,
 }
 
 impl<T: Transport> Pipeline<T> {
@@ -116,8 +120,10 @@ impl<T: Transport> Pipeline<T> {
         });
         preload_vocabularies(&config);
         let records = Arc::new(crate::feedback::Records::new(&config.feedback));
+        let shares = shares_for(&config, None);
         Ok(Pipeline {
             records,
+            shares,
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
             upstreams,
@@ -159,6 +165,7 @@ impl<T: Transport> Pipeline<T> {
             ))),
         };
         preload_vocabularies(&config);
+        let shares = shares_for(&config, self.shares.as_ref());
         Ok(Pipeline {
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
@@ -173,6 +180,7 @@ impl<T: Transport> Pipeline<T> {
             limits: Arc::clone(&self.limits),
             shared: self.shared.clone(),
             records: Arc::clone(&self.records),
+            shares,
         })
     }
 
@@ -201,6 +209,12 @@ impl<T: Transport> Pipeline<T> {
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
         self.note(&decision, rec);
+        if let (Some(shares), Some(score)) = (&self.shares, decision.score) {
+            // Shares count what the scorer decides; rules decide the rest.
+            if decision.rule == "scorer" {
+                shares.observe(score);
+            }
+        }
         let mut incoming = incoming;
         let key = incoming.tenant.key.map(|i| &self.config.keys[i]);
         let charge = match key {
@@ -407,7 +421,8 @@ impl<T: Transport> Pipeline<T> {
             ));
         }
         let forced = self.forced_route(tenant, headers)?;
-        let decision = route::decide(&self.config, request, forced);
+        let thresholds = self.shares.as_ref().map(|s| s.thresholds());
+        let decision = route::decide_at(&self.config, request, forced, thresholds);
         if let Some(key) = key.filter(|k| !k.allows_route(decision.route)) {
             return Err(ApiError::forbidden(
                 format!(
@@ -541,5 +556,22 @@ fn preload_vocabularies(config: &Config) {
     wanted.dedup();
     if !wanted.is_empty() {
         std::thread::spawn(move || wanted.into_iter().for_each(|v| v.load()));
+    }
+}
+
+/// The shares component for `config`: `kept` when its targets are the same (a reload keeps the
+/// window), a new one when they changed, none without shares.
+fn shares_for(config: &Config, kept: Option<&Arc<Shares>>) -> Option<Arc<Shares>> {
+    let routing = config.routing.as_ref()?;
+    let (local, hybrid, window) = routing.shares?;
+    match kept {
+        Some(s) if s.targets() == (local, hybrid) && s.window() == window => Some(Arc::clone(s)),
+        _ => Some(Arc::new(Shares::new(
+            local,
+            hybrid,
+            window,
+            routing.local_below,
+            routing.cloud_from,
+        ))),
     }
 }

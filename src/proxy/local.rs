@@ -259,7 +259,19 @@ fn refresh_gauges(gw: &Gateway, ctx: &Ctx) {
 /// `GET /stats`: a JSON summary for people.
 pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     refresh_gauges(gw, ctx);
-    let summary = crate::metrics::stats(&ctx.pipeline.metrics, gw.started.elapsed());
+    let mut summary = crate::metrics::stats(&ctx.pipeline.metrics, gw.started.elapsed());
+    if let Some(shares) = &ctx.pipeline.shares {
+        let (local_below, cloud_from) = shares.thresholds();
+        let (local, hybrid, cloud) = shares.current();
+        let (want_local, want_hybrid) = shares.targets();
+        summary["routing"] = serde_json::json!({
+            "local_below": local_below,
+            "cloud_from": cloud_from,
+            "window": shares.window(),
+            "target": {"local": want_local, "hybrid": want_hybrid},
+            "shares": {"local": local, "hybrid": hybrid, "cloud": cloud},
+        });
+    }
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx)).await
 }

@@ -5,6 +5,7 @@
 //! the default route.
 
 pub mod passthrough;
+pub mod shares;
 
 use crate::api::ChatRequest;
 use crate::classify::Features;
@@ -40,6 +41,17 @@ pub struct Decision<'a> {
 /// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
 /// classifier for the models it covers, else the model table.
 pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route>) -> Decision<'a> {
+    decide_at(config, req, forced, None)
+}
+
+/// [`decide`], with the scorer's thresholds `(local_below, cloud_from)` given (when shares move
+/// them) instead of the configured ones.
+pub fn decide_at<'a>(
+    config: &'a Config,
+    req: &'a ChatRequest,
+    forced: Option<Route>,
+    thresholds: Option<(f64, f64)>,
+) -> Decision<'a> {
     let entry = config.models.iter().find(|m| m.name == req.model);
     let Some(routing) = &config.routing else {
         return from_table(config, req, entry);
@@ -66,9 +78,10 @@ pub fn decide<'a>(config: &'a Config, req: &'a ChatRequest, forced: Option<Route
     if let Some(rule) = routing.rules.first_match(req, &features) {
         return from_rule(config, routing, req, rule, Some(score), features);
     }
-    let route = if score < routing.local_below {
+    let (local_below, cloud_from) = thresholds.unwrap_or((routing.local_below, routing.cloud_from));
+    let route = if score < local_below {
         Route::Local
-    } else if score < routing.cloud_from {
+    } else if score < cloud_from {
         Route::Hybrid
     } else {
         Route::Cloud
