@@ -63,9 +63,14 @@ enum KeyCommand {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// JSONL rows: `messages` and `weak_ok` (or `needs_cloud`), optional `id` and `source`.
+    /// JSONL rows: `messages` and `weak_ok` (or `needs_cloud`), optional `id` and `source`; or
+    /// the gateway's feedback labels (`feedback.labels`, kept with `store_text`).
     #[arg(long)]
     data: PathBuf,
+    /// The scorer in force, to compare the new one with on the same rows (default: the
+    /// built-in one).
+    #[arg(long)]
+    current: Option<PathBuf>,
     /// Where to write the fitted scorer.
     #[arg(long)]
     out: PathBuf,
@@ -226,7 +231,10 @@ fn main() -> ExitCode {
 
 fn train(args: &TrainArgs) -> Result<(), String> {
     use switchyard::classify::{dataset, scorer};
-    let rows = dataset::load(&args.data)?;
+    let (rows, skipped) = dataset::load_counting(&args.data)?;
+    if skipped > 0 {
+        say!("{skipped} feedback line(s) left out: no text (kept without store_text), or not about a local answer");
+    }
     if rows.is_empty() {
         return Err(format!("{} has no rows", args.data.display()));
     }
@@ -275,6 +283,23 @@ fn train(args: &TrainArgs) -> Result<(), String> {
             args.folds
         );
         for (source, (auc, n)) in &report.auc {
+            say!("  {source:<12} {auc:.3}  ({n} rows)");
+        }
+        let current = match &args.current {
+            None => switchyard::config::load_scorer(
+                switchyard::config::DEFAULT_SCORER,
+                std::path::Path::new("."),
+            )?,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let dir = path.parent().unwrap_or(std::path::Path::new("."));
+                switchyard::config::load_scorer(&text, dir)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+            }
+        };
+        say!("the scorer in force today, on the same rows:");
+        for (source, (auc, n)) in dataset::auc_of(&rows, &current) {
             say!("  {source:<12} {auc:.3}  ({n} rows)");
         }
         if let Some(path) = &args.predictions {

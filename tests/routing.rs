@@ -498,3 +498,55 @@ async fn thresholds_follow_the_configured_shares() {
     assert_eq!(routing["target"]["local"], 0.5);
     assert!(routing["local_below"].as_f64().unwrap() > 0.0, "{routing}");
 }
+
+/// The retraining loop: the gateway's own feedback labels train a scorer, reported next to the
+/// scorer in force, and the result is a scorer file the configuration accepts.
+#[test]
+fn feedback_labels_train_a_scorer_the_gateway_accepts() {
+    let mut lines = String::new();
+    for i in 0..48 {
+        let (text, score) = if i % 2 == 0 {
+            (format!("thanks, that helps {i}"), 1.0)
+        } else {
+            (
+                format!("derive the closed form of the recurrence a_{i} step by step"),
+                0.0,
+            )
+        };
+        let mut line = json!({
+            "id": format!("req_{i}"), "tenant": "team-a", "route": "local", "rule": "scorer",
+            "messages": [{"role": "user", "content": text}],
+            "feedback": {"score": score, "comment": ""}
+        });
+        if i % 8 == 7 {
+            // Kept without text, or about a cloud answer: nothing to learn from.
+            line.as_object_mut().unwrap().remove("messages");
+        } else if i % 8 == 6 {
+            line["route"] = json!("cloud");
+        }
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    }
+    let data = scratch_file("labels.jsonl", &lines);
+    let out = scratch_file("scorer.json", "");
+    let o = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["train", "--iterations", "200", "--folds", "3", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(report.contains("12 feedback line(s) left out"), "{report}");
+    assert!(report.contains("the scorer in force today"), "{report}");
+    assert!(report.contains("feedback"), "{report}");
+    let yaml = routed_config("http://127.0.0.1:1", "http://127.0.0.1:2", false)
+        .replacen(
+            "scorer: {local_below: 0.0, cloud_from: 0.0}",
+            &format!("scorer: {{file: \"{}\"}}", out.display()),
+            1,
+        )
+        .replace("{PORT}", "8080");
+    switchyard::config::Config::from_yaml(&yaml, |_| None).expect("the trained scorer loads");
+}

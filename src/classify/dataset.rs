@@ -24,17 +24,48 @@ pub struct Row {
 struct RawRow {
     id: Option<String>,
     source: Option<String>,
-    messages: serde_json::Value,
+    messages: Option<serde_json::Value>,
     /// True when the small model was good enough (so the request did not need the cloud).
     weak_ok: Option<bool>,
     /// The label stated directly.
     needs_cloud: Option<bool>,
+    /// A feedback label line: the route the request took…
+    route: Option<String>,
+    /// …and what the application said of its answer.
+    feedback: Option<RawFeedback>,
 }
 
-/// Reads a JSONL file of `{id, source, messages, weak_ok | needs_cloud}` rows. Each distinct
-/// source becomes a training group (see [`Example::group`]).
+#[derive(Deserialize)]
+struct RawFeedback {
+    score: f64,
+}
+
+impl RawRow {
+    /// The label: stated, or read off feedback on a local answer (a good one did not need the
+    /// cloud, a bad one did); `None` for feedback that says nothing about the local model.
+    fn needs_cloud(&self) -> Option<bool> {
+        if let Some(v) = self.needs_cloud.or(self.weak_ok.map(|ok| !ok)) {
+            return Some(v);
+        }
+        match (&self.feedback, self.route.as_deref()) {
+            (Some(f), Some("local")) => Some(f.score < 0.5),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a JSONL file of `{id, source, messages, weak_ok | needs_cloud}` rows, or the gateway's
+/// feedback label lines. Each distinct source becomes a training group (see
+/// [`Example::group`]).
 pub fn load(path: &Path) -> Result<Vec<Row>, String> {
+    load_counting(path).map(|(rows, _)| rows)
+}
+
+/// [`load`], also counting the feedback lines left out: those without their text (labels kept
+/// without `feedback.store_text`) or about an answer that was not the local model's.
+pub fn load_counting(path: &Path) -> Result<(Vec<Row>, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut skipped = 0;
     let mut rows = Vec::new();
     let mut sources: Vec<String> = Vec::new();
     for (n, line) in text
@@ -44,15 +75,21 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
     {
         let at = |e: String| format!("{}:{}: {e}", path.display(), n + 1);
         let raw: RawRow = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        let needs_cloud = match (raw.needs_cloud, raw.weak_ok) {
-            (Some(v), _) => v,
-            (None, Some(ok)) => !ok,
-            (None, None) => return Err(at("row has neither needs_cloud nor weak_ok".into())),
+        let feedback = raw.feedback.is_some();
+        let (needs_cloud, messages) = match (raw.needs_cloud(), &raw.messages) {
+            (Some(label), Some(messages)) => (label, messages),
+            _ if feedback => {
+                skipped += 1;
+                continue;
+            }
+            (None, _) => return Err(at("row has neither needs_cloud nor weak_ok".into())),
+            (Some(_), None) => return Err(at("row has no messages".into())),
         };
-        let body = serde_json::json!({"model": "auto", "messages": raw.messages});
+        let body = serde_json::json!({"model": "auto", "messages": messages});
         let request =
             ChatRequest::parse(Bytes::from(body.to_string())).map_err(|e| at(e.message))?;
-        let source = raw.source.unwrap_or_else(|| "all".into());
+        let default_source = if feedback { "feedback" } else { "all" };
+        let source = raw.source.unwrap_or_else(|| default_source.into());
         let group = match sources.iter().position(|s| *s == source) {
             Some(g) => g,
             None => {
@@ -72,7 +109,27 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
             },
         });
     }
-    Ok(rows)
+    Ok((rows, skipped))
+}
+
+/// The AUC of `scorer`'s scores on `rows`, per source: how well the scorer in force today tells
+/// requests that need the cloud from those that do not, on the same rows a new one is judged on.
+pub fn auc_of(rows: &[Row], scorer: &Scorer) -> BTreeMap<String, (f64, usize)> {
+    let mut by_source: BTreeMap<String, (Vec<f64>, Vec<bool>)> = BTreeMap::new();
+    for row in rows {
+        let request = &row.example.request;
+        let score = scorer.score(request, &Features::of(request));
+        let entry = by_source.entry(row.source.clone()).or_default();
+        entry.0.push(score);
+        entry.1.push(row.example.needs_cloud);
+    }
+    by_source
+        .into_iter()
+        .map(|(source, (scores, labels))| {
+            let n = labels.len();
+            (source, (auc(&scores, &labels), n))
+        })
+        .collect()
 }
 
 /// The fold of a row: rows of one conversation (ids that differ only in a `-tN` turn suffix)

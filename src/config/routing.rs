@@ -430,7 +430,7 @@ impl Checker<'_> {
 
 /// Reads a scorer file's text and attaches the table its semantic part names: the built-in one,
 /// or a file taken from `dir`, checked whole.
-fn load_scorer(text: &str, dir: &Path) -> Result<Scorer, String> {
+pub fn load_scorer(text: &str, dir: &Path) -> Result<Scorer, String> {
     let mut scorer: Scorer = serde_json::from_str(text).map_err(|e| e.to_string())?;
     scorer.validate()?;
     if let Some(name) = scorer.table_name().map(str::to_owned) {
