@@ -33,6 +33,8 @@ struct RawRow {
     route: Option<String>,
     /// …and what the application said of its answer.
     feedback: Option<RawFeedback>,
+    /// A shadow label line: the judge's verdict (its label is `weak_ok`).
+    judge: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -61,8 +63,8 @@ pub fn load(path: &Path) -> Result<Vec<Row>, String> {
     load_counting(path).map(|(rows, _)| rows)
 }
 
-/// [`load`], also counting the feedback lines left out: those without their text (labels kept
-/// without `feedback.store_text`) or about an answer that was not the local model's.
+/// [`load`], also counting the gateway's label lines left out: those without their text (kept
+/// without `store_text`), and feedback on an answer that was not the local model's.
 pub fn load_counting(path: &Path) -> Result<(Vec<Row>, usize), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut skipped = 0;
@@ -75,7 +77,8 @@ pub fn load_counting(path: &Path) -> Result<(Vec<Row>, usize), String> {
     {
         let at = |e: String| format!("{}:{}: {e}", path.display(), n + 1);
         let raw: RawRow = serde_json::from_str(line).map_err(|e| at(e.to_string()))?;
-        let feedback = raw.feedback.is_some();
+        // The gateway's own label lines may lack their text (kept without `store_text`).
+        let feedback = raw.feedback.is_some() || raw.judge.is_some();
         let (needs_cloud, messages) = match (raw.needs_cloud(), &raw.messages) {
             (Some(label), Some(messages)) => (label, messages),
             _ if feedback => {
@@ -88,7 +91,11 @@ pub fn load_counting(path: &Path) -> Result<(Vec<Row>, usize), String> {
         let body = serde_json::json!({"model": "auto", "messages": messages});
         let request =
             ChatRequest::parse(Bytes::from(body.to_string())).map_err(|e| at(e.message))?;
-        let default_source = if feedback { "feedback" } else { "all" };
+        let default_source = if raw.feedback.is_some() {
+            "feedback"
+        } else {
+            "all"
+        };
         let source = raw.source.unwrap_or_else(|| default_source.into());
         let group = match sources.iter().position(|s| *s == source) {
             Some(g) => g,

@@ -195,6 +195,26 @@ pub struct RawRouting {
     pub scorer: Option<RawScorer>,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub sample: Option<Text>,
+    pub reverse_sample: Option<Text>,
+    pub judge: Option<RawJudge>,
+    pub max_per_minute: Option<Text>,
+    pub daily_budget_usd: Option<Text>,
+    pub labels: Option<Text>,
+    pub store_text: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJudge {
+    pub upstream: Text,
+    pub model: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,6 +43,28 @@ pub struct Routing {
     pub cloud_from: f64,
     /// Shares the thresholds follow instead: `(local, hybrid, window)`.
     pub shares: Option<(f64, f64, usize)>,
+    /// Shadow judging, when on.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Shadow judging (`routing.shadow`): a sample of local answers is also asked of the cloud, and a
+/// judge model compares the two, which labels the request for retraining.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// The share of local answers shadowed by the cloud.
+    pub sample: f64,
+    /// The share of cloud answers shadowed by the local model.
+    pub reverse_sample: f64,
+    /// The judge: an upstream and the model to ask.
+    pub judge: UpstreamTarget,
+    /// Shadowed requests per minute, at most.
+    pub max_per_minute: u32,
+    /// What shadowing may spend a day (UTC), the shadow answers and the judge together.
+    pub daily_budget_usd: f64,
+    /// Where each judged request is appended as a label line.
+    pub labels: Option<std::path::PathBuf>,
+    /// Keep the messages in the label lines (training on text needs them).
+    pub store_text: bool,
 }
 
 impl Routing {
@@ -294,7 +316,13 @@ impl Checker<'_> {
             }
         };
 
+        let shadow = raw
+            .shadow
+            .as_ref()
+            .and_then(|s| self.shadow(s, upstreams, names, base));
+
         Some(Routing {
+            shadow,
             shares,
             classify,
             respect_explicit_model: raw.respect_explicit_model.as_ref().is_none_or(|b| b.value),
@@ -425,6 +453,82 @@ impl Checker<'_> {
             }
         }
         Some(Cond::Regex(target, indices))
+    }
+}
+
+impl Checker<'_> {
+    /// `routing.shadow`.
+    fn shadow(
+        &mut self,
+        raw: &super::raw::RawShadow,
+        upstreams: &[UpstreamConfig],
+        names: &[String],
+        base: &Path,
+    ) -> Option<ShadowConfig> {
+        let share = |c: &mut Checker, f: &str, v: Option<&Text>| {
+            c.parsed(f, v, 0.0, |t| match t.parse::<f64>() {
+                Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+                _ => Err(format!("`{t}` is not a share from 0 to 1")),
+            })
+        };
+        let sample = share(self, "routing.shadow.sample", raw.sample.as_ref());
+        let reverse_sample = share(
+            self,
+            "routing.shadow.reverse_sample",
+            raw.reverse_sample.as_ref(),
+        );
+        let Some(judge) = &raw.judge else {
+            self.error(
+                None,
+                "routing.shadow.judge: name the judge's upstream (and model)",
+            );
+            return None;
+        };
+        let model = judge
+            .model
+            .as_ref()
+            .and_then(|m| self.text("routing.shadow.judge.model", m));
+        let judge = self.target(
+            "routing.shadow.judge.upstream",
+            &judge.upstream,
+            model,
+            true,
+            upstreams,
+            names,
+        )?;
+        let max_per_minute = self.parsed(
+            "routing.shadow.max_per_minute",
+            raw.max_per_minute.as_ref(),
+            10,
+            |t| {
+                t.parse::<u32>()
+                    .map_err(|_| format!("`{t}` is not a whole number"))
+            },
+        );
+        let daily_budget_usd = self.parsed(
+            "routing.shadow.daily_budget_usd",
+            raw.daily_budget_usd.as_ref(),
+            1.0,
+            |t| match t.parse::<f64>() {
+                Ok(x) if x >= 0.0 => Ok(x),
+                _ => Err(format!("`{t}` is not an amount of dollars")),
+            },
+        );
+        let labels = raw
+            .labels
+            .as_ref()
+            .and_then(|p| self.text("routing.shadow.labels", p))
+            .filter(|p| !p.is_empty())
+            .map(|p| base.join(p));
+        Some(ShadowConfig {
+            sample,
+            reverse_sample,
+            judge,
+            max_per_minute,
+            daily_budget_usd,
+            labels,
+            store_text: raw.store_text.as_ref().is_some_and(|b| b.value),
+        })
     }
 }
 

@@ -68,6 +68,12 @@ pub struct Record {
     pub hybrid: Option<crate::hybrid::Report>,
     /// Upstream attempts beyond the first of each upstream tried.
     pub retries: u32,
+    /// The answer is to be shadowed: keep its text as it passes.
+    pub shadow_wanted: bool,
+    /// The served answer's text, kept for shadowing.
+    pub shadow_answer: Option<String>,
+    /// Shadowing to do once the client has its answer.
+    pub shadow_job: Option<Box<crate::pipeline::ShadowJob>>,
     /// The request's trace, when it is recorded.
     pub trace: Option<Box<crate::telemetry::trace::Trace>>,
     /// What the hybrid stage's summaries cost, in US dollars (0 unless the summarizer upstream

@@ -14,6 +14,7 @@ mod hybrid;
 mod job;
 mod metrics;
 mod relay;
+mod shadow;
 #[cfg(test)]
 mod tests;
 mod traced;
@@ -44,6 +45,7 @@ pub use downstream::{Collect, Downstream, Gone, Head};
 pub use explain::Explain;
 pub use job::upstream_error_answer;
 pub use metrics::PipelineMetrics;
+pub use shadow::{Job as ShadowJob, JUDGE_INSTRUCTIONS};
 
 /// A chat request as it arrived.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +92,8 @@ pub struct Pipeline<T> {
     /// The thresholds that follow the configured shares, when shares are configured (kept
     /// across reloads that keep the same shares).
     pub shares: Option<Arc<Shares>>,
+    /// Shadow judging's rate, budget and metrics (kept across reloads).
+    shadow: Arc<shadow::Shadow>,
 }
 
 impl<T: Transport> Pipeline<T> {
@@ -121,7 +125,9 @@ impl<T: Transport> Pipeline<T> {
         preload_vocabularies(&config);
         let records = Arc::new(crate::feedback::Records::new(&config.feedback));
         let shares = shares_for(&config, None);
+        let shadow = Arc::new(shadow::Shadow::register(registry).map_err(failed)?);
         Ok(Pipeline {
+            shadow,
             records,
             shares,
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
@@ -181,6 +187,7 @@ impl<T: Transport> Pipeline<T> {
             shared: self.shared.clone(),
             records: Arc::clone(&self.records),
             shares,
+            shadow: Arc::clone(&self.shadow),
         })
     }
 
@@ -226,8 +233,12 @@ impl<T: Transport> Pipeline<T> {
         };
         incoming.standing = charge.map(|c| c.standing);
         let request_id = incoming.request_id;
+        rec.shadow_wanted = self.shadow_wanted(&decision, key);
         let served = self.serve(incoming, &request, &decision, down, rec).await;
         self.records.keep(request_id, rec, Some(&request));
+        if served.is_ok() {
+            rec.shadow_job = self.shadow_job(request_id, &request, rec).map(Box::new);
+        }
         if let (Some(key), Some(charge)) = (key, charge) {
             // What the answer used upstream (estimated when the upstream said nothing); a
             // failed request and a cache hit used nothing.

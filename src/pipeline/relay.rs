@@ -323,6 +323,13 @@ fn finish_answer<T>(
     if let (Some(trace), Some(completion)) = (rec.trace.as_deref_mut(), &answer.completion) {
         super::traced::answered(trace, completion);
     }
+    if rec.shadow_wanted {
+        rec.shadow_answer = answer
+            .completion
+            .as_ref()
+            .and_then(|c| c.choices.first())
+            .and_then(|c| c.content.clone());
+    }
     let Some((cache, key)) = job.store else {
         return;
     };

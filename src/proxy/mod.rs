@@ -615,6 +615,11 @@ impl ProxyHttp for Gateway {
         let entry =
             crate::metrics::Recent::of(&ctx.request_id, req.uri.path(), code, &ctx.record, elapsed);
         ctx.pipeline.metrics.remember(entry);
+        // Shadow judging starts once the client has its answer, and never holds it up.
+        if let Some(job) = ctx.record.shadow_job.take() {
+            let pipeline = Arc::clone(&ctx.pipeline);
+            tokio::spawn(async move { pipeline.shadow(*job).await });
+        }
         if let (Some((_, exporter)), Some(t)) = (&self.traces, ctx.record.trace.take()) {
             let (context, spans) = traced(*t, &ctx.record, req, code);
             exporter.send(context, spans);
