@@ -715,6 +715,15 @@ impl ChatRequest {
         req
     }
 
+    /// The messages as `[{role, content}]` with their text only (for label lines and traces
+    /// that keep text).
+    pub fn messages_json(&self) -> serde_json::Value {
+        self.messages
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content.text()}))
+            .collect()
+    }
+
     /// The same request asking for one whole answer instead of a stream.
     pub fn without_stream(&self) -> ChatRequest {
         let mut req = self.with_messages(self.messages.clone());

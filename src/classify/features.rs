@@ -201,6 +201,13 @@ impl Features {
         self.values[feature as usize] = value;
     }
 
+    /// Every feature by name, as JSON (the dry run's and the label lines' `features`).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.iter()
+            .map(|(f, v)| (f.name().to_owned(), serde_json::json!(v)))
+            .collect()
+    }
+
     /// Every feature with its value, in [`Feature::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (Feature, f64)> + '_ {
         Feature::ALL.into_iter().map(|f| (f, self.get(f)))

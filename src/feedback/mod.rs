@@ -65,31 +65,8 @@ impl Records {
         let Some(tenant) = rec.tenant.clone() else {
             return;
         };
-        let features: serde_json::Map<String, Value> = rec
-            .features
-            .iter()
-            .flat_map(|f| f.iter())
-            .map(|(f, v)| (f.name().to_owned(), json!(v)))
-            .collect();
-        let mut fields = json!({
-            "id": request_id,
-            "time": crate::api::ids::unix_now(),
-            "tenant": rec.tenant_label(),
-            "route": rec.route_label(),
-            "rule": rec.rule,
-            "score": rec.score,
-            "upstream": rec.upstream,
-            "model": rec.model,
-            "features": features,
-        });
-        if let Some(request) = request.filter(|_| self.config.store_text) {
-            let messages: Vec<Value> = request
-                .messages
-                .iter()
-                .map(|m| json!({"role": m.role.as_str(), "content": m.content.text()}))
-                .collect();
-            fields["messages"] = Value::from(messages);
-        }
+        let text = request.filter(|_| self.config.store_text);
+        let fields = label_fields(request_id, rec, text);
         self.kept
             .insert(request_id.to_owned(), Arc::new(Kept { tenant, fields }));
     }
@@ -154,4 +131,24 @@ impl Records {
         }
         Ok(line)
     }
+}
+
+/// A label line's fields for a served request: what was decided and on what features, and the
+/// messages when `text` is given.
+pub fn label_fields(request_id: &str, rec: &Record, text: Option<&ChatRequest>) -> Value {
+    let mut fields = json!({
+        "id": request_id,
+        "time": crate::api::ids::unix_now(),
+        "tenant": rec.tenant_label(),
+        "route": rec.route_label(),
+        "rule": rec.rule,
+        "score": rec.score,
+        "upstream": rec.upstream,
+        "model": rec.model,
+        "features": rec.features.as_ref().map(|f| f.to_json()).unwrap_or_default(),
+    });
+    if let Some(request) = text {
+        fields["messages"] = request.messages_json();
+    }
+    fields
 }

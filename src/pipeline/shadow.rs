@@ -173,29 +173,10 @@ impl<T: Transport> Pipeline<T> {
             Route::Hybrid => return None,
         };
         let model = other.model.clone().unwrap_or_else(|| request.model.clone());
-        let features: serde_json::Map<String, Value> = rec
-            .features
-            .iter()
-            .flat_map(|f| f.iter())
-            .map(|(f, v)| (f.name().to_owned(), json!(v)))
-            .collect();
-        let mut fields = json!({
-            "id": request_id,
-            "source": "shadow",
-            "tenant": rec.tenant_label(),
-            "route": served.as_str(),
-            "rule": rec.rule,
-            "score": rec.score,
-            "features": features,
-        });
-        if config.store_text {
-            let messages: Vec<Value> = request
-                .messages
-                .iter()
-                .map(|m| json!({"role": m.role.as_str(), "content": m.content.text()}))
-                .collect();
-            fields["messages"] = Value::from(messages);
-        }
+        let text = Some(request).filter(|_| config.store_text);
+        let mut fields = crate::feedback::label_fields(request_id, rec, text);
+        fields["source"] = json!("shadow");
+        fields["route"] = json!(served.as_str());
         Some(Job {
             request: request.without_stream(),
             served: (

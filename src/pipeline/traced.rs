@@ -22,15 +22,7 @@ pub(super) fn asked(trace: &mut Trace, request: &ChatRequest) {
     }
     trace.set("gen_ai.request.stream", request.stream);
     if trace.capture_content {
-        let messages: Vec<serde_json::Value> = request
-            .messages
-            .iter()
-            .map(|m| serde_json::json!({"role": m.role.as_str(), "content": m.content.text()}))
-            .collect();
-        trace.set(
-            "gen_ai.input.messages",
-            serde_json::Value::from(messages).to_string(),
-        );
+        trace.set("gen_ai.input.messages", request.messages_json().to_string());
     }
 }
 

@@ -226,12 +226,11 @@ pub fn plan<'a>(config: &'a Config, decision: &Decision<'a>) -> Vec<Step<'a>> {
 /// For a hybrid request it adds what the hybrid stage would shorten (the parts found and their
 /// sizes), without calling anything.
 pub fn explain(config: &Config, decision: &Decision, request: &ChatRequest) -> serde_json::Value {
-    let features: serde_json::Map<String, serde_json::Value> = decision
+    let features = decision
         .features
-        .iter()
-        .flat_map(|f| f.iter())
-        .map(|(f, v)| (f.name().to_owned(), serde_json::json!(v)))
-        .collect();
+        .as_ref()
+        .map(|f| f.to_json())
+        .unwrap_or_default();
     let mut out = serde_json::json!({
         "route": decision.route.as_str(),
         "rule": decision.rule,
