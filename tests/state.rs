@@ -244,3 +244,44 @@ async fn a_redis_that_is_down_fails_open_or_closed_as_configured() {
         closed.log()
     );
 }
+
+#[tokio::test]
+async fn feedback_reaches_the_record_whichever_replica_served_it() {
+    let redis = Redis::start();
+    let local = Mock::start(counting(Duration::ZERO)).await;
+    let cloud = echo_cloud().await;
+    let state = format!("  redis: \"{}\"", redis.url());
+    let yaml = config(&local.url(), &cloud.url(), &state);
+    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    let served = post(&a, ADMIN, &ask("label me")).await;
+    assert_eq!(served.status, 200);
+    let id = served.header("x-request-id").expect("an id").to_owned();
+    let until = Instant::now() + Duration::from_secs(5);
+    while redis.keys("sy:req:*").await.is_empty() {
+        assert!(Instant::now() < until, "the record never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let label = |gw: &Gateway, key: &str| {
+        let auth = format!("Bearer {key}");
+        let body = json!({"request_id": id, "score": 1}).to_string();
+        let addr = gw.addr();
+        async move {
+            request(
+                addr,
+                "POST",
+                "/v1/feedback",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    // Another key cannot label it, from either replica; its own key can, from the other one.
+    assert_eq!(label(&b, LIMITED).await.status, 404);
+    let ok = label(&b, ADMIN).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["request_id"], id.as_str());
+}

@@ -2,10 +2,12 @@
 //! chat request the gateway served, so the routing can be retrained on this team's own traffic.
 //!
 //! The gateway keeps a record of each chat request for `feedback.retention` (what was decided,
-//! the features the decision read, never the text unless `feedback.store_text`). Feedback on a
-//! record is appended, with the record, to the `feedback.labels` file: one JSON line per label,
-//! which `switchyard train` reads. A key may label only its own requests; another's, like an
-//! unknown id, is a 404.
+//! the features the decision read, never the text unless `feedback.store_text`), in memory and,
+//! with shared state, in Redis, so that feedback reaching any replica finds it. Records are kept
+//! by tenant and request id: a key may label only its own requests (another's, like an unknown
+//! id, is a 404), and a client reusing another's request id cannot touch that one's record.
+//! Feedback on a record is appended, with the record, to the `feedback.labels` file: one JSON
+//! line per label, which `switchyard train` reads.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -16,20 +18,14 @@ use serde_json::{json, Value};
 use crate::api::{ApiError, ChatRequest};
 use crate::config::FeedbackConfig;
 use crate::metrics::Record;
-
-/// What is kept of a served chat request.
-#[derive(Debug, Clone)]
-pub struct Kept {
-    /// The tenant that sent it: only it may label the request.
-    pub tenant: String,
-    /// The record as a label line's fields (without the feedback).
-    pub fields: Value,
-}
+use crate::state::Shared;
 
 /// The requests that may still be labelled.
 pub struct Records {
-    kept: moka::sync::Cache<String, Arc<Kept>>,
+    /// The record of each request (a label line's fields), by tenant and request id.
+    kept: moka::sync::Cache<String, Arc<Value>>,
     config: FeedbackConfig,
+    shared: Option<Arc<Shared>>,
     /// Appends to the labels file one line at a time.
     file: Mutex<()>,
 }
@@ -48,14 +44,15 @@ struct Posted {
 const COMMENT_BYTES: usize = 4096;
 
 impl Records {
-    /// An empty store for `config`.
-    pub fn new(config: &FeedbackConfig) -> Records {
+    /// An empty store for `config`, with the replicas' shared state when there is one.
+    pub fn new(config: &FeedbackConfig, shared: Option<Arc<Shared>>) -> Records {
         Records {
             kept: moka::sync::Cache::builder()
                 .max_capacity(config.max_records)
                 .time_to_live(config.retention)
                 .build(),
             config: config.clone(),
+            shared,
             file: Mutex::new(()),
         }
     }
@@ -67,18 +64,18 @@ impl Records {
         };
         let text = request.filter(|_| self.config.store_text);
         let fields = label_fields(request_id, rec, text);
-        self.kept
-            .insert(request_id.to_owned(), Arc::new(Kept { tenant, fields }));
-    }
-
-    /// Whether a record is kept for `request_id`.
-    pub fn has(&self, request_id: &str) -> bool {
-        self.kept.contains_key(request_id)
+        let key = key(&tenant, request_id);
+        if let Some(shared) = &self.shared {
+            let (shared, key, value) = (Arc::clone(shared), key.clone(), fields.to_string());
+            let ttl = self.config.retention;
+            tokio::spawn(async move { shared.put_record(&key, value, ttl).await });
+        }
+        self.kept.insert(key, Arc::new(fields));
     }
 
     /// Takes `body` as feedback from `tenant`: the label line written (and returned), or the
     /// client's error.
-    pub fn label(&self, tenant: &str, body: &[u8]) -> Result<Value, ApiError> {
+    pub async fn label(&self, tenant: &str, body: &[u8]) -> Result<Value, ApiError> {
         let posted: Posted = serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid_request(
                 format!("The feedback is not valid: {e}. Send {{\"request_id\": \"…\", \"score\": 0 to 1, \"comment\": \"…\"}}."),
@@ -93,11 +90,19 @@ impl Records {
                 Some("invalid_value"),
             ));
         }
-        let kept = self
-            .kept
-            .get(&posted.request_id)
-            .filter(|k| k.tenant == tenant)
-            .ok_or_else(|| {
+        let key = key(tenant, &posted.request_id);
+        let kept = match self.kept.get(&key) {
+            Some(kept) => Some(kept),
+            None => match &self.shared {
+                Some(shared) => shared
+                    .record(&key)
+                    .await
+                    .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                    .map(Arc::new),
+                None => None,
+            },
+        };
+        let kept = kept.ok_or_else(|| {
                 ApiError::not_found(
                     format!(
                         "No request `{}` to label: unknown, older than the retention, or another key's.",
@@ -114,7 +119,7 @@ impl Records {
             }
             comment.truncate(end);
         }
-        let mut line = kept.fields.clone();
+        let mut line = (*kept).clone();
         line["feedback"] =
             json!({"score": posted.score, "comment": comment, "time": crate::api::ids::unix_now()});
         if let Some(path) = &self.config.labels {
@@ -131,6 +136,20 @@ impl Records {
         }
         Ok(line)
     }
+}
+
+/// Where a tenant's request is kept: the tenant's id hashed (ids hold key fingerprints) and the
+/// request id.
+fn key(tenant: &str, request_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(tenant.as_bytes());
+    let mut hex = String::with_capacity(32 + 1 + request_id.len());
+    for b in &digest[..16] {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex.push(':');
+    hex.push_str(request_id);
+    hex
 }
 
 /// A label line's fields for a served request: what was decided and on what features, and the

@@ -123,7 +123,10 @@ impl<T: Transport> Pipeline<T> {
             Arc::new(Cache::new(&config.cache, cache_metrics.clone(), shared))
         });
         preload_vocabularies(&config);
-        let records = Arc::new(crate::feedback::Records::new(&config.feedback));
+        let records = Arc::new(crate::feedback::Records::new(
+            &config.feedback,
+            shared.clone(),
+        ));
         let shares = shares_for(&config, None);
         let shadow = Arc::new(shadow::Shadow::register(registry).map_err(failed)?);
         Ok(Pipeline {

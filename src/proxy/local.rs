@@ -236,7 +236,7 @@ pub(super) async fn feedback(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> 
         }
     };
     let tenant = ctx.tenant.as_ref().map_or("", |t| t.id.as_str());
-    match ctx.pipeline.records.label(tenant, &body) {
+    match ctx.pipeline.records.label(tenant, &body).await {
         Ok(line) => {
             let answer = serde_json::json!({
                 "object": "feedback",

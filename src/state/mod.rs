@@ -254,6 +254,30 @@ impl Shared {
         let _ = self.timed("cache_put", call).await;
     }
 
+    /// Keeps a served request's record for `ttl`, so that feedback reaching any replica finds
+    /// it; `key` names the tenant and the request.
+    pub async fn put_record(&self, key: &str, value: String, ttl: Duration) {
+        let Some(mut conn) = self.connection("record_put") else {
+            return;
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(format!("sy:req:{key}"))
+            .arg(value)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1));
+        let call = cmd.query_async::<()>(&mut conn);
+        let _ = self.timed("record_put", call).await;
+    }
+
+    /// A served request's record another replica (or this one) kept.
+    pub async fn record(&self, key: &str) -> Option<String> {
+        let mut conn = self.connection("record_get")?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("sy:req:{key}"));
+        let call = cmd.query_async::<Option<String>>(&mut conn);
+        self.timed("record_get", call).await.flatten()
+    }
+
     /// The connection (a handle to it: cheap to clone), made at first use.
     fn connection(&self, op: &'static str) -> Option<ConnectionManager> {
         let made = self.redis.get_or_init(|| {
