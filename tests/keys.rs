@@ -363,22 +363,9 @@ async fn feedback_labels_a_keys_own_requests_only() {
     .await;
     assert_eq!(asked.status, 200);
     let id = asked.header("x-request-id").expect("an id").to_owned();
-    let feedback = |key: &'static str, body: serde_json::Value| {
-        let auth = format!("Bearer {key}");
-        let addr = gw.addr();
-        async move {
-            request(
-                addr,
-                "POST",
-                "/v1/feedback",
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                body.to_string().as_bytes(),
-            )
-            .await
-        }
+    let addr = gw.addr();
+    let feedback = |key: &'static str, body: serde_json::Value| async move {
+        post_as(addr, "/v1/feedback", key, &body).await
     };
 
     let other = feedback(TEAM_B, json!({"request_id": id, "score": 0})).await;

@@ -261,23 +261,10 @@ async fn feedback_reaches_the_record_whichever_replica_served_it() {
         assert!(Instant::now() < until, "the record never reached Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let label = |gw: &Gateway, key: &str| {
-        let auth = format!("Bearer {key}");
-        let body = json!({"request_id": id, "score": 1}).to_string();
-        let addr = gw.addr();
-        async move {
-            request(
-                addr,
-                "POST",
-                "/v1/feedback",
-                &[
-                    ("authorization", &auth),
-                    ("content-type", "application/json"),
-                ],
-                body.as_bytes(),
-            )
-            .await
-        }
+    let body = json!({"request_id": id, "score": 1});
+    let label = |gw: &Gateway, key: &'static str| {
+        let (addr, body) = (gw.addr(), body.clone());
+        async move { post_as(addr, "/v1/feedback", key, &body).await }
     };
     // Another key cannot label it, from either replica; its own key can, from the other one.
     assert_eq!(label(&b, LIMITED).await.status, 404);

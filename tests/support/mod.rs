@@ -420,11 +420,21 @@ pub async fn chat(addr: SocketAddr, body: &serde_json::Value) -> Response {
 
 /// Posts a chat request with `key`, as an SDK would.
 pub async fn chat_as(addr: SocketAddr, key: &str, body: &serde_json::Value) -> Response {
+    post_as(addr, "/v1/chat/completions", key, body).await
+}
+
+/// Posts JSON to `path` with `key`.
+pub async fn post_as(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> Response {
     let auth = format!("Bearer {key}");
     request(
         addr,
         "POST",
-        "/v1/chat/completions",
+        path,
         &[
             ("authorization", &auth),
             ("content-type", "application/json"),
