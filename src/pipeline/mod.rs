@@ -17,7 +17,7 @@ mod relay;
 mod shadow;
 #[cfg(test)]
 mod tests;
-mod traced;
+pub mod traced;
 mod validate;
 
 use std::sync::Arc;

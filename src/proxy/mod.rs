@@ -35,7 +35,7 @@ use crate::api::{ids, ApiError};
 use crate::auth::Tenant;
 use crate::config::{Config, KeyConfig};
 use crate::metrics::{AccessLog, Record};
-use crate::pipeline::{explain, Explain, Incoming, Pipeline};
+use crate::pipeline::{explain, traced, Explain, Incoming, Pipeline};
 use crate::telemetry::trace::{self, Exporter, Trace};
 use crate::upstream::client::Pooled;
 use crate::upstream::{request_head, Upstream};
@@ -621,7 +621,8 @@ impl ProxyHttp for Gateway {
             tokio::spawn(async move { pipeline.shadow(*job).await });
         }
         if let (Some((_, exporter)), Some(t)) = (&self.traces, ctx.record.trace.take()) {
-            let (context, spans) = traced(*t, &ctx.record, req, code);
+            let method = req.method.as_str();
+            let (context, spans) = traced::finished(*t, &ctx.record, method, req.uri.path(), code);
             exporter.send(context, spans);
         }
         if let Some(log) = &self.access_log {
@@ -691,56 +692,4 @@ impl ProxyHttp for Gateway {
             can_reuse_downstream: false,
         }
     }
-}
-
-/// Ends a request's trace: the server span gets what the request became (route, upstream,
-/// cache, usage, cost, status), named as the GenAI conventions name a chat.
-fn traced(
-    mut t: Trace,
-    rec: &Record,
-    req: &RequestHeader,
-    status: u16,
-) -> (trace::Context, Vec<trace::Span>) {
-    let path = req.uri.path();
-    t.set("http.request.method", req.method.as_str());
-    t.set("url.path", path);
-    t.set("http.response.status_code", u64::from(status));
-    t.set("switchyard.route", rec.route_label());
-    t.set("switchyard.cache", rec.cache_label());
-    t.set("switchyard.retries", u64::from(rec.retries));
-    if let Some(rule) = &rec.rule {
-        t.set("switchyard.rule", rule.as_str());
-    }
-    if let Some(score) = rec.score {
-        t.set("switchyard.score", score);
-    }
-    if let Some(upstream) = &rec.upstream {
-        t.set("switchyard.upstream", upstream.as_str());
-    }
-    if let Some(usage) = rec.usage {
-        t.set("gen_ai.usage.input_tokens", usage.prompt_tokens);
-        t.set("gen_ai.usage.output_tokens", usage.completion_tokens);
-        t.set("switchyard.cost_usd", rec.cost);
-        t.set("switchyard.baseline_cost_usd", rec.baseline_cost);
-    }
-    if let Some(h) = rec.hybrid {
-        t.set("switchyard.hybrid.tokens_before", h.before);
-        t.set("switchyard.hybrid.tokens_after", h.after);
-    }
-    let chat = path == "/v1/chat/completions";
-    let model = t
-        .attributes
-        .iter()
-        .find(|(k, _)| *k == "gen_ai.request.model")
-        .and_then(|(_, v)| match v {
-            trace::Value::Str(m) => Some(m.clone()),
-            _ => None,
-        });
-    let name = match (chat, model) {
-        (true, Some(model)) => format!("chat {model}"),
-        (true, None) => "chat".to_owned(),
-        (false, _) => format!("{} {path}", req.method),
-    };
-    let error = (status >= 500 || status == 0).then(|| status.to_string());
-    t.finish(name, error)
 }
