@@ -22,8 +22,8 @@ use crate::state::Shared;
 
 /// The requests that may still be labelled.
 pub struct Records {
-    /// The record of each request (a label line's fields), by tenant and request id.
-    kept: moka::sync::Cache<String, Arc<Value>>,
+    /// The record of each request, by tenant and request id.
+    kept: moka::sync::Cache<String, Arc<Kept>>,
     config: FeedbackConfig,
     shared: Option<Arc<Shared>>,
     /// Appends to the labels file one line at a time.
@@ -57,20 +57,20 @@ impl Records {
         }
     }
 
-    /// Keeps a served chat request (`request` when its text is to be kept).
+    /// Keeps a served chat request (`request` when its text is to be kept). Cheap: the label
+    /// line is written only if feedback comes.
     pub fn keep(&self, request_id: &str, rec: &Record, request: Option<&ChatRequest>) {
-        let Some(tenant) = rec.tenant.clone() else {
+        let Some(tenant) = rec.tenant.as_deref() else {
             return;
         };
-        let text = request.filter(|_| self.config.store_text);
-        let fields = label_fields(request_id, rec, text);
-        let key = key(&tenant, request_id);
+        let kept = Kept::of(rec, request.filter(|_| self.config.store_text));
+        let key = key(tenant, request_id);
         if let Some(shared) = &self.shared {
-            let (shared, key, value) = (Arc::clone(shared), key.clone(), fields.to_string());
-            let ttl = self.config.retention;
+            let value = kept.fields(request_id).to_string();
+            let (shared, key, ttl) = (Arc::clone(shared), key.clone(), self.config.retention);
             tokio::spawn(async move { shared.put_record(&key, value, ttl).await });
         }
-        self.kept.insert(key, Arc::new(fields));
+        self.kept.insert(key, Arc::new(kept));
     }
 
     /// Takes `body` as feedback from `tenant`: the label line written (and returned), or the
@@ -92,13 +92,12 @@ impl Records {
         }
         let key = key(tenant, &posted.request_id);
         let kept = match self.kept.get(&key) {
-            Some(kept) => Some(kept),
+            Some(kept) => Some(kept.fields(&posted.request_id)),
             None => match &self.shared {
                 Some(shared) => shared
                     .record(&key)
                     .await
-                    .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-                    .map(Arc::new),
+                    .and_then(|text| serde_json::from_str::<Value>(&text).ok()),
                 None => None,
             },
         };
@@ -119,7 +118,7 @@ impl Records {
             }
             comment.truncate(end);
         }
-        let mut line = (*kept).clone();
+        let mut line = kept;
         line["feedback"] =
             json!({"score": posted.score, "comment": comment, "time": crate::api::ids::unix_now()});
         if let Some(path) = &self.config.labels {
@@ -138,36 +137,65 @@ impl Records {
     }
 }
 
-/// Where a tenant's request is kept: the tenant's id hashed (ids hold key fingerprints) and the
-/// request id.
+/// Where a tenant's request is kept: the tenant's id (a key's name, or a keyed fingerprint of
+/// the client's token, never the token) and the request id.
 fn key(tenant: &str, request_id: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(tenant.as_bytes());
-    let mut hex = String::with_capacity(32 + 1 + request_id.len());
-    for b in &digest[..16] {
-        hex.push_str(&format!("{b:02x}"));
+    format!("{tenant}:{request_id}")
+}
+
+/// What is kept of a served request until feedback may come: what was decided, on what
+/// features, and the messages when they are kept.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    time: u64,
+    tenant: String,
+    route: &'static str,
+    rule: Option<String>,
+    score: Option<f64>,
+    upstream: Option<String>,
+    model: Option<String>,
+    features: Option<crate::classify::Features>,
+    messages: Option<Value>,
+}
+
+impl Kept {
+    /// The record of `rec`, with the messages of `text` when given.
+    pub fn of(rec: &Record, text: Option<&ChatRequest>) -> Kept {
+        Kept {
+            time: crate::api::ids::unix_now(),
+            tenant: rec.tenant_label().to_owned(),
+            route: rec.route_label(),
+            rule: rec.rule.clone(),
+            score: rec.score,
+            upstream: rec.upstream.clone(),
+            model: rec.model.clone(),
+            features: rec.features.clone(),
+            messages: text.map(ChatRequest::messages_json),
+        }
     }
-    hex.push(':');
-    hex.push_str(request_id);
-    hex
+
+    /// Its label line's fields for `request_id` (without a verdict).
+    pub fn fields(&self, request_id: &str) -> Value {
+        let mut fields = json!({
+            "id": request_id,
+            "time": self.time,
+            "tenant": self.tenant,
+            "route": self.route,
+            "rule": self.rule,
+            "score": self.score,
+            "upstream": self.upstream,
+            "model": self.model,
+            "features": self.features.as_ref().map(|f| f.to_json()).unwrap_or_default(),
+        });
+        if let Some(messages) = &self.messages {
+            fields["messages"] = messages.clone();
+        }
+        fields
+    }
 }
 
 /// A label line's fields for a served request: what was decided and on what features, and the
 /// messages when `text` is given.
 pub fn label_fields(request_id: &str, rec: &Record, text: Option<&ChatRequest>) -> Value {
-    let mut fields = json!({
-        "id": request_id,
-        "time": crate::api::ids::unix_now(),
-        "tenant": rec.tenant_label(),
-        "route": rec.route_label(),
-        "rule": rec.rule,
-        "score": rec.score,
-        "upstream": rec.upstream,
-        "model": rec.model,
-        "features": rec.features.as_ref().map(|f| f.to_json()).unwrap_or_default(),
-    });
-    if let Some(request) = text {
-        fields["messages"] = request.messages_json();
-    }
-    fields
+    Kept::of(rec, text).fields(request_id)
 }
