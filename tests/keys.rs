@@ -129,15 +129,7 @@ async fn only_keys_get_in_and_each_uses_what_it_may() {
         let r = request(gw.addr(), "GET", "/metrics", &headers, b"").await;
         assert!(r.status == 401 || r.status == 403, "{key:?}: {}", r.status);
     }
-    let admin = format!("Bearer {ADMIN}");
-    let r = request(
-        gw.addr(),
-        "GET",
-        "/metrics",
-        &[("authorization", &admin)],
-        b"",
-    )
-    .await;
+    let r = get_as(gw.addr(), "/metrics", ADMIN).await;
     assert_eq!(r.status, 200);
     // Each key's traffic under its name; refused strangers are `anonymous`, never themselves.
     let text = r.text();
@@ -152,14 +144,7 @@ async fn only_keys_get_in_and_each_uses_what_it_may() {
     assert_eq!(served("team-a", "local"), 2.0, "{text}");
     assert_eq!(served("team-b", "cloud"), 1.0, "{text}");
     assert!(!text.contains("sy-nobody") && !text.contains("tenant=\"old\""));
-    let stats = request(
-        gw.addr(),
-        "GET",
-        "/stats",
-        &[("authorization", &admin)],
-        b"",
-    )
-    .await;
+    let stats = get_as(gw.addr(), "/stats", ADMIN).await;
     let by_tenant = &stats.json()["by_tenant"];
     assert_eq!(
         by_tenant["team-a"]["requests"], 3.0,
@@ -309,15 +294,7 @@ async fn the_dashboard_page_is_served_without_a_key_and_its_data_is_not() {
         request(gw.addr(), "GET", "/stats", &[], b"").await.status,
         401
     );
-    let admin = format!("Bearer {ADMIN}");
-    let stats = request(
-        gw.addr(),
-        "GET",
-        "/stats",
-        &[("authorization", &admin)],
-        b"",
-    )
-    .await;
+    let stats = get_as(gw.addr(), "/stats", ADMIN).await;
     assert!(stats.json()["recent"].is_array(), "{}", stats.text());
 
     // Off means off; and without keys, a gateway listening beyond loopback keeps it to itself

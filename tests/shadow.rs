@@ -136,7 +136,14 @@ async fn local_answers_are_judged_against_the_clouds_within_the_rate() {
     }
     assert!(seen.iter().all(|b| !b.to_string().contains("hunter2")));
 
-    let text = metrics(&gw).await;
+    // The skipped request's shadow task runs after its answer went out: wait for its count.
+    let skipped = r#"switchyard_shadow_total{result="skipped_rate"}"#;
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(&gw).await;
+    while !text.contains(skipped) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        text = metrics(&gw).await;
+    }
     assert_eq!(
         value(&text, r#"switchyard_shadow_total{result="judged"}"#),
         2.0,

@@ -20,14 +20,30 @@ use crate::config::FeedbackConfig;
 use crate::metrics::Record;
 use crate::state::Shared;
 
+/// A file of label lines, appended to one line at a time (feedback's and shadow judging's).
+#[derive(Debug, Default)]
+pub struct LabelFile(Mutex<()>);
+
+impl LabelFile {
+    /// Appends `line` to the file at `path`, creating it.
+    pub fn append(&self, path: &std::path::Path, line: &Value) -> std::io::Result<()> {
+        let _one_at_a_time = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(file, "{line}")
+    }
+}
+
 /// The requests that may still be labelled.
 pub struct Records {
     /// The record of each request, by tenant and request id.
     kept: moka::sync::Cache<String, Arc<Kept>>,
     config: FeedbackConfig,
     shared: Option<Arc<Shared>>,
-    /// Appends to the labels file one line at a time.
-    file: Mutex<()>,
+    /// The labels file.
+    file: LabelFile,
 }
 
 /// A client's feedback, as it is posted.
@@ -53,7 +69,7 @@ impl Records {
                 .build(),
             config: config.clone(),
             shared,
-            file: Mutex::new(()),
+            file: LabelFile::default(),
         }
     }
 
@@ -122,13 +138,7 @@ impl Records {
         line["feedback"] =
             json!({"score": posted.score, "comment": comment, "time": crate::api::ids::unix_now()});
         if let Some(path) = &self.config.labels {
-            let _one_at_a_time = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(e) = written {
+            if let Err(e) = self.file.append(path, &line) {
                 tracing::error!("feedback: cannot append to {}: {e}", path.display());
                 return Err(ApiError::internal("the feedback could not be stored"));
             }

@@ -8,7 +8,6 @@
 //! gateway's own `daily_budget_usd`, never a tenant's; it skips requests a keep-local rule holds,
 //! keys that may not use the other side, and cache hits.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -54,7 +53,7 @@ pub struct Shadow {
     day: Mutex<(u64, f64)>,
     results: IntCounterVec,
     spent: Counter,
-    file: Mutex<()>,
+    file: crate::feedback::LabelFile,
 }
 
 impl Shadow {
@@ -78,7 +77,7 @@ impl Shadow {
             day: Mutex::new((0, 0.0)),
             results,
             spent,
-            file: Mutex::new(()),
+            file: crate::feedback::LabelFile::default(),
         })
     }
 
@@ -284,13 +283,7 @@ impl<T: Transport> Pipeline<T> {
         line["cost_usd"] = json!(cost);
         shadow.count("judged");
         if let Some(path) = &config.labels {
-            let _one = shadow.file.lock().unwrap_or_else(|e| e.into_inner());
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(e) = written {
+            if let Err(e) = shadow.file.append(path, &line) {
                 tracing::error!("shadow: cannot append to {}: {e}", path.display());
             }
         }

@@ -426,6 +426,12 @@ pub async fn chat_as(addr: SocketAddr, key: &str, body: &serde_json::Value) -> R
     post_as(addr, "/v1/chat/completions", key, body).await
 }
 
+/// Gets `path` with `key`.
+pub async fn get_as(addr: SocketAddr, path: &str, key: &str) -> Response {
+    let auth = format!("Bearer {key}");
+    request(addr, "GET", path, &[("authorization", &auth)], b"").await
+}
+
 /// Posts JSON to `path` with `key`.
 pub async fn post_as(
     addr: SocketAddr,
