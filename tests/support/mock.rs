@@ -211,10 +211,7 @@ impl Mock {
 
 /// An address where nothing listens (connections are refused).
 pub fn refused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
+    SocketAddr::from(([127, 0, 0, 1], super::free_port()))
 }
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(

@@ -26,10 +26,21 @@ pub const CLIENT_KEY: &str = "sk-client-gateway-key-123";
 /// The cloud upstream's key; it must never reach a client or the local upstream.
 pub const CLOUD_KEY: &str = "sk-upstream-cloud-secret-456";
 
-/// A free loopback port (released right away; the gateway binds it next).
+/// A free loopback port (released right away; the gateway binds it next). No port is handed out
+/// twice in one test process: tests run side by side, and a port released by one could otherwise
+/// reach another before the first test's server has bound it (pingora retries a taken port, so
+/// the second server would start late and the test would talk to the wrong one meanwhile).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
