@@ -550,3 +550,146 @@ fn feedback_labels_train_a_scorer_the_gateway_accepts() {
         .replace("{PORT}", "8080");
     switchyard::config::Config::from_yaml(&yaml, |_| None).expect("the trained scorer loads");
 }
+
+/// An intent classifier: `refund` and `invoice` texts are billing (sure), `price` is billing
+/// (unsure), `slow` hangs, `broken` gets a 500; anything else is chit-chat.
+fn classifier(req: &Recorded) -> Reply {
+    let text = req.json()["text"].as_str().unwrap_or_default().to_owned();
+    if text.contains("slow") {
+        return Reply::Hang;
+    }
+    if text.contains("broken") {
+        return Reply::error(500, "server_error", "down");
+    }
+    let (intent, score) = if text.contains("refund") || text.contains("invoice") {
+        ("billing", 0.95)
+    } else if text.contains("price") {
+        ("billing", 0.4)
+    } else {
+        ("chitchat", 0.9)
+    };
+    Reply::json(json!({"intent": intent, "score": score}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_on_intent_ask_the_teams_classifier_only_when_the_other_rules_leave_it_open() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let intents = Mock::start(classifier).await;
+    let yaml = format!(
+        r#"{}
+routing:
+  classify: [auto]
+  scorer: {{local_below: 0.0, cloud_from: 0.0}}
+  classifier: {{url: "{}/intent", timeout: 200ms}}
+  rules:
+    - name: billing
+      when: {{all: [{{feature: intent, in: [billing, refunds]}}, {{feature: intent_score, ge: 0.8}}]}}
+      route: local
+    - {{name: tools, when: {{feature: tools, gt: 0}}, route: cloud}}
+"#,
+        two_upstreams(&local.url(), &cloud.url(), ""),
+        intents.url()
+    );
+    let gw = Gateway::start(&yaml);
+    let addr = gw.addr();
+    let chat = |text: &str, tools: bool| {
+        let body = chat_body(text, tools);
+        async move { post(addr, "/v1/chat/completions", &body, &[]).await }
+    };
+
+    // A plain rule decides: the classifier is not asked, though its rule comes first.
+    let r = chat("refund my order", true).await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("tools"));
+    assert!(intents.requests().is_empty());
+
+    // Left to the scorer (which says cloud), the intent decides: sure billing goes local.
+    let r = chat("refund my order", false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-rule"), Some("billing"));
+    assert_eq!(r.header("x-switchyard-route"), Some("local"));
+    let asked = intents.requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].method, "POST");
+    assert_eq!(asked[0].path, "/intent");
+    assert_eq!(asked[0].json(), json!({"text": "refund my order"}));
+    assert_eq!(asked[0].header("authorization"), None, "no key is sent");
+    // The same message again: the answer kept is used.
+    let r = chat("refund my order", false).await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("billing"));
+    assert_eq!(intents.requests().len(), 1);
+
+    // Unsure billing and other intents leave the scorer's decision.
+    let r = chat("what is the price", false).await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("scorer"));
+    assert_eq!(r.header("x-switchyard-route"), Some("cloud"));
+
+    // The dry run shows what the classifier said.
+    let explained = post(gw.addr(), "/v1/route", &chat_body("an invoice", false), &[])
+        .await
+        .json();
+    assert_eq!(explained["rule"], "billing", "{explained}");
+    assert_eq!(
+        explained["intent"],
+        json!({"name": "billing", "score": 0.95})
+    );
+
+    // A classifier that hangs or fails costs a request its budget at most, and no answer.
+    let started = std::time::Instant::now();
+    let r = chat("slow refund", false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-rule"), Some("scorer"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let r = chat("broken refund", false).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-switchyard-rule"), Some("scorer"));
+    // A third miss in a row rests it: the next new question is not sent.
+    chat("broken refund again", false).await;
+    let before = intents.requests().len();
+    let r = chat("refund, once more", false).await;
+    assert_eq!(r.header("x-switchyard-rule"), Some("scorer"));
+    assert_eq!(intents.requests().len(), before, "resting: not asked");
+
+    let m = metrics(&gw).await;
+    for (result, n) in [
+        ("answered", 3.0),
+        ("cached", 1.0),
+        ("timeout", 1.0),
+        ("error", 2.0),
+        ("resting", 1.0),
+    ] {
+        let series = format!("switchyard_intent_requests_total{{result=\"{result}\"}}");
+        assert_eq!(value(&m, &series), n, "{series}\n{m}");
+    }
+    assert!(sample(&m, "switchyard_intent_seconds_count").is_some());
+}
+
+#[test]
+fn intent_rules_are_checked_when_the_configuration_loads() {
+    let base =
+        two_upstreams("http://127.0.0.1:1", "http://127.0.0.1:2", "").replace("{PORT}", "8080");
+    let load = |routing: &str| {
+        let yaml = format!("{base}\nrouting:\n{routing}");
+        switchyard::config::Config::from_yaml(&yaml, |_| None)
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    };
+    let rule = "  rules:\n    - {name: faq, when: {feature: intent, in: [faq]}, route: local}\n";
+    let with = "  classifier: {url: \"http://127.0.0.1:3/intent\"}\n";
+    assert!(load(&format!("{with}{rule}")).is_ok());
+    let e = load(rule).unwrap_err();
+    assert!(e.contains("needs routing.classifier"), "{e}");
+    let pinned = "  rules:\n    - {name: faq, when: {feature: intent, in: [faq]}, route: local, pin: true}\n";
+    let e = load(&format!("{with}{pinned}")).unwrap_err();
+    assert!(
+        e.contains("keep-local rule cannot look at the intent"),
+        "{e}"
+    );
+    let compared = "  rules:\n    - {name: faq, when: {feature: intent, eq: 1}, route: local}\n";
+    let e = load(&format!("{with}{compared}")).unwrap_err();
+    assert!(e.contains("takes `in: [...]`"), "{e}");
+    let misplaced =
+        "  rules:\n    - {name: faq, when: {feature: tools, in: [faq]}, route: local}\n";
+    let e = load(&format!("{with}{misplaced}")).unwrap_err();
+    assert!(e.contains("`in` goes with `feature: intent`"), "{e}");
+}

@@ -5,11 +5,13 @@
 pub mod dataset;
 pub mod embedding;
 pub mod features;
+pub mod intent;
 pub mod rules;
 pub mod scorer;
 pub mod wordpiece;
 
 pub use embedding::StaticTable;
 pub use features::{estimate_prompt_tokens, estimate_tokens, Feature, Features, PER_MESSAGE};
+pub use intent::Intent;
 pub use rules::{Cond, Op, Patterns, Rule, RuleSet, Target};
 pub use scorer::Scorer;

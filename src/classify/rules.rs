@@ -6,6 +6,7 @@
 use regex::RegexSet;
 
 use super::features::{Feature, Features};
+use super::intent::Intent;
 use crate::api::{ChatRequest, Role};
 use crate::vocab::Route;
 
@@ -82,6 +83,22 @@ pub enum Cond {
     Regex(Target, Vec<usize>),
     /// The requested model is one of these.
     Model(Vec<String>),
+    /// The intent classifier named one of these intents.
+    Intent(Vec<String>),
+    /// `intent_score op value` (false when the classifier gave no score).
+    IntentScore(Op, f64),
+}
+
+impl Cond {
+    /// Whether the condition needs the intent classifier's answer.
+    pub fn uses_intent(&self) -> bool {
+        match self {
+            Cond::All(c) | Cond::Any(c) => c.iter().any(Cond::uses_intent),
+            Cond::Not(c) => c.uses_intent(),
+            Cond::Intent(_) | Cond::IntentScore(..) => true,
+            Cond::Compare(..) | Cond::Regex(..) | Cond::Model(_) => false,
+        }
+    }
 }
 
 /// One rule.
@@ -105,6 +122,14 @@ pub struct Rule {
     /// Keep-local: a matching request never leaves the local side (no cloud fallback, no
     /// hybrid, no shadow), whatever model it names or route it asks for.
     pub pin: bool,
+}
+
+impl Rule {
+    /// Whether the rule looks at the intent classifier's answer: such rules are consulted only
+    /// for requests the other rules leave to the scorer.
+    pub fn uses_intent(&self) -> bool {
+        self.when.as_ref().is_some_and(Cond::uses_intent)
+    }
 }
 
 /// Collects regex patterns per target while rules are built.
@@ -167,14 +192,29 @@ impl RuleSet {
         &self.rules
     }
 
-    /// The first rule that matches the request.
+    /// The first rule that matches the request, of those that need no intent.
     pub fn first_match(&self, req: &ChatRequest, features: &Features) -> Option<&Rule> {
-        self.first_where(req, features, |_| true)
+        self.first_where(req, features, None, |r| !r.uses_intent())
+    }
+
+    /// The first rule that matches the request, of those that look at its intent.
+    pub fn first_intent_match(
+        &self,
+        req: &ChatRequest,
+        features: &Features,
+        intent: &Intent,
+    ) -> Option<&Rule> {
+        self.first_where(req, features, Some(intent), Rule::uses_intent)
+    }
+
+    /// Whether any rule looks at the intent classifier's answer.
+    pub fn uses_intent(&self) -> bool {
+        self.rules.iter().any(Rule::uses_intent)
     }
 
     /// The first keep-local rule that matches the request.
     pub fn first_pinned(&self, req: &ChatRequest, features: &Features) -> Option<&Rule> {
-        self.first_where(req, features, |r| r.pin)
+        self.first_where(req, features, None, |r| r.pin)
     }
 
     /// Whether any rule is a keep-local rule.
@@ -186,33 +226,50 @@ impl RuleSet {
         &self,
         req: &ChatRequest,
         features: &Features,
+        intent: Option<&Intent>,
         wanted: impl Fn(&Rule) -> bool,
     ) -> Option<&Rule> {
-        let mut hits = Hits::default();
+        let mut seen = Seen {
+            req,
+            features,
+            intent,
+            hits: Hits::default(),
+        };
         self.rules
             .iter()
             .filter(|r| wanted(r))
             .find(|rule| match &rule.when {
                 None => true,
-                Some(cond) => self.eval(cond, req, features, &mut hits),
+                Some(cond) => self.eval(cond, &mut seen),
             })
     }
 
-    fn eval(&self, cond: &Cond, req: &ChatRequest, f: &Features, hits: &mut Hits) -> bool {
+    fn eval(&self, cond: &Cond, seen: &mut Seen) -> bool {
         match cond {
-            Cond::All(c) => c.iter().all(|c| self.eval(c, req, f, hits)),
-            Cond::Any(c) => c.iter().any(|c| self.eval(c, req, f, hits)),
-            Cond::Not(c) => !self.eval(c, req, f, hits),
-            Cond::Compare(feature, op, value) => op.holds(f.get(*feature), *value),
-            Cond::Model(names) => names.contains(&req.model),
+            Cond::All(c) => c.iter().all(|c| self.eval(c, seen)),
+            Cond::Any(c) => c.iter().any(|c| self.eval(c, seen)),
+            Cond::Not(c) => !self.eval(c, seen),
+            Cond::Compare(feature, op, value) => op.holds(seen.features.get(*feature), *value),
+            Cond::Model(names) => names.contains(&seen.req.model),
+            Cond::Intent(names) => seen.intent.is_some_and(|i| names.contains(&i.name)),
+            Cond::IntentScore(op, value) => seen.intent.is_some_and(|i| op.holds(i.score, *value)),
             Cond::Regex(target, indices) => {
-                let matched = hits.get(*target, &self.sets[*target as usize], req);
+                let req = seen.req;
+                let matched = seen.hits.get(*target, &self.sets[*target as usize], req);
                 indices
                     .iter()
                     .any(|&i| matched.get(i).copied().unwrap_or(false))
             }
         }
     }
+}
+
+/// What the conditions of one look-up read: the request, and what is known of it.
+struct Seen<'a> {
+    req: &'a ChatRequest,
+    features: &'a Features,
+    intent: Option<&'a Intent>,
+    hits: Hits,
 }
 
 /// Which patterns matched, per target, computed on first use.
@@ -350,6 +407,55 @@ mod tests {
             name(json!([{"role": "user", "content": "hi, confidential"}])),
             "catch-all"
         );
+    }
+
+    #[test]
+    fn intent_rules_wait_for_the_intent_and_the_others_ignore_it() {
+        let rules = vec![
+            rule(
+                "billing",
+                Some(Cond::All(vec![
+                    Cond::Intent(vec!["billing".into(), "refund".into()]),
+                    Cond::IntentScore(Op::Ge, 0.8),
+                ])),
+                Route::Local,
+            ),
+            rule(
+                "tools",
+                Some(Cond::Compare(Feature::Tools, Op::Gt, 0.0)),
+                Route::Cloud,
+            ),
+            rule(
+                "not-faq",
+                Some(Cond::Not(Box::new(Cond::Intent(vec!["faq".into()])))),
+                Route::Hybrid,
+            ),
+        ];
+        let set = RuleSet::new(rules, Patterns::default()).unwrap();
+        assert!(set.uses_intent());
+        let req = request(serde_json::json!([{"role": "user", "content": "refund please"}]));
+        let f = Features::of(&req);
+        // The request has tools: the plain rule decides, though an intent rule comes first.
+        assert_eq!(set.first_match(&req, &f).unwrap().name, "tools");
+        let intent = |name: &str, score: f64| Intent {
+            name: name.into(),
+            score,
+        };
+        let name = |i: Intent| set.first_intent_match(&req, &f, &i).map(|r| r.name.clone());
+        assert_eq!(name(intent("refund", 0.9)).as_deref(), Some("billing"));
+        assert_eq!(name(intent("refund", 0.5)).as_deref(), Some("not-faq"));
+        assert_eq!(name(intent("refund", f64::NAN)).as_deref(), Some("not-faq"));
+        assert_eq!(name(intent("faq", 0.99)), None);
+        let plain = RuleSet::new(
+            vec![rule(
+                "tools",
+                Some(Cond::Compare(Feature::Tools, Op::Gt, 0.0)),
+                Route::Cloud,
+            )],
+            Patterns::default(),
+        )
+        .unwrap();
+        assert!(!plain.uses_intent());
     }
 
     #[test]

@@ -32,7 +32,9 @@ pub use keys::{days_from_civil, KeyConfig};
 pub use limits::Limits;
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
-pub use routing::{load_scorer, Routing, ShadowConfig, DEFAULT_SCORER, SURFACE_SCORER};
+pub use routing::{
+    load_scorer, ClassifierConfig, Routing, ShadowConfig, DEFAULT_SCORER, SURFACE_SCORER,
+};
 pub use state::StateConfig;
 pub use telemetry::{LogFormat, Telemetry, TraceConfig};
 pub use units::{parse_duration, parse_size};

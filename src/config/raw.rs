@@ -196,6 +196,16 @@ pub struct RawRouting {
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
     pub shadow: Option<RawShadow>,
+    pub classifier: Option<RawClassifier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassifier {
+    pub url: Text,
+    pub timeout: Option<Text>,
+    pub max_entries: Option<Text>,
+    pub ttl: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +277,9 @@ pub struct RawCond {
     pub regex: Option<Vec<Text>>,
     pub target: Option<Text>,
     pub model: Option<Vec<Text>>,
+    /// `feature: intent`: the intents that match.
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<Text>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

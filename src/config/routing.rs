@@ -2,9 +2,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::raw::{RawCond, RawRouting, Text};
-use super::{Checker, Target as UpstreamTarget, UpstreamConfig};
+use super::{parse_duration, Checker, Target as UpstreamTarget, UpstreamConfig};
 use crate::classify::{Cond, Feature, Op, Patterns, Rule, RuleSet, Scorer, StaticTable, Target};
 use crate::vocab::CachePolicy;
 use crate::vocab::Route;
@@ -45,6 +46,23 @@ pub struct Routing {
     pub shares: Option<(f64, f64, usize)>,
     /// Shadow judging, when on.
     pub shadow: Option<ShadowConfig>,
+    /// The team's intent classifier, when configured.
+    pub classifier: Option<ClassifierConfig>,
+}
+
+/// An intent classifier on the team's network (`routing.classifier`), asked about the requests
+/// the other rules leave to the scorer; rules then match its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifierConfig {
+    /// Where it answers, as an upstream the gateway calls (no key, no retries, no active
+    /// checks; its time limits are the budget).
+    pub upstream: UpstreamConfig,
+    /// How long a request waits for it at most; past it the request is routed without.
+    pub timeout: Duration,
+    /// Answers kept, per message hash.
+    pub max_entries: u64,
+    /// How long an answer is kept.
+    pub ttl: Duration,
 }
 
 /// Shadow judging (`routing.shadow`): a sample of local answers is also asked of the cloud, and a
@@ -201,6 +219,20 @@ impl Checker<'_> {
                     None => continue,
                 },
             };
+            if when.as_ref().is_some_and(Cond::uses_intent) {
+                if pin {
+                    self.error(
+                        Some(&r.name),
+                        format!("{field}: a keep-local rule cannot look at the intent (keep-local rules hold before anything is asked)"),
+                    );
+                }
+                if raw.classifier.is_none() {
+                    self.error(
+                        Some(&r.name),
+                        format!("{field}: `feature: intent` needs routing.classifier"),
+                    );
+                }
+            }
             if let Some(before) = &catch_all {
                 warnings.push(format!(
                     "line {}: rule `{name}` can never match: rule `{before}` before it matches every request",
@@ -321,7 +353,10 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|s| self.shadow(s, upstreams, names, base));
 
+        let classifier = raw.classifier.as_ref().and_then(|c| self.classifier(c));
+
         Some(Routing {
+            classifier,
             shadow,
             shares,
             classify,
@@ -372,6 +407,10 @@ impl Checker<'_> {
             self.error_at(at, format!("{field}: `target` goes with `regex`"));
             return None;
         }
+        if c.one_of.is_some() && c.feature.is_none() {
+            self.error_at(at, format!("{field}: `in` goes with `feature: intent`"));
+            return None;
+        }
         if let Some(list) = c.all.as_ref().or(c.any.as_ref()) {
             let mut out = Vec::with_capacity(list.len());
             for sub in list {
@@ -392,8 +431,21 @@ impl Checker<'_> {
         }
         if let Some(feature) = &c.feature {
             let name = self.text(field, feature)?;
-            let Some(feature_id) = Feature::from_name(&name) else {
-                let known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+            if name == "intent" {
+                return self.intent_cond(field, feature, c);
+            }
+            if c.one_of.is_some() {
+                self.error(
+                    Some(feature),
+                    format!("{field}: `in` goes with `feature: intent`, not `{name}`"),
+                );
+                return None;
+            }
+            let intent_score = name == "intent_score";
+            let feature_id = Feature::from_name(&name);
+            if feature_id.is_none() && !intent_score {
+                let mut known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+                known.extend(["intent", "intent_score"]);
                 self.error(
                     Some(feature),
                     format!(
@@ -402,7 +454,7 @@ impl Checker<'_> {
                     ),
                 );
                 return None;
-            };
+            }
             let mut parts = Vec::new();
             for ((op_name, op), value) in comparisons {
                 if let Some(v) = value {
@@ -410,7 +462,10 @@ impl Checker<'_> {
                         t.parse::<f64>()
                             .map_err(|_| format!("`{t}` is not a number"))
                     });
-                    parts.push(Cond::Compare(feature_id, *op, n));
+                    parts.push(match feature_id {
+                        Some(id) => Cond::Compare(id, *op, n),
+                        None => Cond::IntentScore(*op, n),
+                    });
                 }
             }
             return match parts.len() {
@@ -457,6 +512,71 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// `{feature: intent, in: [...]}`.
+    fn intent_cond(&mut self, field: &str, feature: &Text, c: &RawCond) -> Option<Cond> {
+        let compared = [&c.lt, &c.le, &c.gt, &c.ge, &c.eq, &c.ne];
+        if compared.iter().any(|v| v.is_some()) {
+            self.error(
+                Some(feature),
+                format!(
+                    "{field}: `feature: intent` takes `in: [...]`; compare `intent_score` instead"
+                ),
+            );
+            return None;
+        }
+        let Some(list) = c.one_of.as_ref().filter(|l| !l.is_empty()) else {
+            self.error(
+                Some(feature),
+                format!("{field}: `feature: intent` needs `in: [...]` with the intents that match"),
+            );
+            return None;
+        };
+        let names = list.iter().filter_map(|t| self.text(field, t)).collect();
+        Some(Cond::Intent(names))
+    }
+
+    /// `routing.classifier`.
+    fn classifier(&mut self, raw: &super::raw::RawClassifier) -> Option<ClassifierConfig> {
+        let url = self.text("routing.classifier.url", &raw.url)?;
+        let url = match super::UpstreamUrl::parse(&url) {
+            Ok(u) => u,
+            Err(e) => {
+                self.error(Some(&raw.url), format!("routing.classifier.url: {e}"));
+                return None;
+            }
+        };
+        let timeout = self.parsed(
+            "routing.classifier.timeout",
+            raw.timeout.as_ref(),
+            Duration::from_millis(50),
+            |t| match parse_duration(t)? {
+                d if d.is_zero() => Err("must be more than 0".into()),
+                d => Ok(d),
+            },
+        );
+        let max_entries = self.parsed(
+            "routing.classifier.max_entries",
+            raw.max_entries.as_ref(),
+            10_000,
+            |t| {
+                t.parse::<u64>()
+                    .map_err(|_| format!("`{t}` is not a whole number"))
+            },
+        );
+        let ttl = self.parsed(
+            "routing.classifier.ttl",
+            raw.ttl.as_ref(),
+            Duration::from_secs(600),
+            parse_duration,
+        );
+        Some(ClassifierConfig {
+            upstream: super::upstreams::called_service("routing.classifier", url, timeout),
+            timeout,
+            max_entries,
+            ttl,
+        })
+    }
+
     /// `routing.shadow`.
     fn shadow(
         &mut self,

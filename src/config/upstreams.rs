@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::raw::{self, Ordered, RawTimeouts, RawUpstream, Text};
+use super::resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 use super::{
     parse_duration, Checker, RawApi, Secret, Target, Timeouts, UpstreamConfig, UpstreamKind,
     UpstreamUrl,
@@ -321,5 +322,50 @@ impl Checker<'_> {
                 }
             }),
         })
+    }
+}
+
+/// A service the gateway itself calls on the request path (the intent classifier), as an
+/// upstream: one backend at `url`, no key, one attempt, no active checks; `budget` bounds every
+/// phase of the exchange. Three failures in a row rest it for five seconds (then one request
+/// tries it again), so a service that is down costs requests nothing while it rests.
+pub fn called_service(name: &str, url: UpstreamUrl, budget: Duration) -> UpstreamConfig {
+    UpstreamConfig {
+        name: name.to_owned(),
+        kind: UpstreamKind::OpenAi,
+        route: Route::Local,
+        backends: vec![url],
+        balance: Balance::RoundRobin,
+        max_outstanding: None,
+        health: HealthConfig {
+            active: false,
+            path: "/".to_owned(),
+            interval: Duration::from_secs(10),
+            timeout: budget,
+            healthy_after: 1,
+            unhealthy_after: 2,
+            failures: 3,
+            cooldown: Duration::from_secs(5),
+        },
+        retry: RetryConfig {
+            attempts: 1,
+            ..RetryConfig::default()
+        },
+        num_ctx: None,
+        keep_alive: None,
+        context_overflow: ContextOverflow::Reject,
+        tokenizer: Counting::Estimate,
+        raw_api: RawApi::OllamaGenerate,
+        model: None,
+        api_key: None,
+        enabled: true,
+        fallback: None,
+        timeouts: Timeouts {
+            connect: budget,
+            first_byte: budget,
+            idle: budget,
+            total: budget,
+        },
+        price: None,
     }
 }

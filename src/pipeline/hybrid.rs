@@ -135,6 +135,7 @@ impl<T: Transport> Pipeline<T> {
             shorten: None,
             validate: false,
             pinned: false,
+            intent: None,
         };
         let headers = HeaderMap::new();
         let gateway = Tenant {

@@ -11,6 +11,7 @@ pub mod downstream;
 pub mod explain;
 mod forward;
 mod hybrid;
+mod intent;
 mod job;
 mod metrics;
 mod relay;
@@ -94,6 +95,10 @@ pub struct Pipeline<T> {
     pub shares: Option<Arc<Shares>>,
     /// Shadow judging's rate, budget and metrics (kept across reloads).
     shadow: Arc<shadow::Shadow>,
+    /// The intent classifier, when configured (kept, with its answers, across reloads that
+    /// leave it as it was).
+    classifier: Option<Arc<intent::Classifier>>,
+    intent_metrics: intent::IntentMetrics,
 }
 
 impl<T: Transport> Pipeline<T> {
@@ -129,7 +134,11 @@ impl<T: Transport> Pipeline<T> {
         ));
         let shares = shares_for(&config, None);
         let shadow = Arc::new(shadow::Shadow::register(registry).map_err(failed)?);
+        let intent_metrics = intent::IntentMetrics::register(registry).map_err(failed)?;
+        let classifier = classifier_for(&config, None, &intent_metrics)?;
         Ok(Pipeline {
+            classifier,
+            intent_metrics,
             shadow,
             records,
             shares,
@@ -175,7 +184,10 @@ impl<T: Transport> Pipeline<T> {
         };
         preload_vocabularies(&config);
         let shares = shares_for(&config, self.shares.as_ref());
+        let classifier = classifier_for(&config, self.classifier.as_ref(), &self.intent_metrics)?;
         Ok(Pipeline {
+            classifier,
+            intent_metrics: self.intent_metrics.clone(),
             conversations: upstreams.iter().any(|u| u.pool.wants_conversation()),
             config: Arc::new(config),
             upstreams,
@@ -209,7 +221,14 @@ impl<T: Transport> Pipeline<T> {
             Err(e) => return self.refuse(&incoming, &e, down).await,
         };
         let span = rec.trace.as_ref().map(|t| t.open());
-        let decided = self.decide(incoming.tenant, incoming.headers, &request);
+        let decided = self
+            .decide(
+                incoming.tenant,
+                incoming.headers,
+                &request,
+                incoming.request_id,
+            )
+            .await;
         if let (Some(trace), Some(span)) = (rec.trace.as_deref_mut(), span) {
             traced::asked(trace, &request);
             traced::decided(trace, span, decided.as_ref().ok());
@@ -221,7 +240,7 @@ impl<T: Transport> Pipeline<T> {
         self.note(&decision, rec);
         if let (Some(shares), Some(score)) = (&self.shares, decision.score) {
             // Shares count what the scorer decides; rules decide the rest.
-            if decision.rule == "scorer" {
+            if decision.rule == route::SCORER {
                 shares.observe(score);
             }
         }
@@ -417,11 +436,12 @@ impl<T: Transport> Pipeline<T> {
     /// Where `request` goes: a route the client forces with `x-switchyard-route` (when its key,
     /// or without keys the configuration, allows it), the classifier, or the model table; a 403
     /// for a model or route the tenant's key may not use.
-    pub fn decide<'a>(
+    pub async fn decide<'a>(
         &'a self,
         tenant: &Tenant,
         headers: &HeaderMap,
         request: &'a ChatRequest,
+        request_id: &str,
     ) -> Result<Decision<'a>, ApiError> {
         let key = tenant.key.map(|i| &self.config.keys[i]);
         if let Some(key) = key.filter(|k| !k.allows_model(&request.model)) {
@@ -436,7 +456,10 @@ impl<T: Transport> Pipeline<T> {
         }
         let forced = self.forced_route(tenant, headers)?;
         let thresholds = self.shares.as_ref().map(|s| s.thresholds());
-        let decision = route::decide_at(&self.config, request, forced, thresholds);
+        let mut decision = route::decide_at(&self.config, request, forced, thresholds);
+        if decision.wants_intent(&self.config) {
+            decision = self.with_intent(request, decision, request_id).await;
+        }
         if let Some(key) = key.filter(|k| !k.allows_route(decision.route)) {
             return Err(ApiError::forbidden(
                 format!(
@@ -448,6 +471,27 @@ impl<T: Transport> Pipeline<T> {
             ));
         }
         Ok(decision)
+    }
+
+    /// A scorer's decision revisited with the request's intent, when the classifier gives one.
+    async fn with_intent<'a>(
+        &'a self,
+        request: &'a ChatRequest,
+        decision: Decision<'a>,
+        request_id: &str,
+    ) -> Decision<'a> {
+        let (Some(classifier), Some(text)) =
+            (&self.classifier, crate::classify::intent::question(request))
+        else {
+            return decision;
+        };
+        let known = classifier
+            .intent(&self.transport, &self.upstream_metrics, request_id, text)
+            .await;
+        match known {
+            Some(intent) => route::with_intent(&self.config, request, decision, intent),
+            None => decision,
+        }
     }
 
     /// The route a client forces, when its key (without keys: the configuration) allows it;
@@ -570,6 +614,25 @@ fn preload_vocabularies(config: &Config) {
     wanted.dedup();
     if !wanted.is_empty() {
         std::thread::spawn(move || wanted.into_iter().for_each(|v| v.load()));
+    }
+}
+
+/// The intent classifier of `config`: `kept` when it serves the same settings (its answers stay),
+/// else a new one.
+fn classifier_for(
+    config: &Config,
+    kept: Option<&Arc<intent::Classifier>>,
+    metrics: &intent::IntentMetrics,
+) -> Result<Option<Arc<intent::Classifier>>, String> {
+    let Some(wanted) = config.routing.as_ref().and_then(|r| r.classifier.as_ref()) else {
+        return Ok(None);
+    };
+    match kept {
+        Some(same) if same.serves(wanted) => Ok(Some(Arc::clone(same))),
+        _ => Ok(Some(Arc::new(intent::Classifier::new(
+            wanted,
+            metrics.clone(),
+        )?))),
     }
 }
 

@@ -183,7 +183,8 @@ fn readiness(
     }
 }
 
-/// `POST /v1/route`: the routing decision for a chat request, without contacting any upstream.
+/// `POST /v1/route`: the routing decision for a chat request, without contacting any model
+/// (the intent classifier is asked, when rules need it).
 pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Result<()> {
     let gateway = explain(ctx);
     let (body, _held) = match read_body(session, &gw.body_limits(ctx)).await? {
@@ -204,7 +205,11 @@ pub(super) async fn route(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
         .tenant
         .clone()
         .unwrap_or_else(|| Tenant::of(headers, &secret));
-    let decision = match ctx.pipeline.decide(&tenant, headers, &request) {
+    let decided = ctx
+        .pipeline
+        .decide(&tenant, headers, &request, &ctx.request_id)
+        .await;
+    let decision = match decided {
         Ok(d) => d,
         Err(e) => return write_error(session, &e, &gateway, &[]).await,
     };

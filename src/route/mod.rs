@@ -8,7 +8,7 @@ pub mod passthrough;
 pub mod shares;
 
 use crate::api::ChatRequest;
-use crate::classify::Features;
+use crate::classify::{Features, Intent};
 use crate::config::{Config, ModelEntry, Routing};
 pub use crate::vocab::Route;
 use crate::vocab::{CachePolicy, Shorten};
@@ -36,6 +36,48 @@ pub struct Decision<'a> {
     pub validate: bool,
     /// A keep-local rule decided: the request never leaves the local side.
     pub pinned: bool,
+    /// What the intent classifier said, when it was asked.
+    pub intent: Option<std::sync::Arc<Intent>>,
+}
+
+impl Decision<'_> {
+    /// Whether the rules left the request to the scorer, and rules on its intent could still
+    /// decide it: the intent classifier is worth asking.
+    pub fn wants_intent(&self, config: &Config) -> bool {
+        self.rule == SCORER
+            && config
+                .routing
+                .as_ref()
+                .is_some_and(|r| r.classifier.is_some() && r.rules.uses_intent())
+    }
+}
+
+/// The `rule` of a decision the scorer made.
+pub const SCORER: &str = "scorer";
+
+/// A scorer's decision revisited with the request's intent: the first rule on intents that
+/// matches decides instead; else the scorer's decision stands. The intent is kept either way.
+pub fn with_intent<'a>(
+    config: &'a Config,
+    req: &'a ChatRequest,
+    decision: Decision<'a>,
+    intent: std::sync::Arc<Intent>,
+) -> Decision<'a> {
+    let Some(routing) = &config.routing else {
+        return decision;
+    };
+    let features = match &decision.features {
+        Some(f) if decision.rule == SCORER => f,
+        _ => return decision,
+    };
+    let decided = match routing.rules.first_intent_match(req, features, &intent) {
+        Some(rule) => from_rule(config, routing, req, rule, decision.score, features.clone()),
+        None => decision,
+    };
+    Decision {
+        intent: Some(intent),
+        ..decided
+    }
 }
 
 /// Decides where `req` goes: a route forced by the client (already allowed by the caller), the
@@ -91,7 +133,7 @@ pub fn decide_at<'a>(
         routing,
         req,
         route,
-        "scorer",
+        SCORER,
         None,
         Some(score),
         Some(features),
@@ -146,6 +188,7 @@ fn from_table<'a>(
         shorten: None,
         validate: false,
         pinned: false,
+        intent: None,
     }
 }
 
@@ -178,6 +221,7 @@ fn to_route<'a>(
         shorten: None,
         validate: false,
         pinned: false,
+        intent: None,
     }
 }
 
@@ -239,6 +283,10 @@ pub fn explain(config: &Config, decision: &Decision, request: &ChatRequest) -> s
         "upstream": config.upstream(decision.upstream).name,
         "features": features,
     });
+    if let Some(intent) = &decision.intent {
+        let score = Some(intent.score).filter(|s| s.is_finite());
+        out["intent"] = serde_json::json!({"name": intent.name, "score": score});
+    }
     let scorer = config.routing.as_ref().map(|r| &r.scorer);
     if let Some(scorer) = scorer.filter(|s| decision.score.is_some() && s.table_name().is_some()) {
         let nearest: Vec<serde_json::Value> = scorer
