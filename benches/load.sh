@@ -5,9 +5,11 @@
 #
 # A zero-delay mock upstream (nginx returning a fixed chat.completion body on one port and a
 # fixed SSE stream on another) is hit by wrk three ways: directly, through nginx as a reverse
-# proxy, and through Switchyard. Each is run at concurrency 1 and 64, non-streaming and
-# streaming. The script prints a Markdown table with req/s, p50/p99 latency, proxy CPU time per
-# request and Switchyard's memory use. Everything listens on 127.0.0.1.
+# proxy, through Switchyard's chat path, and through Switchyard's pass-through of another `/v1/`
+# path (pingora's own proxy loop, the floor the chat path is held to). Each is run at
+# concurrency 1, 32 and 64, non-streaming and streaming. The script prints a Markdown table with
+# req/s, p50/p99 latency, proxy CPU time per request and Switchyard's memory use, the medians of
+# RUNS rounds. Everything listens on 127.0.0.1.
 #
 # Environment:
 #   DURATION         length of each measured run, as wrk takes it (default 10s)
@@ -15,6 +17,8 @@
 #   SWITCHYARD_BIN   gateway binary (default: target/release/switchyard in this repository)
 #   SKIP_SWITCHYARD  set to 1 to benchmark only the mock and the nginx proxy
 #   START_TIMEOUT    seconds to wait for each server to accept connections (default 30)
+#   CONCURRENCIES    the connection counts to run (default "1 32 64")
+#   RUNS             rounds of every run; the tables show each figure's median (default 1)
 #
 # wrk, the mock, and the proxy under test all share this machine's cores, so the absolute
 # numbers are lower than on separate hosts; compare rows with each other, not with other hosts.
@@ -29,6 +33,8 @@ WARMUP=${WARMUP:-2s}
 SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
 SKIP_SWITCHYARD=${SKIP_SWITCHYARD:-0}
 START_TIMEOUT=${START_TIMEOUT:-30}
+read -r -a CONCURRENCIES <<<"${CONCURRENCIES:-1 32 64}"
+RUNS=${RUNS:-1}
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -197,7 +203,10 @@ SSE_RESPONSE+="$(sse_chunk '{"content":" It is scheduled for delivery today befo
 SSE_RESPONSE+="$(sse_chunk '{}' '"stop"')"
 SSE_RESPONSE+='data: [DONE]\n\n'
 
-for body in "$JSON_RESPONSE" "$SSE_RESPONSE"; do
+# What the gateway's health checks ask for: the models the mock serves.
+MODELS_RESPONSE='{"object":"list","data":[{"id":"gpt-4o","object":"model","created":1700000000,"owned_by":"bench"}]}'
+
+for body in "$JSON_RESPONSE" "$SSE_RESPONSE" "$MODELS_RESPONSE"; do
   [[ $body != *[\'\$]* ]] || die "a bench body contains ' or \$"
 done
 
@@ -243,6 +252,18 @@ pick_port PROXY_JSON_PORT
 pick_port PROXY_SSE_PORT
 pick_port SWITCHYARD_PORT
 
+# The mock's answers, one nginx location each: the JSON completion, the SSE stream, and the
+# model list the gateway's health checks ask for.
+json_location() {
+  printf '        location = %s {\n            default_type application/json;\n            return 200 '"'"'%s'"'"';\n        }\n' "$1" "$JSON_RESPONSE"
+}
+sse_location() {
+  printf '        location = %s {\n            default_type text/event-stream;\n            add_header Cache-Control no-cache;\n            return 200 '"'"'%s'"'"';\n        }\n' "$1" "$SSE_RESPONSE"
+}
+models_location() {
+  printf '        location = /v1/models {\n            default_type application/json;\n            return 200 '"'"'%s'"'"';\n        }\n' "$MODELS_RESPONSE"
+}
+
 # 1. Mock upstream: one port answers with the JSON completion, the other with the SSE stream
 #    (the gateway always posts to /v1/chat/completions on an upstream's url).
 MOCK_DIR="$TMP/mock"
@@ -254,19 +275,17 @@ http {
 $(nginx_http_common "$MOCK_DIR")
     server {
         listen 127.0.0.1:$MOCK_JSON_PORT;
-        location = /v1/chat/completions {
-            default_type application/json;
-            return 200 '$JSON_RESPONSE';
-        }
+$(json_location /v1/chat/completions)
+        # The same answers on other paths, which Switchyard passes through.
+$(json_location /v1/bench/completions)
+$(sse_location /v1/bench/stream)
+$(models_location)
         location / { return 404; }
     }
     server {
         listen 127.0.0.1:$MOCK_SSE_PORT;
-        location = /v1/chat/completions {
-            default_type text/event-stream;
-            add_header Cache-Control no-cache;
-            return 200 '$SSE_RESPONSE';
-        }
+$(sse_location /v1/chat/completions)
+$(models_location)
         location / { return 404; }
     }
 }
@@ -334,7 +353,7 @@ mapfile -t PROXY_WORKERS < <(child_pids "$PROXY_PID")
 # 3. Switchyard.
 TARGETS=(direct nginx)
 if [[ $SKIP_SWITCHYARD != 1 ]]; then
-  TARGETS+=(switchyard)
+  TARGETS+=(switchyard passthrough)
   cat >"$TMP/switchyard.yaml" <<EOF
 server:
   listen: "127.0.0.1:$SWITCHYARD_PORT"
@@ -382,6 +401,8 @@ target_url() {
     nginx/non-stream) port=$PROXY_JSON_PORT ;;
     nginx/stream) port=$PROXY_SSE_PORT ;;
     switchyard/*) port=$SWITCHYARD_PORT ;;
+    passthrough/non-stream) echo "http://127.0.0.1:$SWITCHYARD_PORT/v1/bench/completions"; return ;;
+    passthrough/stream) echo "http://127.0.0.1:$SWITCHYARD_PORT/v1/bench/stream"; return ;;
   esac
   echo "http://127.0.0.1:$port/v1/chat/completions"
 }
@@ -407,7 +428,7 @@ for scenario in "${SCENARIOS[@]}"; do
       log "error: smoke test failed for $target ($scenario): HTTP $code from $url"
       head -c 2000 "$TMP/smoke.out" >&2 || true
       log ""
-      [[ $target != switchyard ]] || tail -n 20 "$TMP/switchyard.log" >&2 || true
+      [[ $target != switchyard && $target != passthrough ]] || tail -n 20 "$TMP/switchyard.log" >&2 || true
       exit 1
     fi
   done
@@ -432,6 +453,9 @@ to_us() {
 
 declare -A RPS P50 P99 CPU ERRS
 
+# median VALUES...: the median of numbers (the lower middle one of an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
 # run SCENARIO CONCURRENCY TARGET
 run() {
   local scenario=$1 conc=$2 target=$3 key="$1|$2|$3" url threads out pids=() before=0 after=0
@@ -442,7 +466,7 @@ run() {
 
   case $target in
     nginx) pids=("$PROXY_PID" "${PROXY_WORKERS[@]}") ;;
-    switchyard) pids=("$SWITCHYARD_PID") ;;
+    switchyard | passthrough) pids=("$SWITCHYARD_PID") ;;
   esac
 
   log "  $scenario c=$conc $target: warm-up $WARMUP, run $DURATION"
@@ -461,15 +485,15 @@ run() {
            print v["requests"], v["non2xx"], v["connect"], v["read"], v["write"], v["timeout"] }' "$out")
   [[ -n ${requests:-} ]] || { cat "$out" >&2; die "could not parse wrk output"; }
 
-  RPS[$key]=$(awk '$1 == "Requests/sec:" { print $2 }' "$out")
-  P50[$key]=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
-  P99[$key]=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
+  RPS[$key]+="$(awk '$1 == "Requests/sec:" { print $2 }' "$out") "
+  P50[$key]+="$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")") "
+  P99[$key]+="$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")") "
 
   if ((${#pids[@]} == 0)); then
     CPU[$key]="–"
   elif ((requests > 0)); then
-    CPU[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
-      'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+    CPU[$key]+="$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+      'BEGIN { printf "%.1f", t * 1e6 / hz / n }') "
   else
     CPU[$key]="n/a"
   fi
@@ -484,17 +508,36 @@ run() {
     ERRS[$key]=$(printf '%s, ' "${e[@]}")
     ERRS[$key]="**${ERRS[$key]%, }**" # bold, so a run with errors stands out
     log "    errors: ${ERRS[$key]}"
-  else
+  elif [[ -z ${ERRS[$key]:-} ]]; then
     ERRS[$key]=0
   fi
 }
 
-CONCURRENCIES=(1 64)
-log "running: ${#SCENARIOS[@]} scenarios x ${#CONCURRENCIES[@]} concurrencies x ${#TARGETS[@]} targets"
-for scenario in "${SCENARIOS[@]}"; do
-  for conc in "${CONCURRENCIES[@]}"; do
-    for target in "${TARGETS[@]}"; do
-      run "$scenario" "$conc" "$target"
+# After the rounds: each figure becomes the median of its rounds.
+take_medians() {
+  local key
+  for key in "${!RPS[@]}"; do
+    # shellcheck disable=SC2086 # the lists are space-separated numbers
+    RPS[$key]=$(median ${RPS[$key]})
+    # shellcheck disable=SC2086
+    P50[$key]=$(median ${P50[$key]})
+    # shellcheck disable=SC2086
+    P99[$key]=$(median ${P99[$key]})
+    if [[ ${CPU[$key]} != "–" && ${CPU[$key]} != "n/a" ]]; then
+      # shellcheck disable=SC2086
+      CPU[$key]=$(median ${CPU[$key]})
+    fi
+  done
+}
+
+log "running: $RUNS round(s) of ${#SCENARIOS[@]} scenarios x ${#CONCURRENCIES[@]} concurrencies x ${#TARGETS[@]} targets"
+for round in $(seq "$RUNS"); do
+  log "round $round of $RUNS"
+  for scenario in "${SCENARIOS[@]}"; do
+    for conc in "${CONCURRENCIES[@]}"; do
+      for target in "${TARGETS[@]}"; do
+        run "$scenario" "$conc" "$target"
+      done
     done
   done
 done
@@ -507,10 +550,13 @@ if [[ $SKIP_SWITCHYARD != 1 ]]; then
       "$(target_url switchyard cache-hit)" | awk -F': ' 'tolower($1) == "x-switchyard-cache" { print $2 }' | tr -d '\r')
   done
   [[ $hit == hit ]] || die "cache smoke test: the second request was a cache '$hit', not a hit"
-  for conc in "${CONCURRENCIES[@]}"; do
-    run cache-hit "$conc" switchyard
+  for _ in $(seq "$RUNS"); do
+    for conc in "${CONCURRENCIES[@]}"; do
+      run cache-hit "$conc" switchyard
+    done
   done
 fi
+take_medians
 
 if [[ $SKIP_SWITCHYARD != 1 ]]; then
   RSS_AFTER=$(rss_kib "$SWITCHYARD_PID" VmRSS)
@@ -523,7 +569,7 @@ fi
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || true)
 echo
 echo "Machine: nproc=$(nproc), kernel=$(uname -sr)${cpu_model:+, cpu=$cpu_model}"
-echo "Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'); DURATION=$DURATION per run after a $WARMUP warm-up"
+echo "Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'); DURATION=$DURATION per run after a $WARMUP warm-up; medians of $RUNS round(s)"
 echo "Request body: $(wc -c <"$TMP/request.json") bytes (non-stream), $(wc -c <"$TMP/request-stream.json") bytes (stream)"
 echo
 echo "| scenario | conc | target | req/s | p50 µs | p99 µs | CPU µs/req | errors |"
@@ -555,25 +601,37 @@ echo "CPU µs/req is the proxy's own user+system time (nginx: master + worker; s
 echo "Added latency is the target's p50/p99 minus the direct p50/p99 at concurrency 1."
 echo
 if [[ $SKIP_SWITCHYARD != 1 ]]; then
-  echo "| scenario | switchyard ÷ nginx req/s, c=1 | switchyard ÷ nginx req/s, c=64 | nginx added p50 / p99 µs | switchyard added p50 / p99 µs |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| scenario | conc | switchyard ÷ nginx req/s | pass-through ÷ nginx req/s | switchyard ÷ nginx CPU/req | pass-through ÷ nginx CPU/req |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for scenario in "${SCENARIOS[@]}"; do
+    for conc in "${CONCURRENCIES[@]}"; do
+      n="$scenario|$conc|nginx" s="$scenario|$conc|switchyard" p="$scenario|$conc|passthrough"
+      printf '| %s | %s | %s | %s | %s | %s |\n' "$scenario" "$conc" \
+        "$(ratio "${RPS[$s]}" "${RPS[$n]}")" "$(ratio "${RPS[$p]}" "${RPS[$n]}")" \
+        "$(ratio "${CPU[$s]}" "${CPU[$n]}")" "$(ratio "${CPU[$p]}" "${CPU[$n]}")"
+    done
+  done
+  echo
+  echo "| scenario | nginx added p50 / p99 µs, c=1 | switchyard added p50 / p99 µs, c=1 | pass-through added p50 / p99 µs, c=1 |"
+  echo "|---|---:|---:|---:|"
 else
-  echo "| scenario | nginx added p50 / p99 µs |"
+  echo "| scenario | nginx added p50 / p99 µs, c=1 |"
   echo "|---|---:|"
 fi
-for scenario in "${SCENARIOS[@]}"; do
-  d="$scenario|1|direct" n="$scenario|1|nginx" s="$scenario|1|switchyard"
-  nginx_added="$(diff_us "${P50[$n]}" "${P50[$d]}") / $(diff_us "${P99[$n]}" "${P99[$d]}")"
-  if [[ $SKIP_SWITCHYARD != 1 ]]; then
-    printf '| %s | %s | %s | %s | %s |\n' "$scenario" \
-      "$(ratio "${RPS[$s]}" "${RPS[$n]}")" \
-      "$(ratio "${RPS[$scenario|64|switchyard]}" "${RPS[$scenario|64|nginx]}")" \
-      "$nginx_added" \
-      "$(diff_us "${P50[$s]}" "${P50[$d]}") / $(diff_us "${P99[$s]}" "${P99[$d]}")"
-  else
-    printf '| %s | %s |\n' "$scenario" "$nginx_added"
-  fi
-done
+added() { # TARGET SCENARIO
+  local d="$2|1|direct" t="$2|1|$1"
+  echo "$(diff_us "${P50[$t]}" "${P50[$d]}") / $(diff_us "${P99[$t]}" "${P99[$d]}")"
+}
+if [[ " ${CONCURRENCIES[*]} " == *" 1 "* ]]; then
+  for scenario in "${SCENARIOS[@]}"; do
+    if [[ $SKIP_SWITCHYARD != 1 ]]; then
+      printf '| %s | %s | %s | %s |\n' "$scenario" "$(added nginx "$scenario")" \
+        "$(added switchyard "$scenario")" "$(added passthrough "$scenario")"
+    else
+      printf '| %s | %s |\n' "$scenario" "$(added nginx "$scenario")"
+    fi
+  done
+fi
 
 if [[ $SKIP_SWITCHYARD != 1 ]]; then
   echo
