@@ -14,8 +14,10 @@ use futures::FutureExt;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as HttpSessionV1;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
+use tokio::io::AsyncWriteExt;
 
 use super::call::{Exchange, ExchangeError, Transport};
 use super::{Backend, Upstream, POOL_IDLE};
@@ -58,8 +60,7 @@ impl Pooled {
             .peer(backend)
             .await
             .map_err(|e| ExchangeError::Unreachable(e.message))?;
-        let header = RequestHeader::from(head);
-        PooledExchange::start(&self.connector, peer, timeouts, header, body).await
+        PooledExchange::start(&self.connector, peer, timeouts, head, body).await
     }
 }
 
@@ -116,7 +117,7 @@ pub struct PooledExchange {
 }
 
 impl PooledExchange {
-    /// Sends `header` and `body` to `peer` and waits for the response header.
+    /// Sends `head` and `body` to `peer` and waits for the response header.
     ///
     /// A pooled connection that the upstream had already closed is replaced by a new one and the
     /// request sent again: nothing reached the upstream's application in that case.
@@ -124,7 +125,7 @@ impl PooledExchange {
         connector: &Arc<Connector>,
         peer: HttpPeer,
         timeouts: Timeouts,
-        header: RequestHeader,
+        head: http::request::Parts,
         body: Bytes,
     ) -> Result<PooledExchange, ExchangeError> {
         let started = Instant::now();
@@ -132,16 +133,13 @@ impl PooledExchange {
         let first_byte_by = (started + timeouts.first_byte).min(deadline);
         let mut attempt = 0;
         loop {
-            let (mut session, reused) = connector
+            let (session, reused) = connector
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| classify(&e, false))?;
-            // The connector leaves read and write timeouts unset: without these, a stalled
-            // upstream would hold the request forever.
-            session.set_write_timeout(Some(timeouts.idle));
-            session.set_read_timeout(None);
-            match send(&mut session, header.clone(), body.clone(), first_byte_by).await {
-                Ok(()) => {
+            let sent = send(session, &peer, &head, &body, timeouts.idle, first_byte_by).await;
+            match sent {
+                Ok(session) => {
                     return Ok(PooledExchange {
                         connector: Arc::clone(connector),
                         session,
@@ -245,24 +243,67 @@ enum SendError {
     FirstByteTimeout,
 }
 
+/// Sends the request on `session` and waits for the answer's head; gives back the session to
+/// read the answer's body from.
+///
+/// On HTTP/1.1 the head and the body leave in one write: pingora's client flushes the head on
+/// its own, which costs a packet (and the upstream a wake-up) per request. The connection is
+/// taken out of pingora's session for the write and put into a new session to read the answer,
+/// which is what pingora does itself with a pooled connection.
 async fn send(
-    session: &mut HttpSession,
-    header: RequestHeader,
-    body: Bytes,
+    session: HttpSession,
+    peer: &HttpPeer,
+    head: &http::request::Parts,
+    body: &Bytes,
+    write_timeout: Duration,
     first_byte_by: Instant,
-) -> Result<(), SendError> {
+) -> Result<HttpSession, SendError> {
     let exchange = async {
-        session.write_request_header(Box::new(header)).await?;
-        if !body.is_empty() {
-            session.write_request_body(body, true).await?;
-        }
-        session.finish_request_body().await?;
+        let mut session = match session {
+            HttpSession::H1(h1) => {
+                let mut stream = h1.into_inner();
+                let wire = h1_wire(head, body);
+                let write = async {
+                    stream.write_all(&wire).await?;
+                    stream.flush().await
+                };
+                match tokio::time::timeout(write_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(Error::because(
+                            ErrorType::WriteError,
+                            "while writing the request",
+                            e,
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(Error::explain(
+                            ErrorType::WriteTimedout,
+                            "while writing the request",
+                        ))
+                    }
+                }
+                HttpSession::H1(HttpSessionV1::new_with_options(stream, peer))
+            }
+            mut other => {
+                other.set_write_timeout(Some(write_timeout));
+                let header = RequestHeader::from(head.clone());
+                other.write_request_header(Box::new(header)).await?;
+                if !body.is_empty() {
+                    other.write_request_body(body.clone(), true).await?;
+                }
+                other.finish_request_body().await?;
+                other
+            }
+        };
+        // The connector leaves the read timeout unset; reads are timed by the caller.
+        session.set_read_timeout(None);
         // Informational answers (100 Continue) come before the real header.
         loop {
             session.read_response_header().await?;
             match session.response_header() {
                 Some(h) if h.status.is_informational() => continue,
-                _ => return Ok(()),
+                _ => return Ok(session),
             }
         }
     };
@@ -271,4 +312,28 @@ async fn send(
         Ok(result) => result.map_err(SendError::Io),
         Err(_) => Err(SendError::FirstByteTimeout),
     }
+}
+
+/// An HTTP/1.1 request on the wire: the request line, the headers, the body.
+fn h1_wire(head: &http::request::Parts, body: &[u8]) -> Vec<u8> {
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let headers: usize = head
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let mut wire = Vec::with_capacity(path.len() + headers + body.len() + 32);
+    wire.extend_from_slice(head.method.as_str().as_bytes());
+    wire.push(b' ');
+    wire.extend_from_slice(path.as_bytes());
+    wire.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(body);
+    wire
 }
