@@ -61,11 +61,22 @@ pub fn cache_key(data: &[u8]) {
     assert_ne!(a, keyer.key("tenant-b", "cloud", "gpt-4o", &req));
 }
 
-/// An upstream's SSE stream cut in two anywhere: relayed whole, read for its usage, and masked
-/// for a key.
+/// An upstream's SSE stream cut in two anywhere: relayed whole, read for its usage (whole, and
+/// tallied only), and masked for a key.
 pub fn sse(data: &[u8]) {
     let (at, body) = split(data);
     let strip = data.first().is_some_and(|b| b & 1 == 1);
+    let (tallied, tallied_usage) =
+        read_in_two(AnswerReader::sse(1 << 16, strip).tally_only(), body, at);
+    let (plain_out, plain_usage) = read_in_two(AnswerReader::sse(1 << 16, strip), body, at);
+    // A key spelled with `\u` escapes is the one thing a tally does not see through.
+    if memchr::memmem::find(body, b"\\u").is_none() {
+        assert_eq!(tallied, plain_out, "a tally relays what a full read relays");
+        if plain_usage.is_some() {
+            assert_eq!(tallied_usage, plain_usage, "a tally reads the usage");
+        }
+    }
+
     let mut reader = AnswerReader::sse(1 << 16, strip);
     let scrub = Scrub::new(["sk-fuzz-key"]);
     let mut masked = scrub.stream();
@@ -88,6 +99,22 @@ pub fn sse(data: &[u8]) {
             "a stream is relayed as it came, keys masked"
         );
     }
+}
+
+/// What a reader passes on of `body` fed in two pieces (cut at `at`), and the usage it read.
+fn read_in_two(
+    mut reader: AnswerReader,
+    body: &[u8],
+    at: usize,
+) -> (Vec<u8>, Option<crate::api::Usage>) {
+    let mut out = Vec::new();
+    for piece in [&body[..at], &body[at..]] {
+        out.extend_from_slice(&reader.feed(Bytes::copy_from_slice(piece)));
+    }
+    if let Some(rest) = reader.rest() {
+        out.extend_from_slice(&rest);
+    }
+    (out, reader.finish().usage)
 }
 
 /// A local model server's answers: an NDJSON stream cut anywhere, translated to OpenAI SSE, and

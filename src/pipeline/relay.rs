@@ -111,6 +111,10 @@ pub(super) async fn relay<T: Transport, D: Downstream>(
         Translate::Stream(_) => AnswerReader::written(keep, strip_usage),
         Translate::Pass => AnswerReader::sse(keep, strip_usage),
     };
+    // The answer itself is wanted to store it, judge it, or trace it; else its usage is enough.
+    if job.store.is_none() && !rec.shadow_wanted && rec.trace.is_none() {
+        reader = reader.tally_only();
+    }
     down.head(head).await?;
 
     let mut scrub = upstream.scrub.stream();

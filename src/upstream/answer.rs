@@ -45,6 +45,9 @@ enum Mode {
         assembler: StreamAssembler,
         /// Drop the usage-only event from what the client gets.
         strip_usage: bool,
+        /// Only the usage and the output's size are wanted: events without usage are scanned,
+        /// not parsed.
+        tally: Option<Tally>,
     },
     /// A stream the gateway writes itself from typed chunks (a translated one).
     Written {
@@ -75,8 +78,20 @@ impl AnswerReader {
                 pending: BytesMut::new(),
                 assembler: StreamAssembler::new(limit),
                 strip_usage,
+                tally: None,
             },
         }
+    }
+
+    /// Reads an SSE stream for its usage and size only, when nothing needs the answer itself
+    /// (it will not be cached, judged or traced): only the events that carry usage (the last
+    /// ones) are parsed, the others scanned for the length of their text. [`Answer::completion`]
+    /// is then `None`.
+    pub fn tally_only(mut self) -> AnswerReader {
+        if let Mode::Sse { tally, .. } = &mut self.mode {
+            *tally = Some(Tally::default());
+        }
+        self
     }
 
     /// A reader for a stream the gateway writes from typed chunks ([`ChunkSink`]); `take` gives
@@ -113,11 +128,13 @@ impl AnswerReader {
                 pending,
                 assembler,
                 strip_usage,
+                tally,
             } => {
                 pending.extend_from_slice(&chunk);
                 if !*strip_usage {
-                    while let Some(event) = next_event(pending) {
-                        read_event(assembler, &event);
+                    while let Some(end) = event_end(pending) {
+                        look(assembler, tally, &pending[..end]);
+                        bytes::Buf::advance(pending, end);
                     }
                     if pending.len() > MAX_EVENT {
                         // Nothing is held back here: forget the unreadable event.
@@ -129,7 +146,7 @@ impl AnswerReader {
                 // Pass on whole events only, so the usage event can be left out.
                 let mut out = BytesMut::new();
                 while let Some(event) = next_event(pending) {
-                    if read_event(assembler, &event) != EventKind::UsageOnly {
+                    if look(assembler, tally, &event) != EventKind::UsageOnly {
                         out.extend_from_slice(&event);
                     }
                 }
@@ -193,19 +210,21 @@ impl AnswerReader {
             Mode::Sse {
                 mut pending,
                 mut assembler,
+                mut tally,
                 ..
             } => {
                 // A last event may lack its blank line.
                 if !pending.is_empty() {
                     pending.extend_from_slice(b"\n\n");
                     while let Some(event) = next_event(&mut pending) {
-                        read_event(&mut assembler, &event);
+                        look(&mut assembler, &mut tally, &event);
                     }
                 }
+                let scanned = tally.as_ref().map_or(0, |t| t.output_bytes);
                 Answer {
                     usage: assembler.usage(),
-                    output_bytes: assembler.output_bytes(),
-                    completion: assembler.finish(),
+                    output_bytes: assembler.output_bytes() + scanned,
+                    completion: assembler.finish().filter(|_| tally.is_none()),
                     json: None,
                 }
             }
@@ -240,6 +259,81 @@ impl ChunkSink for AnswerReader {
             out.extend_from_slice(&error.to_sse_event());
         }
     }
+}
+
+/// What a tally-only reader has counted of the events it did not parse.
+#[derive(Debug, Default)]
+struct Tally {
+    /// The length of their text and tool-call arguments, as written (escapes included).
+    output_bytes: usize,
+}
+
+/// Reads one event: parsed when it may carry usage or nothing but a tally is kept, else only
+/// measured.
+fn look(assembler: &mut StreamAssembler, tally: &mut Option<Tally>, event: &[u8]) -> EventKind {
+    match tally {
+        Some(t) if !carries_usage(event) => {
+            t.output_bytes += text_bytes(event);
+            EventKind::Chunk
+        }
+        _ => read_event(assembler, event),
+    }
+}
+
+/// Whether an event holds a `"usage"` object (not `"usage": null`). A text that merely
+/// mentions the word is escaped (`\"usage\"`) and does not match; a key spelled with `\u`
+/// escapes is missed (no upstream writes one), which costs only the usage's precision.
+fn carries_usage(event: &[u8]) -> bool {
+    let mut rest = event;
+    while let Some(at) = memchr::memmem::find(rest, b"\"usage\"") {
+        rest = &rest[at + 7..];
+        let after = rest.trim_ascii_start();
+        if let Some(value) = after.strip_prefix(b":") {
+            if value.trim_ascii_start().first() == Some(&b'{') {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The length of the `content`, `refusal` and `arguments` strings of an event, escapes
+/// included (an estimate of the output's size, used only when no usage arrives).
+fn text_bytes(event: &[u8]) -> usize {
+    let mut total = 0;
+    for key in [&b"\"content\""[..], b"\"refusal\"", b"\"arguments\""] {
+        let mut rest = event;
+        while let Some(at) = memchr::memmem::find(rest, key) {
+            rest = &rest[at + key.len()..];
+            let value = rest.trim_ascii_start();
+            let Some(value) = value.strip_prefix(b":") else {
+                continue;
+            };
+            let Some(string) = value.trim_ascii_start().strip_prefix(b"\"") else {
+                continue;
+            };
+            let len = string_len(string);
+            total += len;
+            rest = &string[len..];
+        }
+    }
+    total
+}
+
+/// The length of a JSON string's body up to its closing quote (or the end).
+fn string_len(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(at) = memchr::memchr2(b'"', b'\\', &s[i..]) {
+        i += at;
+        if s[i] == b'"' {
+            return i;
+        }
+        i += 2;
+        if i >= s.len() {
+            return s.len();
+        }
+    }
+    s.len()
 }
 
 /// Cuts the next complete event (through its blank line) off the front of `buf`.
@@ -353,6 +447,57 @@ mod tests {
             assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
             assert_eq!(got.usage, a.usage, "the gateway still reads it");
         }
+    }
+
+    #[test]
+    fn a_tally_reads_the_usage_and_the_size_without_the_answer() {
+        let mut a = answer();
+        a.choices[0].content = Some("She said \"usage\": {fine} \\ ok".into());
+        for strip in [false, true] {
+            for size in [1, 5, 64, 10_000] {
+                let plain = AnswerReader::sse(1 << 20, strip);
+                let (_, whole) = feed_split(plain, &a.to_sse(true), size);
+                let tally = AnswerReader::sse(1 << 20, strip).tally_only();
+                let (out, got) = feed_split(tally, &a.to_sse(true), size);
+                let (expected, _) =
+                    feed_split(AnswerReader::sse(1 << 20, strip), &a.to_sse(true), size);
+                assert_eq!(out, expected, "the client gets the same bytes");
+                assert_eq!(got.usage, a.usage, "strip {strip}, size {size}");
+                assert!(got.completion.is_none());
+                // Escapes count as written: close to the text's size, never far.
+                let text = whole.output_bytes;
+                assert!(
+                    got.output_bytes >= text && got.output_bytes <= text + 4,
+                    "{} vs {text}",
+                    got.output_bytes
+                );
+            }
+        }
+        // Without a usage event, the size still comes out.
+        let (_, got) = feed_split(
+            AnswerReader::sse(1 << 20, false).tally_only(),
+            &a.to_sse(false),
+            7,
+        );
+        assert_eq!(got.usage, None);
+        assert!(got.output_bytes > 20);
+    }
+
+    #[test]
+    fn usage_objects_are_told_from_nulls_and_mentions() {
+        assert!(carries_usage(
+            br#"data: {"choices":[],"usage": {"prompt_tokens":1}}"#
+        ));
+        assert!(carries_usage(br#"data: {"usage" :{"a":1}}"#));
+        assert!(!carries_usage(
+            br#"data: {"choices":[{"delta":{"content":"x"}}],"usage":null}"#
+        ));
+        assert!(!carries_usage(
+            br#"data: {"delta":{"content":"the \"usage\": {x}"}}"#
+        ));
+        assert_eq!(text_bytes(br#"{"content":"ab\"c","arguments": "{}"}"#), 7);
+        assert_eq!(text_bytes(br#"{"content":null}"#), 0);
+        assert_eq!(text_bytes(br#"{"content":"unterminated\"#), 13);
     }
 
     #[test]
