@@ -9,6 +9,8 @@
 //! Feedback on a record is appended, with the record, to the `feedback.labels` file: one JSON
 //! line per label, which `switchyard train` reads.
 
+mod window;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +21,7 @@ use crate::api::{ApiError, ChatRequest};
 use crate::config::FeedbackConfig;
 use crate::metrics::Record;
 use crate::state::Shared;
+use window::Window;
 
 /// A file of label lines, appended to one line at a time (feedback's and shadow judging's).
 #[derive(Debug, Default)]
@@ -39,7 +42,7 @@ impl LabelFile {
 /// The requests that may still be labelled.
 pub struct Records {
     /// The record of each request, by tenant and request id.
-    kept: moka::sync::Cache<String, Arc<Kept>>,
+    kept: Window<Arc<Kept>>,
     config: FeedbackConfig,
     shared: Option<Arc<Shared>>,
     /// The labels file.
@@ -63,10 +66,7 @@ impl Records {
     /// An empty store for `config`, with the replicas' shared state when there is one.
     pub fn new(config: &FeedbackConfig, shared: Option<Arc<Shared>>) -> Records {
         Records {
-            kept: moka::sync::Cache::builder()
-                .max_capacity(config.max_records)
-                .time_to_live(config.retention)
-                .build(),
+            kept: Window::new(config.max_records, config.retention),
             config: config.clone(),
             shared,
             file: LabelFile::default(),
@@ -80,13 +80,14 @@ impl Records {
             return;
         };
         let kept = Kept::of(rec, request.filter(|_| self.config.store_text));
+        let now = kept.time;
         let key = key(tenant, request_id);
         if let Some(shared) = &self.shared {
             let value = kept.fields(request_id).to_string();
             let (shared, key, ttl) = (Arc::clone(shared), key.clone(), self.config.retention);
             tokio::spawn(async move { shared.put_record(&key, value, ttl).await });
         }
-        self.kept.insert(key, Arc::new(kept));
+        self.kept.insert(&key, Arc::new(kept), now);
     }
 
     /// Takes `body` as feedback from `tenant`: the label line written (and returned), or the
@@ -107,7 +108,7 @@ impl Records {
             ));
         }
         let key = key(tenant, &posted.request_id);
-        let kept = match self.kept.get(&key) {
+        let kept = match self.kept.get(&key, crate::api::ids::unix_now()) {
             Some(kept) => Some(kept.fields(&posted.request_id)),
             None => match &self.shared {
                 Some(shared) => shared
