@@ -599,10 +599,8 @@ struct HeaderScan {
     max_fields: usize,
     bytes: usize,
     lines: usize,
-    /// Whether the last byte read ended a line (an LF, or CR LF) with nothing after it yet.
+    /// Whether the last line end read has had nothing but CRs after it yet.
     at_line_start: bool,
-    /// Whether a CR was the last byte, after a line start (the blank line's CR).
-    blank_cr: bool,
     /// Whether anything but line ends came yet (empty lines before a request are skipped).
     started: bool,
 }
@@ -615,45 +613,58 @@ impl HeaderScan {
             bytes: 0,
             lines: 0,
             at_line_start: false,
-            blank_cr: false,
             started: false,
         }
     }
 
+    /// Reads the next bytes of the head: a line at a time (found with `memchr`), not a byte at a
+    /// time. A line of nothing but CRs after a line end is the blank line that ends the head.
     fn feed(&mut self, chunk: &[u8]) -> Scan {
-        for &b in chunk {
-            self.bytes += 1;
-            if self.bytes > self.max_bytes {
-                return Scan::TooLarge;
+        let mut rest = chunk;
+        if !self.started {
+            // Empty lines before a request are skipped (counted all the same).
+            let skip = rest
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            rest = &rest[skip..];
+            if let Some(over) = self.count(skip) {
+                return over;
             }
-            if !self.started {
-                if b == b'\r' || b == b'\n' {
-                    continue;
-                }
-                self.started = true;
+            if rest.is_empty() {
+                return Scan::More;
             }
-            match b {
-                b'\n' => {
-                    if self.at_line_start {
-                        return Scan::End;
-                    }
-                    self.lines += 1;
-                    // The request line is not a field.
-                    if self.lines > self.max_fields + 1 {
-                        return Scan::TooMany;
-                    }
-                    self.at_line_start = true;
-                    self.blank_cr = false;
-                }
-                b'\r' if self.at_line_start && !self.blank_cr => self.blank_cr = true,
-                b'\r' => {}
-                _ => {
-                    self.at_line_start = false;
-                    self.blank_cr = false;
-                }
-            }
+            self.started = true;
         }
-        Scan::More
+        loop {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                // The line goes on in the next read.
+                if rest.iter().any(|&b| b != b'\r') {
+                    self.at_line_start = false;
+                }
+                return self.count(rest.len()).unwrap_or(Scan::More);
+            };
+            if let Some(over) = self.count(nl + 1) {
+                return over;
+            }
+            let line = &rest[..nl];
+            if self.at_line_start && line.iter().all(|&b| b == b'\r') {
+                return Scan::End;
+            }
+            self.lines += 1;
+            // The request line is not a field.
+            if self.lines > self.max_fields + 1 {
+                return Scan::TooMany;
+            }
+            self.at_line_start = true;
+            rest = &rest[nl + 1..];
+        }
+    }
+
+    /// Counts `n` more bytes of the head: `TooLarge` past the limit.
+    fn count(&mut self, n: usize) -> Option<Scan> {
+        self.bytes += n;
+        (self.bytes > self.max_bytes).then_some(Scan::TooLarge)
     }
 }
 
@@ -692,6 +703,62 @@ mod tests {
             scan_in(&[b"\r\n\r\nGET / HTTP/1.1\r\n"], 1024, 10),
             Scan::More
         );
+    }
+
+    /// The scanner's rules, a byte at a time: what the line-at-a-time scanner must agree with.
+    fn byte_by_byte(head: &[u8], max_bytes: usize, max_fields: usize) -> Scan {
+        let (mut bytes, mut lines, mut started, mut at_line_start) = (0, 0, false, false);
+        for &b in head {
+            bytes += 1;
+            if bytes > max_bytes {
+                return Scan::TooLarge;
+            }
+            if !started && (b == b'\r' || b == b'\n') {
+                continue;
+            }
+            started = true;
+            match b {
+                b'\n' if at_line_start => return Scan::End,
+                b'\n' => {
+                    lines += 1;
+                    if lines > max_fields + 1 {
+                        return Scan::TooMany;
+                    }
+                    at_line_start = true;
+                }
+                b'\r' => {}
+                _ => at_line_start = false,
+            }
+        }
+        Scan::More
+    }
+
+    #[test]
+    fn lines_at_a_time_agree_with_bytes_at_a_time() {
+        let heads: [&[u8]; 6] = [
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nA: b\r\n\r\n{}",
+            b"\r\n\nGET / HTTP/1.1\nHost: x\n\r\r\nbody",
+            b"GET / HTTP/1.1\r\nA: \r\r\nB: c\r\n\r",
+            b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\nd: 4\r\n\r\n",
+            b"\r\r\r\n",
+            b"GET /\rx HTTP/1.1\r\n\r\n",
+        ];
+        for head in heads {
+            for (max_bytes, max_fields) in [(1024, 10), (20, 10), (1024, 2), (40, 1)] {
+                let expected = byte_by_byte(head, max_bytes, max_fields);
+                for cut in 0..=head.len() {
+                    for cut2 in cut..=head.len() {
+                        let pieces = [&head[..cut], &head[cut..cut2], &head[cut2..]];
+                        assert_eq!(
+                            scan_in(&pieces, max_bytes, max_fields),
+                            expected,
+                            "{:?} cut at {cut}, {cut2}, limits {max_bytes}/{max_fields}",
+                            String::from_utf8_lossy(head)
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

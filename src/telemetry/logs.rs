@@ -3,7 +3,7 @@
 //! `RUST_LOG` (default `info`).
 
 use tracing::Level;
-use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, Layer, Registry};
@@ -27,7 +27,11 @@ fn allowed(target: &str, level: &Level) -> bool {
 /// Starts writing log lines in `format`. A second call changes nothing.
 pub fn init(format: LogFormat) {
     let wanted = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = wanted.and(filter_fn(|meta| allowed(meta.target(), meta.level())));
+    // The most verbose level wanted anywhere: the `log` records of the libraries (pingora logs
+    // at debug on every request) below it are dropped at the call site, before any dispatch.
+    let most = wanted.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let cap = filter_fn(|meta| allowed(meta.target(), meta.level())).with_max_level_hint(most);
+    let filter = wanted.and(cap);
     let writer = fmt::layer().with_writer(std::io::stderr);
     let layer: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => Box::new(writer.with_filter(filter)),

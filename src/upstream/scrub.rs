@@ -16,6 +16,8 @@ const MASK: &[u8] = b"***";
 #[derive(Debug, Clone, Default)]
 pub struct Scrub {
     forms: Arc<[Vec<u8>]>,
+    /// A searcher for each form, built once.
+    finders: Arc<[memchr::memmem::Finder<'static>]>,
 }
 
 impl Scrub {
@@ -34,8 +36,13 @@ impl Scrub {
                 }
             }
         }
+        let finders = forms
+            .iter()
+            .map(|f| memchr::memmem::Finder::new(f).into_owned())
+            .collect();
         Scrub {
             forms: forms.into(),
+            finders,
         }
     }
 
@@ -96,7 +103,7 @@ impl Scrub {
 
     /// Whether `bytes` holds a key.
     pub fn finds(&self, bytes: &[u8]) -> bool {
-        self.forms.iter().any(|f| find(bytes, f).is_some())
+        self.finders.iter().any(|f| f.find(bytes).is_some())
     }
 
     /// A scrubber for one stream of chunks.
@@ -141,9 +148,9 @@ impl ScrubStream {
     /// `text` with every whole key masked.
     fn mask(&self, text: &[u8]) -> Vec<u8> {
         let mut out = text.to_vec();
-        for form in self.scrub.forms.iter() {
+        for (form, finder) in self.scrub.forms.iter().zip(self.scrub.finders.iter()) {
             let mut from = 0;
-            while let Some(at) = find(&out[from..], form) {
+            while let Some(at) = finder.find(&out[from..]) {
                 let at = from + at;
                 out.splice(at..at + form.len(), MASK.iter().copied());
                 from = at + MASK.len();
@@ -157,8 +164,15 @@ impl ScrubStream {
         let mut keep = 0;
         for form in self.scrub.forms.iter() {
             let most = (form.len() - 1).min(text.len());
-            for n in (keep + 1..=most).rev() {
-                if text[text.len() - n..] == form[..n] {
+            let window = &text[text.len() - most..];
+            // A tail that starts a key starts with its first byte: only those are compared,
+            // the longest first.
+            for at in memchr::memchr_iter(form[0], window) {
+                let n = window.len() - at;
+                if n <= keep {
+                    break;
+                }
+                if window[at..] == form[..n] {
                     keep = n;
                     break;
                 }
@@ -166,13 +180,6 @@ impl ScrubStream {
         }
         keep
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -214,6 +221,21 @@ mod tests {
             b"sk-pr",
             "a prefix at the very end goes out as it is"
         );
+    }
+
+    #[test]
+    fn a_stream_cut_anywhere_is_masked_as_the_whole_is() {
+        let s = Scrub::new([KEY]);
+        let text = b"sk-proj-Ab then sk-proj-Abc/123_xyz, sk-proj-Abc\\/123_xyz and ssk-proj-Abc/123_xyzsk-p";
+        let whole = s.all(text);
+        assert!(!s.finds(&whole));
+        for cut in 0..=text.len() {
+            let mut st = s.stream();
+            let mut out = st.feed(Bytes::copy_from_slice(&text[..cut])).to_vec();
+            out.extend_from_slice(&st.feed(Bytes::copy_from_slice(&text[cut..])));
+            out.extend_from_slice(&st.finish());
+            assert_eq!(out, &whole[..], "cut at {cut}");
+        }
     }
 
     #[test]
