@@ -14,7 +14,7 @@
 # Environment:
 #   DURATION         length of each measured run, as wrk takes it (default 10s)
 #   WARMUP           length of the warm-up run before each measured run (default 2s)
-#   SWITCHYARD_BIN   gateway binary (default: target/release/switchyard in this repository)
+#   SWITCHYARD_BIN   gateway binary (default: target/dist/switchyard, else target/release/switchyard)
 #   SKIP_SWITCHYARD  set to 1 to benchmark only the mock and the nginx proxy
 #   START_TIMEOUT    seconds to wait for each server to accept connections (default 30)
 #   CONCURRENCIES    the connection counts to run (default "1 32 64")
@@ -30,7 +30,10 @@ BENCH_DIR="$ROOT/benches/load"
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-SWITCHYARD_BIN=${SWITCHYARD_BIN:-$ROOT/target/release/switchyard}
+if [[ -z ${SWITCHYARD_BIN:-} ]]; then
+  SWITCHYARD_BIN=$ROOT/target/dist/switchyard
+  [[ -x $SWITCHYARD_BIN ]] || SWITCHYARD_BIN=$ROOT/target/release/switchyard
+fi
 SKIP_SWITCHYARD=${SKIP_SWITCHYARD:-0}
 START_TIMEOUT=${START_TIMEOUT:-30}
 read -r -a CONCURRENCIES <<<"${CONCURRENCIES:-1 32 64}"
@@ -63,7 +66,7 @@ fi
 NGINX=$(find_nginx)
 
 if [[ $SKIP_SWITCHYARD != 1 && ! -x $SWITCHYARD_BIN ]]; then
-  log "error: $SWITCHYARD_BIN not found; run \`cargo build --release\` first"
+  log "error: $SWITCHYARD_BIN not found; run \`cargo build --profile dist\` first"
   log "       (or SKIP_SWITCHYARD=1 to benchmark only the mock and the nginx proxy)"
   exit 1
 fi
