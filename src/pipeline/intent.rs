@@ -3,7 +3,7 @@
 //!
 //! A classifier that fails or is slow never fails a request: the request is routed without its
 //! intent, and the miss is counted. Three misses in a row rest the classifier for five seconds
-//! (no request waits on it meanwhile); then one request tries it again.
+//! (no request waits on it meanwhile); then the next requests try it again.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, Ordering};
