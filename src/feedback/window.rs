@@ -20,9 +20,12 @@ pub struct Window<V> {
 }
 
 struct Shard<V> {
-    by_key: HashMap<Arc<str>, (u64, V)>,
-    /// Keys with the second they were kept, oldest first.
-    order: VecDeque<(u64, Arc<str>)>,
+    /// Each key's newest value, with the second it was kept and its entry's number.
+    by_key: HashMap<Arc<str>, (u64, u64, V)>,
+    /// Entries in the order they were kept: the second, the entry's number, the key.
+    order: VecDeque<(u64, u64, Arc<str>)>,
+    /// The next entry's number.
+    next: u64,
 }
 
 impl<V: Clone> Window<V> {
@@ -39,6 +42,7 @@ impl<V: Clone> Window<V> {
                     Mutex::new(Shard {
                         by_key: HashMap::new(),
                         order: VecDeque::new(),
+                        next: 0,
                     })
                 })
                 .collect(),
@@ -57,20 +61,26 @@ impl<V: Clone> Window<V> {
     pub fn insert(&self, key: &str, value: V, now: u64) {
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
         let key: Arc<str> = Arc::from(key);
-        shard.order.push_back((now, Arc::clone(&key)));
-        shard.by_key.insert(key, (now, value));
+        let number = shard.next;
+        shard.next += 1;
+        shard.order.push_back((now, number, Arc::clone(&key)));
+        shard.by_key.insert(key, (now, number, value));
         let per_shard = self.per_shard;
         let oldest_kept = now.saturating_sub(self.retention);
-        while let Some((at, _)) = shard.order.front() {
+        while let Some((at, _, _)) = shard.order.front() {
             let too_many = shard.order.len() > per_shard;
             if !too_many && *at > oldest_kept {
                 break;
             }
-            let Some((at, gone)) = shard.order.pop_front() else {
+            let Some((_, number, gone)) = shard.order.pop_front() else {
                 break;
             };
             // A key kept again later has a newer entry: leave that one.
-            if shard.by_key.get(&gone).is_some_and(|(t, _)| *t == at) {
+            if shard
+                .by_key
+                .get(&gone)
+                .is_some_and(|(_, n, _)| *n == number)
+            {
                 shard.by_key.remove(&gone);
             }
         }
@@ -82,8 +92,8 @@ impl<V: Clone> Window<V> {
         shard
             .by_key
             .get(key)
-            .filter(|(at, _)| *at > now.saturating_sub(self.retention))
-            .map(|(_, v)| v.clone())
+            .filter(|(at, _, _)| *at > now.saturating_sub(self.retention))
+            .map(|(_, _, v)| v.clone())
     }
 }
 
@@ -123,14 +133,17 @@ mod tests {
 
     #[test]
     fn a_key_kept_again_holds_its_newest_value() {
-        let w: Window<u32> = Window::with_shards(1, 2, Duration::from_secs(60));
-        w.insert("a", 1, 10);
-        w.insert("a", 2, 11);
-        assert_eq!(w.get("a", 11), Some(2));
-        // The first entry's turn to leave does not take the second with it.
-        w.insert("b", 3, 12);
-        assert_eq!(w.get("a", 12), Some(2));
-        assert_eq!(w.get("b", 12), Some(3));
+        for second in [11, 10] {
+            let w: Window<u32> = Window::with_shards(1, 2, Duration::from_secs(60));
+            w.insert("a", 1, 10);
+            w.insert("a", 2, second);
+            assert_eq!(w.get("a", 11), Some(2));
+            // The first entry's turn to leave does not take the second with it, even when both
+            // were kept in the same second.
+            w.insert("b", 3, 12);
+            assert_eq!(w.get("a", 12), Some(2), "kept again at {second}");
+            assert_eq!(w.get("b", 12), Some(3));
+        }
     }
 
     #[test]
