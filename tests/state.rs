@@ -123,14 +123,38 @@ fn ask(text: &str) -> Value {
            "messages": [{"role": "user", "content": text}]})
 }
 
+/// Two gateways sharing one Redis, in front of a counting local mock and an echoing cloud.
+struct Replicas {
+    redis: Redis,
+    local: Mock,
+    _cloud: Mock,
+    a: Gateway,
+    b: Gateway,
+}
+
+impl Replicas {
+    async fn start() -> Replicas {
+        let redis = Redis::start();
+        let local = Mock::start(counting(Duration::ZERO)).await;
+        let cloud = echo_cloud().await;
+        let state = format!("  redis: \"{}\"", redis.url());
+        let yaml = config(&local.url(), &cloud.url(), &state);
+        let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+        Replicas {
+            redis,
+            local,
+            _cloud: cloud,
+            a,
+            b,
+        }
+    }
+}
+
 #[tokio::test]
 async fn replicas_share_one_limit_one_budget_and_one_cache() {
-    let redis = Redis::start();
-    let local = Mock::start(counting(Duration::ZERO)).await;
-    let cloud = echo_cloud().await;
-    let state = format!("  redis: \"{}\"", redis.url());
-    let yaml = config(&local.url(), &cloud.url(), &state);
-    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    let Replicas {
+        redis, local, a, b, ..
+    } = Replicas::start().await;
 
     // Three requests a minute for the key, wherever they arrive.
     assert_eq!(post(&a, LIMITED, &ask("one")).await.status, 200);
@@ -247,12 +271,7 @@ async fn a_redis_that_is_down_fails_open_or_closed_as_configured() {
 
 #[tokio::test]
 async fn feedback_reaches_the_record_whichever_replica_served_it() {
-    let redis = Redis::start();
-    let local = Mock::start(counting(Duration::ZERO)).await;
-    let cloud = echo_cloud().await;
-    let state = format!("  redis: \"{}\"", redis.url());
-    let yaml = config(&local.url(), &cloud.url(), &state);
-    let (a, b) = (Gateway::start(&yaml), Gateway::start(&yaml));
+    let Replicas { redis, a, b, .. } = Replicas::start().await;
     let served = post(&a, ADMIN, &ask("label me")).await;
     assert_eq!(served.status, 200);
     let id = served.header("x-request-id").expect("an id").to_owned();
