@@ -301,9 +301,8 @@ async fn a_fallbacks_answer_is_stored_and_replayed_naming_it() {
     );
     let mut chat = Vec::new();
     for _ in 0..100 {
-        chat = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
+        chat = complete_lines(&log)
+            .iter()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["path"] == "/v1/chat/completions")
             .collect();
@@ -452,11 +451,7 @@ async fn tokens_cost_savings_and_stats_add_up() {
     // One line per request; no message text, no key.
     let mut lines = Vec::new();
     for _ in 0..100 {
-        lines = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        lines = complete_lines(&log);
         if lines.len() >= 6 {
             break;
         }

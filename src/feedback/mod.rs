@@ -28,14 +28,17 @@ use window::Window;
 pub struct LabelFile(Mutex<()>);
 
 impl LabelFile {
-    /// Appends `line` to the file at `path`, creating it.
+    /// Appends `line` to the file at `path`, creating it. The line goes out in one write, so
+    /// that another process appending to the same file (a second replica) cannot cut into it.
     pub fn append(&self, path: &std::path::Path, line: &Value) -> std::io::Result<()> {
+        let mut bytes = serde_json::to_vec(line)?;
+        bytes.push(b'\n');
         let _one_at_a_time = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)?;
-        writeln!(file, "{line}")
+        file.write_all(&bytes)
     }
 }
 

@@ -54,6 +54,14 @@ pub fn scratch_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// The lines of a file the gateway is appending to, as far as they are written: a line still
+/// being written (no newline yet) is left for the next look.
+pub fn complete_lines(path: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let done = text.rfind('\n').map_or(0, |end| end + 1);
+    text[..done].lines().map(str::to_owned).collect()
+}
+
 /// The standard two-upstream configuration used by most tests, with `extra` appended to
 /// each upstream block (timeouts, say).
 pub fn two_upstreams(local: &str, cloud: &str, timeouts: &str) -> String {
