@@ -451,18 +451,9 @@ fn only_a_local_rule_can_keep_requests_local() {
     );
 }
 
-/// Shares instead of thresholds: the thresholds move so that the configured share of the
-/// scorer's decisions goes local, and `/stats` shows them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thresholds_follow_the_configured_shares() {
-    let local = Mock::start(echo).await;
-    let cloud = Mock::start(echo).await;
-    let yaml = routed_config(&local.url(), &cloud.url(), false).replacen(
-        "scorer: {local_below: 0.0, cloud_from: 0.0}",
-        "scorer: {local_share: 0.5, hybrid_share: 0, window: 200}",
-        1,
-    );
-    let gw = Gateway::start(&yaml);
+/// Sends `n` chat requests of varied words and lengths (so of varied scores), one after the
+/// other; returns the route each took.
+async fn varied_traffic(addr: std::net::SocketAddr, n: usize) -> Vec<String> {
     let words = [
         "prove",
         "list",
@@ -475,28 +466,81 @@ async fn thresholds_follow_the_configured_shares() {
         "translate",
         "compare",
     ];
-    for i in 0..400 {
+    let mut routes = Vec::with_capacity(n);
+    for i in 0..n {
         let text = format!(
             "{} {} {}",
             words[i % words.len()],
             "detail ".repeat(i % 37),
             words[(i * 7) % words.len()]
         );
-        let r = post(
-            gw.addr(),
-            "/v1/chat/completions",
-            &chat_body(&text, false),
-            &[],
-        )
-        .await;
+        let r = post(addr, "/v1/chat/completions", &chat_body(&text, false), &[]).await;
         assert_eq!(r.status, 200);
+        routes.push(
+            r.header("x-switchyard-route")
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
+    routes
+}
+
+/// Shares instead of thresholds: the thresholds move so that the configured share of the
+/// scorer's decisions goes local, and `/stats` shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_follow_the_configured_shares() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    let yaml = routed_config(&local.url(), &cloud.url(), false).replacen(
+        "scorer: {local_below: 0.0, cloud_from: 0.0}",
+        "scorer: {local_share: 0.5, hybrid_share: 0, window: 200}",
+        1,
+    );
+    let gw = Gateway::start(&yaml);
+    varied_traffic(gw.addr(), 400).await;
     let stats = request(gw.addr(), "GET", "/stats", &[], b"").await.json();
     let routing = &stats["routing"];
     let share = routing["shares"]["local"].as_f64().expect("live shares");
     assert!((share - 0.5).abs() <= 0.1, "{routing}");
     assert_eq!(routing["target"]["local"], 0.5);
     assert!(routing["local_below"].as_f64().unwrap() > 0.0, "{routing}");
+}
+
+/// A daily cloud budget: as what the cloud answers cost runs through it, the local share rises
+/// to its ceiling, and `/stats` shows the spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_share_rises_as_the_cloud_budget_runs_out() {
+    let local = Mock::start(echo).await;
+    let cloud = Mock::start(echo).await;
+    // Each cloud answer (10 prompt and 3 completion tokens) costs $0.000055: the budget is half
+    // spent after about 18 of them and gone after 37.
+    let yaml = routed_config(&local.url(), &cloud.url(), false).replacen(
+        "scorer: {local_below: 0.0, cloud_from: 0.0}",
+        "scorer: {local_share: 0.3, window: 200, \
+         cloud_budget: {daily_usd: 0.002, max_local_share: 0.9}}",
+        1,
+    ) + "pricing:\n  models:\n    gpt-4o: {input: 2.50, output: 10.00}\n";
+    let gw = Gateway::start(&yaml);
+    let routes = varied_traffic(gw.addr(), 400).await;
+    let stats = request(gw.addr(), "GET", "/stats", &[], b"").await.json();
+    let routing = &stats["routing"];
+    assert_eq!(routing["target"]["local"], 0.9, "{routing}");
+    assert_eq!(routing["cloud_budget"]["daily_usd"], 0.002, "{routing}");
+    let spent = routing["cloud_budget"]["spent_today_usd"].as_f64().unwrap();
+    assert!(spent >= 0.002, "{routing}");
+    // What the cloud answered is what was counted.
+    let cloud_answers = routes.iter().filter(|r| *r == "cloud").count();
+    assert!(
+        (spent - cloud_answers as f64 * 0.000055).abs() < 1e-9,
+        "{spent} {cloud_answers}"
+    );
+    let live = routing["shares"]["local"].as_f64().expect("live shares");
+    assert!((live - 0.9).abs() <= 0.1, "{routing}");
+    let last = &routes[300..];
+    let local_last = last.iter().filter(|r| *r == "local").count();
+    assert!(local_last >= 75, "{local_last} of the last 100 went local");
+    let local_first = routes[128..228].iter().filter(|r| *r == "local").count();
+    assert!(local_first < local_last, "{local_first} {local_last}");
 }
 
 /// The retraining loop: the gateway's own feedback labels train a scorer, reported next to the

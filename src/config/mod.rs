@@ -33,7 +33,8 @@ pub use limits::Limits;
 pub use observe::{AccessLogTarget, CacheConfig, Price, Pricing};
 pub use resilience::{Balance, ContextOverflow, HealthConfig, RetryConfig};
 pub use routing::{
-    load_scorer, ClassifierConfig, Routing, ShadowConfig, DEFAULT_SCORER, SURFACE_SCORER,
+    load_scorer, ClassifierConfig, CloudBudget, Routing, ShadowConfig, SharesConfig,
+    DEFAULT_SCORER, SURFACE_SCORER,
 };
 pub use state::StateConfig;
 pub use telemetry::{LogFormat, Telemetry, TraceConfig};

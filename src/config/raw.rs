@@ -244,6 +244,14 @@ pub struct RawScorer {
     pub local_share: Option<Text>,
     pub hybrid_share: Option<Text>,
     pub window: Option<Text>,
+    pub cloud_budget: Option<RawCloudBudget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloudBudget {
+    pub daily_usd: Option<Text>,
+    pub max_local_share: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -42,12 +42,35 @@ pub struct Routing {
     pub local_below: f64,
     /// Scores from this up go to the cloud; between the two thresholds, hybrid.
     pub cloud_from: f64,
-    /// Shares the thresholds follow instead: `(local, hybrid, window)`.
-    pub shares: Option<(f64, f64, usize)>,
+    /// Shares the thresholds follow instead, when configured.
+    pub shares: Option<SharesConfig>,
     /// Shadow judging, when on.
     pub shadow: Option<ShadowConfig>,
     /// The team's intent classifier, when configured.
     pub classifier: Option<ClassifierConfig>,
+}
+
+/// Shares instead of thresholds (`routing.scorer.local_share`, `hybrid_share`, `window`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharesConfig {
+    /// The share of the scorer's decisions that goes local.
+    pub local: f64,
+    /// The share that goes hybrid; the rest goes to the cloud.
+    pub hybrid: f64,
+    /// How many recent scores the thresholds are taken from.
+    pub window: usize,
+    /// A daily cloud budget that raises the local share as it runs out.
+    pub cloud_budget: Option<CloudBudget>,
+}
+
+/// `routing.scorer.cloud_budget`: what the cloud side may cost a UTC day before the local share
+/// reaches its ceiling (see [`crate::route::shares`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudBudget {
+    /// US dollars a day.
+    pub daily_usd: f64,
+    /// The local share when the budget is spent.
+    pub max_local_share: f64,
 }
 
 /// An intent classifier on the team's network (`routing.classifier`), asked about the requests
@@ -334,8 +357,18 @@ impl Checker<'_> {
                 )),
             },
         );
+        let budget_raw = scorer_raw.and_then(|s| s.cloud_budget.as_ref());
+        let cloud_budget = budget_raw.and_then(|b| self.cloud_budget(b, local_share));
         let shares = match (local_share, hybrid_share) {
-            (None, None) => None,
+            (None, None) => {
+                if let Some(b) = budget_raw {
+                    self.error(
+                        b.daily_usd.as_ref(),
+                        "routing.scorer.cloud_budget: needs `local_share` (the budget raises it)",
+                    );
+                }
+                None
+            }
             (l, h) => {
                 let (l, h) = (l.unwrap_or(0.0), h.unwrap_or(0.0));
                 if l + h > 1.0 {
@@ -344,7 +377,12 @@ impl Checker<'_> {
                         "routing.scorer: local_share and hybrid_share add up to more than 1",
                     );
                 }
-                Some((l, h, window))
+                Some(SharesConfig {
+                    local: l,
+                    hybrid: h,
+                    window,
+                    cloud_budget,
+                })
             }
         };
 
@@ -533,6 +571,44 @@ impl Checker<'_> {
         };
         let names = list.iter().filter_map(|t| self.text(field, t)).collect();
         Some(Cond::Intent(names))
+    }
+
+    /// `routing.scorer.cloud_budget`, given the configured `local_share`.
+    fn cloud_budget(
+        &mut self,
+        raw: &super::raw::RawCloudBudget,
+        local_share: Option<f64>,
+    ) -> Option<CloudBudget> {
+        const FIELD: &str = "routing.scorer.cloud_budget";
+        let Some(daily) = raw.daily_usd.as_ref() else {
+            self.error(
+                raw.max_local_share.as_ref(),
+                format!("{FIELD}: `daily_usd` is required"),
+            );
+            return None;
+        };
+        let daily_usd = self.parsed(&format!("{FIELD}.daily_usd"), Some(daily), 0.0, |t| match t
+            .parse::<f64>()
+        {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!("`{t}` is not an amount of dollars above 0")),
+        });
+        let local = local_share.unwrap_or(0.0);
+        let max_local_share = self.parsed(
+            &format!("{FIELD}.max_local_share"),
+            raw.max_local_share.as_ref(),
+            local.max(0.95),
+            |t| match t.parse::<f64>() {
+                Ok(x) if (local..=1.0).contains(&x) => Ok(x),
+                _ => Err(format!(
+                    "`{t}` is not a share from local_share ({local}) to 1"
+                )),
+            },
+        );
+        Some(CloudBudget {
+            daily_usd,
+            max_local_share,
+        })
     }
 
     /// `routing.classifier`.

@@ -210,6 +210,52 @@ fn routing_errors_name_the_rule_and_line() {
 }
 
 #[test]
+fn a_cloud_budget_raises_a_configured_local_share() {
+    let scorer = |yaml: &str| routed(&format!("    []\n  scorer: {yaml}\n"));
+    let c = scorer("{local_share: 0.4, cloud_budget: {daily_usd: 25}}").expect("valid");
+    let shares = c
+        .routing
+        .as_ref()
+        .and_then(|r| r.shares.clone())
+        .expect("shares");
+    assert_eq!(
+        shares.cloud_budget,
+        Some(CloudBudget {
+            daily_usd: 25.0,
+            max_local_share: 0.95
+        })
+    );
+    let cases = [
+        ("{cloud_budget: {daily_usd: 25}}", "needs `local_share`"),
+        (
+            "{local_share: 0.4, cloud_budget: {max_local_share: 0.9}}",
+            "`daily_usd` is required",
+        ),
+        (
+            "{local_share: 0.4, cloud_budget: {daily_usd: 0}}",
+            "above 0",
+        ),
+        (
+            "{local_share: 0.4, cloud_budget: {daily_usd: 5, max_local_share: 0.3}}",
+            "from local_share",
+        ),
+        (
+            "{local_share: 0.4, cloud_budget: {daily_usd: 5, ceiling: 1}}",
+            "ceiling",
+        ),
+    ];
+    for (yaml, needle) in cases {
+        let errors = scorer(yaml).expect_err(yaml);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.contains(needle) && e.line == 9),
+            "{yaml}: no `{needle}` on line 9 in {errors:?}"
+        );
+    }
+}
+
+#[test]
 fn a_rule_after_a_catch_all_is_a_warning() {
     let c = routed("    - {name: everything, route: local}\n    - {name: never, route: cloud}\n")
         .unwrap();

@@ -241,7 +241,7 @@ impl<T: Transport> Pipeline<T> {
         if let (Some(shares), Some(score)) = (&self.shares, decision.score) {
             // Shares count what the scorer decides; rules decide the rest.
             if decision.rule == route::SCORER {
-                shares.observe(score);
+                shares.observe(score, ids::unix_now());
             }
         }
         let mut incoming = incoming;
@@ -260,6 +260,13 @@ impl<T: Transport> Pipeline<T> {
         self.records.keep(request_id, rec, Some(&request));
         if served.is_ok() {
             rec.shadow_job = self.shadow_job(request_id, &request, rec).map(Box::new);
+        }
+        if let Some(shares) = self
+            .shares
+            .as_ref()
+            .filter(|s| s.config().cloud_budget.is_some())
+        {
+            shares.spend(self.cloud_cost(rec), ids::unix_now());
         }
         if let (Some(key), Some(charge)) = (key, charge) {
             // What the answer used upstream (estimated when the upstream said nothing); a
@@ -522,6 +529,22 @@ impl<T: Transport> Pipeline<T> {
         })
     }
 
+    /// What a served request cost on the cloud side: nothing when a local upstream answered,
+    /// else the answer's cost without the local summarizer's part.
+    fn cloud_cost(&self, rec: &Record) -> f64 {
+        let local = rec.upstream.as_deref().is_some_and(|name| {
+            self.config
+                .upstreams
+                .iter()
+                .any(|u| u.name == name && u.route == Route::Local)
+        });
+        if local {
+            0.0
+        } else {
+            (rec.cost - rec.summarizer_cost).max(0.0)
+        }
+    }
+
     /// Writes the decision into the record and counts it.
     fn note(&self, decision: &Decision<'_>, rec: &mut Record) {
         let upstream = &self.upstreams[decision.upstream];
@@ -636,19 +659,15 @@ fn classifier_for(
     }
 }
 
-/// The shares component for `config`: `kept` when its targets are the same (a reload keeps the
-/// window), a new one when they changed, none without shares.
+/// The shares component for `config`: `kept` when its configuration is the same, one that
+/// carries on from it when that changed (its window, thresholds and the day's cloud spend),
+/// none without shares.
 fn shares_for(config: &Config, kept: Option<&Arc<Shares>>) -> Option<Arc<Shares>> {
     let routing = config.routing.as_ref()?;
-    let (local, hybrid, window) = routing.shares?;
-    match kept {
-        Some(s) if s.targets() == (local, hybrid) && s.window() == window => Some(Arc::clone(s)),
-        _ => Some(Arc::new(Shares::new(
-            local,
-            hybrid,
-            window,
-            routing.local_below,
-            routing.cloud_from,
-        ))),
-    }
+    let wanted = routing.shares.as_ref()?;
+    Some(match kept {
+        Some(s) if s.config() == wanted => Arc::clone(s),
+        Some(s) => Arc::new(Shares::reloaded(wanted, s)),
+        None => Arc::new(Shares::new(wanted, routing.local_below, routing.cloud_from)),
+    })
 }

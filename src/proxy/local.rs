@@ -268,7 +268,8 @@ pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
     if let Some(shares) = &ctx.pipeline.shares {
         let (local_below, cloud_from) = shares.thresholds();
         let (local, hybrid, cloud) = shares.current();
-        let (want_local, want_hybrid) = shares.targets();
+        let now = crate::api::ids::unix_now();
+        let (want_local, want_hybrid) = shares.aimed(now);
         summary["routing"] = serde_json::json!({
             "local_below": local_below,
             "cloud_from": cloud_from,
@@ -276,6 +277,13 @@ pub(super) async fn stats(gw: &Gateway, session: &mut Session, ctx: &Ctx) -> Res
             "target": {"local": want_local, "hybrid": want_hybrid},
             "shares": {"local": local, "hybrid": hybrid, "cloud": cloud},
         });
+        if let Some(budget) = &shares.config().cloud_budget {
+            summary["routing"]["cloud_budget"] = serde_json::json!({
+                "daily_usd": budget.daily_usd,
+                "spent_today_usd": shares.spent_today(now),
+                "max_local_share": budget.max_local_share,
+            });
+        }
     }
     let body = serde_json::to_vec_pretty(&summary).unwrap_or_default();
     write_json(session, 200, body, &explain(ctx)).await
