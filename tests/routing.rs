@@ -536,6 +536,17 @@ async fn the_local_share_rises_as_the_cloud_budget_runs_out() {
     );
     let live = routing["shares"]["local"].as_f64().expect("live shares");
     assert!((live - 0.9).abs() <= 0.1, "{routing}");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        value(&text, r#"switchyard_cloud_budget_usd{kind="daily"}"#),
+        0.002
+    );
+    let counted = value(&text, r#"switchyard_cloud_budget_usd{kind="spent"}"#);
+    assert!((counted - spent).abs() < 1e-9, "{text}");
+    assert_eq!(
+        value(&text, r#"switchyard_routing_share_target{route="local"}"#),
+        0.9
+    );
     let last = &routes[300..];
     let local_last = last.iter().filter(|r| *r == "local").count();
     assert!(local_last >= 75, "{local_last} of the last 100 went local");

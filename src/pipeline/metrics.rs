@@ -1,7 +1,10 @@
-//! What the pipeline counts: routing decisions, fallbacks, and prompts too long for an upstream.
-//! Registered by this module, recorded through its methods.
+//! What the pipeline counts: routing decisions, fallbacks, and prompts too long for an upstream;
+//! and where the shares and the cloud budget stand. Registered by this module, recorded through
+//! its methods.
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, Opts, Registry};
+
+use crate::route::shares::Shares;
 
 use crate::vocab::{Reason, Route};
 
@@ -12,6 +15,8 @@ pub struct PipelineMetrics {
     fallbacks: IntCounterVec,
     context_overflows: IntCounterVec,
     checks: IntCounterVec,
+    share_target: GaugeVec,
+    cloud_budget: GaugeVec,
 }
 
 /// What was done with a prompt too long for an upstream.
@@ -50,12 +55,59 @@ impl PipelineMetrics {
                 "Local answers checked against the structure their request asked for, by result",
                 &["result"],
             )?,
+            share_target: GaugeVec::new(
+                Opts::new(
+                    "switchyard_routing_share_target",
+                    "The share of the scorer's decisions aimed at each route (with shares)",
+                ),
+                &["route"],
+            )?,
+            cloud_budget: GaugeVec::new(
+                Opts::new(
+                    "switchyard_cloud_budget_usd",
+                    "Today's cloud budget and what this replica's cloud answers have spent of it",
+                ),
+                &["kind"],
+            )?,
         };
+        registry.register(Box::new(m.share_target.clone()))?;
+        registry.register(Box::new(m.cloud_budget.clone()))?;
         registry.register(Box::new(m.checks.clone()))?;
         registry.register(Box::new(m.decisions.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.context_overflows.clone()))?;
         Ok(m)
+    }
+
+    /// Shows where `shares` stand at `now`: the aimed shares, and the day's budget and spend.
+    /// Without shares (or a budget), the series are taken away.
+    pub fn shares(&self, shares: Option<&Shares>, now: u64) {
+        let Some(shares) = shares else {
+            self.share_target.reset();
+            self.cloud_budget.reset();
+            return;
+        };
+        let (local, hybrid) = shares.aimed(now);
+        for (route, share) in [
+            (Route::Local, local),
+            (Route::Hybrid, hybrid),
+            (Route::Cloud, (1.0 - local - hybrid).max(0.0)),
+        ] {
+            self.share_target
+                .with_label_values(&[route.as_str()])
+                .set(share);
+        }
+        match &shares.config().cloud_budget {
+            Some(budget) => {
+                self.cloud_budget
+                    .with_label_values(&["daily"])
+                    .set(budget.daily_usd);
+                self.cloud_budget
+                    .with_label_values(&["spent"])
+                    .set(shares.spent_today(now));
+            }
+            None => self.cloud_budget.reset(),
+        }
     }
 
     /// A request was routed to `route` by `rule`.

@@ -608,6 +608,7 @@ impl<T: Transport> Pipeline<T> {
     /// Brings the gauges that are read rather than counted up to date.
     pub fn refresh_gauges(&self) {
         self.upstream_metrics.refresh(&self.upstreams);
+        self.counts.shares(self.shares.as_deref(), ids::unix_now());
         if let Some(cache) = &self.cache {
             cache.refresh();
         }
