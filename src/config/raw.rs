@@ -250,7 +250,7 @@ pub struct RawScorer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCloudBudget {
-    pub daily_usd: Option<Text>,
+    pub daily_usd: Text,
     pub max_local_share: Option<Text>,
 }
 

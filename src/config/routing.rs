@@ -358,12 +358,12 @@ impl Checker<'_> {
             },
         );
         let budget_raw = scorer_raw.and_then(|s| s.cloud_budget.as_ref());
-        let cloud_budget = budget_raw.and_then(|b| self.cloud_budget(b, local_share));
+        let cloud_budget = budget_raw.map(|b| self.cloud_budget(b, local_share));
         let shares = match (local_share, hybrid_share) {
             (None, None) => {
                 if let Some(b) = budget_raw {
                     self.error(
-                        b.daily_usd.as_ref(),
+                        Some(&b.daily_usd),
                         "routing.scorer.cloud_budget: needs `local_share` (the budget raises it)",
                     );
                 }
@@ -578,21 +578,17 @@ impl Checker<'_> {
         &mut self,
         raw: &super::raw::RawCloudBudget,
         local_share: Option<f64>,
-    ) -> Option<CloudBudget> {
+    ) -> CloudBudget {
         const FIELD: &str = "routing.scorer.cloud_budget";
-        let Some(daily) = raw.daily_usd.as_ref() else {
-            self.error(
-                raw.max_local_share.as_ref(),
-                format!("{FIELD}: `daily_usd` is required"),
-            );
-            return None;
-        };
-        let daily_usd = self.parsed(&format!("{FIELD}.daily_usd"), Some(daily), 0.0, |t| match t
-            .parse::<f64>()
-        {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(format!("`{t}` is not an amount of dollars above 0")),
-        });
+        let daily_usd = self.parsed(
+            &format!("{FIELD}.daily_usd"),
+            Some(&raw.daily_usd),
+            0.0,
+            |t| match t.parse::<f64>() {
+                Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+                _ => Err(format!("`{t}` is not an amount of dollars above 0")),
+            },
+        );
         let local = local_share.unwrap_or(0.0);
         let max_local_share = self.parsed(
             &format!("{FIELD}.max_local_share"),
@@ -605,10 +601,10 @@ impl Checker<'_> {
                 )),
             },
         );
-        Some(CloudBudget {
+        CloudBudget {
             daily_usd,
             max_local_share,
-        })
+        }
     }
 
     /// `routing.classifier`.

@@ -229,7 +229,7 @@ fn a_cloud_budget_raises_a_configured_local_share() {
         ("{cloud_budget: {daily_usd: 25}}", "needs `local_share`"),
         (
             "{local_share: 0.4, cloud_budget: {max_local_share: 0.9}}",
-            "`daily_usd` is required",
+            "daily_usd",
         ),
         (
             "{local_share: 0.4, cloud_budget: {daily_usd: 0}}",
